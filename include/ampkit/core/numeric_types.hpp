@@ -7,7 +7,7 @@
 /// backend stores activations in these types, so it rounds exactly where the GPU rounds.
 #pragma once
 
-#include <bit>
+#include <bit>  // (kernels use __builtin_bit_cast: std::bit_cast is not __device__)
 #include <cstdint>
 #include <type_traits>
 
@@ -24,7 +24,7 @@ enum class Rounding {
 namespace detail {
 
 AMPKIT_HOST_DEVICE constexpr std::uint16_t float_to_half_bits(float f, Rounding mode) {
-  const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
+  const std::uint32_t x = __builtin_bit_cast(std::uint32_t, f);
   const std::uint32_t u = x & 0x7fffffffu;
   const std::uint32_t sign = (x >> 16) & 0x8000u;
   if (u >= 0x7f800000u)  // inf keeps its sign; every NaN becomes the canonical 0x7fff, as on CUDA
@@ -72,11 +72,11 @@ AMPKIT_HOST_DEVICE constexpr float half_bits_to_float(std::uint16_t h) {
   } else {
     bits = sign;
   }
-  return std::bit_cast<float>(bits);
+  return __builtin_bit_cast(float, bits);
 }
 
 AMPKIT_HOST_DEVICE constexpr std::uint16_t float_to_bf16_bits(float f, Rounding mode) {
-  const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
+  const std::uint32_t x = __builtin_bit_cast(std::uint32_t, f);
   if ((x & 0x7fffffffu) > 0x7f800000u) return 0x7fffu;  // canonical NaN, as on CUDA
   if (mode == Rounding::kTowardZero) return static_cast<std::uint16_t>(x >> 16);
   const std::uint32_t bias = 0x7fffu + ((x >> 16) & 1u);  // ties to even
@@ -84,7 +84,7 @@ AMPKIT_HOST_DEVICE constexpr std::uint16_t float_to_bf16_bits(float f, Rounding 
 }
 
 AMPKIT_HOST_DEVICE constexpr float bf16_bits_to_float(std::uint16_t b) {
-  return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16);
+  return __builtin_bit_cast(float, static_cast<std::uint32_t>(b) << 16);
 }
 
 }  // namespace detail

@@ -1,0 +1,104 @@
+/// @brief ampkit::Cuda, the CUDA backend context: one device, one compute stream, the cuDNN /
+/// cuBLAS / cuBLASLt handles bound to it, and the caching allocator every op draws from.
+#pragma once
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <memory>
+#include <span>
+
+#include "ampkit/backend/cuda/check.cuh"
+#include "ampkit/backend/cuda/device.cuh"
+#include "ampkit/backend/cuda/memory.cuh"
+#include "ampkit/core/tensor.hpp"
+
+namespace ampkit {
+
+/// Backend tag and context for the CUDA backend. Ops are free functions overloaded on it,
+/// with the same signatures as on ampkit::Host. Not copyable (it owns handles and a stream).
+class Cuda {
+ public:
+  /// Bind to `device`, create a non-blocking stream and the library handles on it.
+  explicit Cuda(int device = 0) : info_(cuda::query_device(device)) {
+    AMPKIT_CUDA_CHECK(cudaSetDevice(device));
+    // Non-blocking: the legacy default stream would serialise against every other stream.
+    AMPKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    AMPKIT_CUDNN_CHECK(cudnnCreate(&cudnn_));
+    AMPKIT_CUDNN_CHECK(cudnnSetStream(cudnn_, stream_));
+    AMPKIT_CUBLAS_CHECK(cublasCreate(&cublas_));
+    AMPKIT_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    AMPKIT_CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
+    alloc_ = std::make_shared<cuda::DeviceAllocator>();
+  }
+  Cuda(const Cuda&) = delete;
+  Cuda& operator=(const Cuda&) = delete;
+  ~Cuda() {
+    if (stream_) (void)cudaStreamSynchronize(stream_);
+    if (cublaslt_) (void)cublasLtDestroy(cublaslt_);
+    if (cublas_) (void)cublasDestroy(cublas_);
+    if (cudnn_) (void)cudnnDestroy(cudnn_);
+    if (stream_) (void)cudaStreamDestroy(stream_);
+  }
+
+  static constexpr const char* name() { return "cuda"; }
+  const DeviceInfo& device() const { return info_; }
+  cudaStream_t stream() const { return stream_; }
+  cudnnHandle_t cudnn() const { return cudnn_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  cublasLtHandle_t cublaslt() const { return cublaslt_; }
+  cuda::DeviceAllocator& allocator() const { return *alloc_; }
+  const std::shared_ptr<cuda::DeviceAllocator>& allocator_ptr() const { return alloc_; }
+  MemoryStats memory_stats() const { return alloc_->stats(); }
+
+  template <class T>
+  cuda::DeviceBuffer<T> alloc(std::size_t n) const {
+    return cuda::DeviceBuffer<T>(alloc_, n, stream_);
+  }
+  template <class T>
+  cuda::DeviceTensor<T> tensor(Shape s) const {
+    return cuda::DeviceTensor<T>(alloc<T>(static_cast<std::size_t>(s.numel())), s);
+  }
+  /// Scratch for one op (cuDNN workspace, im2col tiles): returned to the cache when it goes out
+  /// of scope; stream order makes the reuse safe without a sync.
+  cuda::DeviceBuffer<std::byte> workspace(std::size_t bytes) const { return alloc<std::byte>(bytes); }
+
+  template <class T>
+  cuda::DeviceTensor<T> to_device(const HostTensor<T>& h) const {
+    auto d = tensor<T>(h.shape());
+    if (h.numel())
+      AMPKIT_CUDA_CHECK(cudaMemcpyAsync(d.data(), h.data(), static_cast<std::size_t>(h.numel()) * sizeof(T),
+                                        cudaMemcpyHostToDevice, stream_));
+    synchronize();  // h may be pageable and may die right after this call
+    return d;
+  }
+  template <class T>
+  void copy_to_device(TensorView<T> dst, std::span<const T> src) const {
+    AMPKIT_CHECK(static_cast<std::size_t>(dst.numel()) == src.size(), "copy_to_device: destination holds ",
+                 dst.numel(), " elements, source ", src.size());
+    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data(), src.size_bytes(), cudaMemcpyHostToDevice, stream_));
+    synchronize();
+  }
+  /// Copy a device view back (synchronises: for tests and logging, not the hot path).
+  template <class T>
+  HostTensor<std::remove_const_t<T>> to_host(TensorView<T> d) const {
+    HostTensor<std::remove_const_t<T>> h(d.shape);
+    if (d.numel())
+      AMPKIT_CUDA_CHECK(cudaMemcpyAsync(h.data(), d.data, d.bytes(), cudaMemcpyDeviceToHost, stream_));
+    synchronize();
+    return h;
+  }
+  void synchronize() const { AMPKIT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+ private:
+  DeviceInfo info_;
+  cudaStream_t stream_ = nullptr;
+  cudnnHandle_t cudnn_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  cublasLtHandle_t cublaslt_ = nullptr;
+  std::shared_ptr<cuda::DeviceAllocator> alloc_;
+};
+
+}  // namespace ampkit
