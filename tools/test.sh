@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Install what is missing, build ampkit with CMake AND Meson, run every test, build the out-of-tree
+# example against the installed package with both, and print one summary line.
+# Works on a fresh Debian/Ubuntu machine with only the CUDA toolkit (optional) pre-installed.
+# GPU tests run where a device exists and report "skipped: no CUDA device" elsewhere.
+#
+# Environment: JOBS (default: nproc), BUILD_ROOT (default: build/test), AMPKIT_CUDA_ARCHITECTURES
+# (CMake build; default: the fat binary 75;80;86;89;90), MESON_CUDA_ARCHITECTURES (default: 90).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+JOBS=${JOBS:-$(nproc)}
+BUILD_ROOT=${BUILD_ROOT:-$root/build/test}
+log() { printf '\n== %s\n' "$*"; }
+
+# ---- 1. dependencies ------------------------------------------------------------------------
+apt_pkgs=(cmake ninja-build meson g++ pkg-config python3 libeigen3-dev doctest-dev libstb-dev
+          nlohmann-json3-dev libtomlplusplus-dev libcli11-dev)
+missing=()
+for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  log "installing with apt: ${missing[*]}"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import numpy, pycocotools' 2>/dev/null; then
+  log "installing Python test peers with pip: numpy pycocotools"
+  "$PY" -m pip install -q numpy pycocotools 2>&1 | grep -v "Running pip as the 'root' user" || true
+fi
+export PYTHON=$PY
+
+if [ -x /usr/local/cuda/bin/nvcc ] && ! command -v nvcc >/dev/null; then export PATH=/usr/local/cuda/bin:$PATH; fi
+command -v nvcc >/dev/null && cuda=ON || cuda=OFF
+log "CUDA compiler: $(command -v nvcc || echo none) (CUDA backend $cuda)"
+
+# ---- 2. CMake build + tests ------------------------------------------------------------------
+summary=()
+fail=0
+cm=$BUILD_ROOT/cmake
+log "CMake: configure, build (-j$JOBS)"
+cmake -S . -B "$cm" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$BUILD_ROOT/prefix" \
+      -DAMPKIT_CUDA_ARCHITECTURES="${AMPKIT_CUDA_ARCHITECTURES:-75;80;86;89;90}" >"$BUILD_ROOT.cmake-configure.log" 2>&1 \
+  || { cat "$BUILD_ROOT.cmake-configure.log"; exit 1; }
+grep -E "ampkit" "$BUILD_ROOT.cmake-configure.log" || true
+cmake --build "$cm" -j "$JOBS"
+log "CMake: ctest"
+set +e
+(cd "$cm" && ctest --output-on-failure -j "$JOBS" | tee "$BUILD_ROOT.ctest.log")
+rc=${PIPESTATUS[0]}
+set -e
+[ "$rc" = 0 ] || fail=1
+summary+=("ctest: $(grep -E 'tests passed|tests failed' "$BUILD_ROOT.ctest.log" | tail -1)")
+cmake --install "$cm" >/dev/null
+
+# ---- 3. Meson build + tests ------------------------------------------------------------------
+ms=$BUILD_ROOT/meson
+log "Meson: configure, build"
+if [ ! -f "$ms/build.ninja" ]; then
+  meson setup "$ms" -Dcuda_architectures="${MESON_CUDA_ARCHITECTURES:-90}" --prefix "$BUILD_ROOT/prefix-meson" >"$BUILD_ROOT.meson-setup.log" 2>&1 \
+    || { cat "$BUILD_ROOT.meson-setup.log"; exit 1; }
+fi
+grep -E "ampkit" "$BUILD_ROOT.meson-setup.log" || true
+meson compile -C "$ms" -j "$JOBS"
+log "Meson: test"
+set +e
+meson test -C "$ms" --num-processes "$JOBS" --print-errorlogs | tee "$BUILD_ROOT.meson-test.log"
+rc=${PIPESTATUS[0]}
+set -e
+[ "$rc" = 0 ] || fail=1
+summary+=("meson: $(grep -E '^(Ok|Fail|Skipped):' "$BUILD_ROOT.meson-test.log" | tr -s ' ' | paste -sd' ')")
+meson install -C "$ms" >/dev/null
+
+# ---- 4. out-of-tree example against the installed package, with both build systems ----------
+log "examples/custom_training against the installed package (CMake find_package, Meson dependency)"
+ex=$BUILD_ROOT/custom
+rm -rf "$ex-cmake" "$ex-meson"
+if cmake -S examples/custom_training -B "$ex-cmake" -G Ninja -DCMAKE_PREFIX_PATH="$BUILD_ROOT/prefix" >/dev/null &&
+   cmake --build "$ex-cmake" >/dev/null && "$ex-cmake/custom_training" fp16 && "$ex-cmake/custom_training" bf16; then
+  summary+=("custom_training (CMake find_package): ok")
+else
+  summary+=("custom_training (CMake find_package): FAILED"); fail=1
+fi
+if PKG_CONFIG_PATH="$BUILD_ROOT/prefix-meson/share/pkgconfig" meson setup "$ex-meson" examples/custom_training >/dev/null &&
+   meson compile -C "$ex-meson" >/dev/null && "$ex-meson/custom_training" fp32; then
+  summary+=("custom_training (Meson dependency): ok")
+else
+  summary+=("custom_training (Meson dependency): FAILED"); fail=1
+fi
+
+# ---- 5. summary ------------------------------------------------------------------------------
+log "summary"
+printf '%s\n' "${summary[@]}"
+total=$(grep -oE "[0-9]+ tests failed out of [0-9]+" "$BUILD_ROOT.ctest.log" | awk '{print $6}')
+failed=$(grep -oE '[0-9]+ tests failed out of [0-9]+' "$BUILD_ROOT.ctest.log" | awk '{print $1}')
+skipped=$(grep -cE '\*\*\*Skipped|Not Run' "$BUILD_ROOT.ctest.log" || true)
+passed=$(( ${total:-0} - ${failed:-0} - ${skipped:-0} ))
+echo "${passed:-0} passed, ${failed:-0} failed, ${skipped:-0} skipped"
+exit $fail
