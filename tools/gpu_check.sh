@@ -22,7 +22,7 @@ rc=0
 t0=$(date +%s)
 cmake -S . -B "$B/cmake" -G Ninja -DCMAKE_BUILD_TYPE=Release -DAMPKIT_CUDA_ARCHITECTURES=90 \
       -DCMAKE_BUILD_RPATH="$rpath" > "$out/cmake-configure.log" 2>&1 || { tail -30 "$out/cmake-configure.log"; exit 1; }
-cmake --build "$B/cmake" -j "$(nproc)" > "$out/cmake-build.log" 2>&1 || { grep -B2 -A12 -E "error|FAILED" "$out/cmake-build.log" | head -80; rc=1; }
+cmake --build "$B/cmake" -j "$(nproc)" -- -k 0 > "$out/cmake-build.log" 2>&1 || { grep -B2 -A12 -E "error|FAILED" "$out/cmake-build.log" | head -80; rc=1; }
 echo "cmake build: $(( $(date +%s) - t0 )) s"
 (cd "$B/cmake" && ctest -L "$label" --output-on-failure "$@") > "$out/ctest.log" 2>&1 || rc=1
 tail -15 "$out/ctest.log"
@@ -32,7 +32,7 @@ if [ "${SKIP_MESON:-0}" != 1 ]; then
   [ -n "${CUDNN_ROOT:-}" ] && margs+=(-Dcudnn_root="$CUDNN_ROOT" -Dnccl_root="$NCCL_ROOT")
   [ -n "${AMPKIT_EXTRA_INCLUDE:-}" ] && margs+=(-Dextra_include="$AMPKIT_EXTRA_INCLUDE")
   meson setup "$B/meson" "${margs[@]}" > "$out/meson-setup.log" 2>&1 || { tail -30 "$out/meson-setup.log"; rc=1; }
-  meson compile -C "$B/meson" -j "$(nproc)" > "$out/meson-build.log" 2>&1 || { grep -A12 -E "error|FAILED" "$out/meson-build.log" | head -60; rc=1; }
+  meson compile -C "$B/meson" -j "$(nproc)" --ninja-args=-k0 > "$out/meson-build.log" 2>&1 || { grep -A12 -E "error|FAILED" "$out/meson-build.log" | head -60; rc=1; }
   echo "meson build: $(( $(date +%s) - t0 )) s"
   meson test -C "$B/meson" --suite "$label" --print-errorlogs > "$out/meson-test.log" 2>&1 || rc=1
   grep -E "^ *[0-9]+/[0-9]+ |^(Ok|Fail|Skipped|Expected Fail|Timeout):" "$out/meson-test.log" | tail -20
