@@ -5,7 +5,11 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <span>
 #include <thread>
+#include <type_traits>
+
+#include "ampkit/core/tensor.hpp"
 
 namespace ampkit {
 
@@ -26,6 +30,28 @@ class Host {
   static constexpr const char* name() { return "host"; }
   int n_threads() const { return n_threads_; }
   void synchronize() const {}
+
+  // The same allocation/copy interface as ampkit::Cuda, so model and test code is written once.
+  template <class T>
+  HostTensor<T> tensor(Shape s) const {
+    return HostTensor<T>(s);
+  }
+  template <class T>
+  HostTensor<T> to_device(const HostTensor<T>& h) const {
+    return h.clone();
+  }
+  template <class T>
+  void copy_to_device(TensorView<T> dst, std::span<const T> src) const {
+    AMPKIT_CHECK(static_cast<std::size_t>(dst.numel()) == src.size(), "copy_to_device: destination holds ",
+                 dst.numel(), " elements, source ", src.size());
+    std::copy(src.begin(), src.end(), dst.data);
+  }
+  template <class T>
+  HostTensor<std::remove_const_t<T>> to_host(TensorView<T> d) const {
+    HostTensor<std::remove_const_t<T>> h(d.shape);
+    std::copy(d.data, d.data + d.numel(), h.data());
+    return h;
+  }
 
  private:
   int n_threads_ = 1;
