@@ -1,0 +1,154 @@
+/// @brief Bottom-up augmentation as mmpose does it for DEKR: BottomupRandomAffine, RandomFlip
+/// (COCO flip pairs), ImageNet normalisation, and the test-time BottomupResize ('expand').
+///
+/// Reference: mmpose/datasets/transforms/bottomup_transforms.py and common_transforms.py
+/// (RandomFlip, flip_keypoints). The random parameters come from SampleRng; the geometry
+/// (window, aspect fix, warp matrix) follows the reference's arithmetic and dtypes.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <span>
+
+#include "ampkit/core/error.hpp"
+#include "ampkit/data/affine.hpp"
+#include "ampkit/data/sample_rng.hpp"
+
+namespace ampkit::data {
+
+/// COCO's left/right keypoint swap (flip_indices of configs/_base_/datasets/coco.py).
+inline constexpr std::array<int, 17> kCocoFlipIndices = {0,  2,  1,  4,  3,  6,  5,  8, 7,
+                                                         10, 9,  12, 11, 14, 13, 16, 15};
+
+/// ImageNet statistics in RGB order (mmpose data_preprocessor, bgr_to_rgb=True).
+inline constexpr std::array<float, 3> kImageNetMean = {123.675f, 116.28f, 103.53f};
+inline constexpr std::array<float, 3> kImageNetStd = {58.395f, 57.12f, 57.375f};
+
+struct RandomAffineConfig {
+  int input_w = 512, input_h = 512;
+  float shift_factor = 0.2f;
+  float scale_min = 0.75f, scale_max = 1.5f;
+  float rotate_factor = 30.f;
+  float flip_prob = 0.5f;
+};
+
+/// One draw of BottomupRandomAffine + RandomFlip. Rates are float32 as in the reference.
+struct AffineParams {
+  float offset_x = 0, offset_y = 0;  // × image width / height
+  float scale = 1;                   // × image size (short side fitted to the input)
+  float rotate_deg = 0;
+  bool flip = false;
+};
+
+/// Draw the parameters in the reference's order: shift (2 draws), scale, rotation, flip.
+/// truncnorm on [-1, 1] everywhere, as distribution='trunc_norm'.
+inline AffineParams sample_affine_params(const RandomAffineConfig& cfg, SampleRng& rng) {
+  AffineParams p;
+  p.offset_x = static_cast<float>(rng.trunc_normal()) * cfg.shift_factor;
+  p.offset_y = static_cast<float>(rng.trunc_normal()) * cfg.shift_factor;
+  const float t = static_cast<float>(rng.trunc_normal());
+  p.scale = cfg.scale_min + (cfg.scale_max - cfg.scale_min) * (t + 1.f) / 2.f;
+  p.rotate_deg = static_cast<float>(rng.trunc_normal()) * cfg.rotate_factor;
+  p.flip = rng.uniform() < cfg.flip_prob;
+  return p;
+}
+
+/// The warp of BottomupRandomAffine.transform (transform_mode='affine', scale_type='short').
+inline Affine bottomup_affine_matrix(int img_w, int img_h, const AffineParams& p, int input_w,
+                                     int input_h) {
+  // float32 rates × integer sizes promote to float64 in numpy.
+  const double off_x = static_cast<double>(p.offset_x) * img_w;
+  const double off_y = static_cast<double>(p.offset_y) * img_h;
+  double sw = static_cast<double>(p.scale) * img_w, sh = static_cast<double>(p.scale) * img_h;
+  const double aspect = static_cast<double>(input_w) / input_h;
+  // _fix_aspect_ratio, 'short': the window takes the input's aspect and covers the short side.
+  if (sw > sh * aspect) sw = sh * aspect;
+  else sh = sw / aspect;
+  (void)sh;  // only the width enters get_warp_matrix
+  const double cx = static_cast<double>(static_cast<float>(img_w / 2.0)) + off_x;
+  const double cy = static_cast<double>(static_cast<float>(img_h / 2.0)) + off_y;
+  return get_warp_matrix(cx, cy, sw, static_cast<double>(p.rotate_deg), input_w, input_h);
+}
+
+/// Apply `m` to (N, K, 2) keypoints and, when flipping an image of width `out_w`, mirror them
+/// and swap left/right (flip_keypoints: x -> w - 1 - x, then reorder by flip_indices). `visible`
+/// (N, K) is reordered with them.
+inline void transform_keypoints(const Affine& m, bool flip, int out_w, std::span<float> kpts,
+                                std::span<float> visible, std::span<const int> flip_indices) {
+  const std::size_t K = flip_indices.size();
+  AMPKIT_CHECK(K > 0 && kpts.size() % (2 * K) == 0 && visible.size() * 2 == kpts.size(),
+               "transform_keypoints: ", kpts.size(), " coordinates and ", visible.size(),
+               " visibilities do not form (N, ", K, ", 2)");
+  for (std::size_t i = 0; i < kpts.size(); i += 2) transform_point(m, kpts[i], kpts[i + 1]);
+  if (!flip) return;
+  const std::size_t n = visible.size() / K;
+  std::vector<float> tmp_k(2 * K), tmp_v(K);
+  const float wm1 = static_cast<float>(out_w - 1);
+  for (std::size_t j = 0; j < n; ++j) {
+    float* kp = kpts.data() + j * 2 * K;
+    float* vp = visible.data() + j * K;
+    for (std::size_t k = 0; k < K; ++k) {
+      const int src = flip_indices[k];
+      tmp_k[2 * k] = wm1 - kp[2 * src];
+      tmp_k[2 * k + 1] = kp[2 * src + 1];
+      tmp_v[k] = vp[src];
+    }
+    std::copy(tmp_k.begin(), tmp_k.end(), kp);
+    std::copy(tmp_v.begin(), tmp_v.end(), vp);
+  }
+}
+
+/// (x - mean) / std per channel, in float32 as the data preprocessor does on the GPU.
+/// `out` receives h*w*3 values, (H,W,C).
+template <class T = float>
+void normalize_image(const Image& img, T* out, const std::array<float, 3>& mean = kImageNetMean,
+                     const std::array<float, 3>& std = kImageNetStd) {
+  AMPKIT_CHECK(img.c == 3, "normalize_image: expected 3 channels, got ", img.c);
+  const std::size_t n = static_cast<std::size_t>(img.h) * img.w;
+  const std::uint8_t* p = img.pixels.data();
+  for (std::size_t i = 0; i < n; ++i)
+    for (int k = 0; k < 3; ++k)
+      out[3 * i + k] = static_cast<T>((static_cast<float>(p[3 * i + k]) - mean[k]) / std[k]);
+}
+
+/// Geometry of the test-time BottomupResize (resize_mode='expand', size_factor 32): the short
+/// side goes to the input size, the long side is padded up to a multiple of `size_factor`, and
+/// the image sits centred. `input_center`/`input_scale` map predictions back:
+/// kpt_image = kpt_input / input_size * input_scale + input_center - input_scale / 2.
+struct ResizeGeometry {
+  int input_w = 0, input_h = 0;       // padded input size (multiples of size_factor)
+  double actual_w = 0, actual_h = 0;  // size of the resized image inside it
+  float center_x = 0, center_y = 0;   // input_center
+  float scale_w = 0, scale_h = 0;     // input_scale
+  Affine warp;
+};
+
+/// @param round_center round the centre to whole pixels (np.round, half to even), as the
+///        DEKR v1 refactor (mmpose PR #1901) did; current mmpose uses the exact centre.
+inline ResizeGeometry bottomup_resize_geometry(int img_w, int img_h, int input_w, int input_h,
+                                               int size_factor = 32, bool round_center = false) {
+  AMPKIT_CHECK(img_w > 0 && img_h > 0, "bottomup_resize: empty image ", img_w, "x", img_h);
+  auto ceil_to = [&](double s) {
+    return static_cast<int>(std::ceil(s / size_factor) * size_factor);
+  };
+  const double ratio = static_cast<double>(img_w) / img_h;
+  const int pad_w = ceil_to(input_w), pad_h = ceil_to(input_h);
+  ResizeGeometry g;
+  g.actual_w = std::max<double>(pad_w, pad_h * ratio);
+  g.actual_h = std::max<double>(pad_h, pad_w / ratio);
+  g.input_w = ceil_to(g.actual_w);
+  g.input_h = ceil_to(g.actual_h);
+  g.center_x = static_cast<float>(img_w / 2.0);
+  g.center_y = static_cast<float>(img_h / 2.0);
+  if (round_center) {
+    g.center_x = std::nearbyint(g.center_x);
+    g.center_y = std::nearbyint(g.center_y);
+  }
+  g.scale_w = static_cast<float>(img_w * g.input_w / g.actual_w);
+  g.scale_h = static_cast<float>(img_h * g.input_h / g.actual_h);
+  g.warp = get_warp_matrix(g.center_x, g.center_y, g.scale_w, 0.0, g.input_w, g.input_h);
+  return g;
+}
+
+}  // namespace ampkit::data

@@ -1,0 +1,151 @@
+/// @brief The DEKR training and test samples from COCO: image decode, BottomupRandomAffine +
+/// RandomFlip, SPR targets and the heatmap mask (BottomupGetHeatmapMask), written straight into
+/// caller-provided NHWC views (a batch slot in pinned memory, for instance).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ampkit/core/error.hpp"
+#include "ampkit/core/tensor.hpp"
+#include "ampkit/data/augment.hpp"
+#include "ampkit/data/coco.hpp"
+#include "ampkit/data/image.hpp"
+#include "ampkit/data/mask.hpp"
+#include "ampkit/data/spr.hpp"
+
+namespace ampkit::data {
+
+struct BottomupTrainConfig {
+  RandomAffineConfig affine;  // input size, shift/scale/rotation/flip
+  SprConfig spr;              // heatmap size = input / 4 (set by the dataset)
+};
+
+/// Views of one training sample, all (1, ·, ·, C).
+struct TrainSampleViews {
+  TensorView<float> image;         // (1, input_h, input_w, 3), ImageNet-normalised RGB
+  SprTargetViews targets;          // (1, h, w, 18 | 34)
+  TensorView<float> heatmap_mask;  // (1, h, w, 1): 0 on crowd/unlabelled persons and padding
+};
+
+/// What a sample was made from (for logs, visualisation and evaluation).
+struct SampleInfo {
+  std::int64_t image_id = 0;
+  int n_instances = 0;
+  AffineParams params;
+  Affine warp;
+};
+
+class BottomupCocoDataset {
+ public:
+  BottomupCocoDataset(CocoKeypoints coco, BottomupTrainConfig cfg)
+      : coco_(std::move(coco)), cfg_(cfg) {
+    AMPKIT_CHECK(cfg_.affine.input_w % 4 == 0 && cfg_.affine.input_h % 4 == 0,
+                 "BottomupCocoDataset: input size ", cfg_.affine.input_w, "x",
+                 cfg_.affine.input_h, " must be a multiple of the heatmap stride 4");
+    cfg_.spr.heatmap_w = cfg_.affine.input_w / 4;
+    cfg_.spr.heatmap_h = cfg_.affine.input_h / 4;
+  }
+
+  std::size_t size() const { return coco_.size(); }
+  const CocoKeypoints& coco() const { return coco_; }
+  const BottomupTrainConfig& config() const { return cfg_; }
+
+  Shape image_shape() const { return {1, cfg_.affine.input_h, cfg_.affine.input_w, 3}; }
+  Shape heatmap_shape() const {
+    return {1, cfg_.spr.heatmap_h, cfg_.spr.heatmap_w, cfg_.spr.heatmap_channels()};
+  }
+  Shape displacement_shape() const {
+    return {1, cfg_.spr.heatmap_h, cfg_.spr.heatmap_w, cfg_.spr.displacement_channels()};
+  }
+  Shape mask_shape() const { return {1, cfg_.spr.heatmap_h, cfg_.spr.heatmap_w, 1}; }
+
+  /// A random training sample: parameters drawn from `rng`.
+  SampleInfo train_sample(std::size_t index, SampleRng& rng, const TrainSampleViews& out) const {
+    return train_sample_with(index, sample_affine_params(cfg_.affine, rng), out);
+  }
+
+  /// A training sample with given augmentation parameters. Errors name the sample and its file.
+  SampleInfo train_sample_with(std::size_t index, const AffineParams& p,
+                               const TrainSampleViews& out) const {
+    AMPKIT_CHECK(index < coco_.size(), "BottomupCocoDataset: sample ", index,
+                 " out of range (", coco_.size(), " images)");
+    const CocoImage& meta = coco_[index];
+    const std::string path = coco_.image_path(index);
+    try {
+      return make_train_sample(meta, path, p, out);
+    } catch (const Error& e) {
+      throw Error("sample " + std::to_string(index) + " (image id " + std::to_string(meta.id) +
+                      ", '" + path + "'): " + e.what());
+    }
+  }
+
+  /// The valid-region mask at image resolution: 1 except inside ignored persons' segments.
+  static Mask valid_mask(const CocoImage& meta) {
+    Mask m = segmentations_to_mask(meta.ignore_segs, meta.height, meta.width,
+                                   "image " + std::to_string(meta.id) + " ignore segments");
+    for (auto& b : m.bits) b = b ? 0 : 1;
+    return m;
+  }
+
+ private:
+  SampleInfo make_train_sample(const CocoImage& meta, const std::string& path,
+                               const AffineParams& p, const TrainSampleViews& out) const {
+    const int in_w = cfg_.affine.input_w, in_h = cfg_.affine.input_h;
+    const int hm_w = cfg_.spr.heatmap_w, hm_h = cfg_.spr.heatmap_h;
+    check_shape("train_sample", "image", out.image, image_shape());
+    check_shape("train_sample", "heatmap_mask", out.heatmap_mask, mask_shape());
+
+    Image img = load_image(path);
+    AMPKIT_CHECK(img.w == meta.width && img.h == meta.height, "the image is ", img.w, "x", img.h,
+                 " but the annotation says ", meta.width, "x", meta.height);
+
+    SampleInfo info;
+    info.image_id = meta.id;
+    info.params = p;
+    info.warp = bottomup_affine_matrix(img.w, img.h, p, in_w, in_h);
+
+    // Image: warp, flip, normalise straight into the output.
+    Image warped = warp_affine(img, info.warp, in_w, in_h);
+    if (p.flip) flip_horizontal(warped);
+    normalize_image(warped, out.image.data);
+
+    // Keypoints (N, K, 2) and visibility min(1, v), warped and flipped like the image.
+    const int K = cfg_.spr.n_keypoints, N = static_cast<int>(meta.persons.size());
+    AMPKIT_CHECK(K == kCocoKeypoints, "train_sample: SprConfig has ", K, " keypoints, COCO 17");
+    std::vector<float> kpts(static_cast<std::size_t>(N) * K * 2), vis(static_cast<std::size_t>(N) * K);
+    for (int n = 0; n < N; ++n)
+      for (int k = 0; k < K; ++k) {
+        const auto& a = meta.persons[n].keypoints;
+        kpts[(n * K + k) * 2] = a[3 * k];
+        kpts[(n * K + k) * 2 + 1] = a[3 * k + 1];
+        vis[n * K + k] = std::min(1.f, a[3 * k + 2]);
+      }
+    transform_keypoints(info.warp, p.flip, in_w, kpts, vis, kCocoFlipIndices);
+    // To heatmap pixels: divided by the float32 input/heatmap ratio (exactly 4).
+    const float sx = static_cast<float>(in_w) / static_cast<float>(hm_w);
+    const float sy = static_cast<float>(in_h) / static_cast<float>(hm_h);
+    for (std::size_t i = 0; i < kpts.size(); i += 2) kpts[i] /= sx, kpts[i + 1] /= sy;
+    encode_spr(cfg_.spr, kpts, vis, N, out.targets);
+    info.n_instances = N;
+
+    // Heatmap mask: valid region, warped like the image (outside the image is 0, i.e. ignored),
+    // flipped, resized bilinearly to the heatmap and thresholded at 0.5.
+    const Mask valid = valid_mask(meta);
+    FloatImage fm(meta.height, meta.width);
+    for (std::size_t i = 0; i < valid.bits.size(); ++i) fm.v[i] = valid.bits[i];
+    FloatImage wm = warp_affine(fm, info.warp, in_w, in_h);
+    if (p.flip) flip_horizontal(wm);
+    const FloatImage small = resize_bilinear(wm, hm_w, hm_h);
+    for (std::size_t i = 0; i < small.v.size(); ++i)
+      out.heatmap_mask.data[i] = small.v[i] > 0.5f ? 1.f : 0.f;
+    return info;
+  }
+
+  CocoKeypoints coco_;
+  BottomupTrainConfig cfg_;
+};
+
+}  // namespace ampkit::data
