@@ -1,0 +1,236 @@
+// Launch environment: torchrun / Slurm / Open MPI variables, precedence, errors; Slurm host lists.
+#include <doctest/doctest.h>
+
+#include <map>
+#include <string>
+
+#include "ampkit/dist/launch_env.hpp"
+
+using namespace ampkit;
+using namespace ampkit::dist;
+
+namespace {
+
+using Vars = std::map<std::string, std::string, std::less<>>;
+
+LaunchEnv parse(const Vars& vars) {
+  return parse_launch_env([&](std::string_view n) -> std::optional<std::string> {
+    auto it = vars.find(n);
+    if (it == vars.end()) return std::nullopt;
+    return it->second;
+  });
+}
+
+/// The error text of parsing `vars` ("" if it parses).
+std::string error_of(const Vars& vars) {
+  try {
+    (void)parse(vars);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return {};
+}
+
+bool contains(const std::string& s, std::string_view part) { return s.find(part) != std::string::npos; }
+
+}  // namespace
+
+TEST_CASE("launch env: nothing set is one process") {
+  const LaunchEnv e = parse({});
+  CHECK(e.launcher == Launcher::kSingle);
+  CHECK(e.rank == 0);
+  CHECK(e.world_size == 1);
+  CHECK(e.local_rank == 0);
+  CHECK(!e.distributed());
+  CHECK(e.timeout == std::chrono::seconds(300));
+  CHECK(e.describe() == "single process (rank 0 of 1)");
+}
+
+TEST_CASE("launch env: torchrun variables") {
+  const LaunchEnv e = parse({{"RANK", "3"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
+                             {"MASTER_ADDR", "node01"}, {"MASTER_PORT", "29611"}});
+  CHECK(e.launcher == Launcher::kTorchrun);
+  CHECK(e.rank == 3);
+  CHECK(e.world_size == 4);
+  CHECK(e.local_rank == 1);
+  CHECK(e.local_world_size == 2);
+  CHECK(e.master_addr == "node01");
+  CHECK(e.master_port == 29611);
+  CHECK(e.rendezvous_port == 29611);
+  CHECK(!e.is_main());
+  CHECK(e.describe() == "rank 3 of 4 (local 1 of 2, torchrun variables), rank 0 at node01:29611");
+
+  SUBCASE("without the local variables one node is assumed") {
+    const LaunchEnv f = parse({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}});
+    CHECK(f.local_rank == 1);
+    CHECK(f.local_world_size == 2);
+    CHECK(f.master_port == 29500);
+  }
+  SUBCASE("LOCAL_RANK derived from LOCAL_WORLD_SIZE") {
+    const LaunchEnv f = parse({{"RANK", "5"}, {"WORLD_SIZE", "8"}, {"LOCAL_WORLD_SIZE", "4"}, {"MASTER_ADDR", "a"}});
+    CHECK(f.local_rank == 1);
+  }
+  SUBCASE("a real torchrun's agent holds MASTER_PORT: the rendezvous moves one up") {
+    const LaunchEnv f = parse({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "1234"},
+                               {"TORCHELASTIC_RUN_ID", "none"}});
+    CHECK(f.rendezvous_port == 1235);
+    const LaunchEnv g = parse({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}, {"AMPKIT_RDZV_PORT", "4000"}});
+    CHECK(g.rendezvous_port == 4000);
+  }
+  SUBCASE("world size 1 needs no MASTER_ADDR") {
+    const LaunchEnv f = parse({{"RANK", "0"}, {"WORLD_SIZE", "1"}});
+    CHECK(f.launcher == Launcher::kTorchrun);
+    CHECK(!f.distributed());
+  }
+}
+
+TEST_CASE("launch env: Slurm job step") {
+  const Vars slurm{{"SLURM_PROCID", "5"},          {"SLURM_NTASKS", "8"},
+                   {"SLURM_LOCALID", "1"},         {"SLURM_STEP_ID", "0"},
+                   {"SLURM_STEP_NODELIST", "gpu[07-08,11]"}, {"SLURM_STEP_TASKS_PER_NODE", "4(x2)"},
+                   {"SLURM_JOB_NODELIST", "gpu[01-20]"}};
+  const LaunchEnv e = parse(slurm);
+  CHECK(e.launcher == Launcher::kSlurm);
+  CHECK(e.rank == 5);
+  CHECK(e.world_size == 8);
+  CHECK(e.local_rank == 1);
+  CHECK(e.local_world_size == 4);
+  CHECK(e.master_addr == "gpu07");  // the STEP's first node, not the job's
+  CHECK(e.master_port == 29500);
+
+  SUBCASE("MASTER_ADDR / MASTER_PORT override the node list") {
+    Vars v = slurm;
+    v["MASTER_ADDR"] = "10.0.0.9";
+    v["MASTER_PORT"] = "30000";
+    const LaunchEnv f = parse(v);
+    CHECK(f.master_addr == "10.0.0.9");
+    CHECK(f.master_port == 30000);
+  }
+  SUBCASE("uneven tasks per node: the largest count") {
+    Vars v = slurm;
+    v.erase("SLURM_STEP_TASKS_PER_NODE");
+    v["SLURM_TASKS_PER_NODE"] = "2,3(x2)";
+    CHECK(parse(v).local_world_size == 3);
+  }
+  SUBCASE("an sbatch script outside srun is one process") {
+    Vars v = slurm;
+    v.erase("SLURM_STEP_ID");
+    CHECK(parse(v).launcher == Launcher::kSingle);
+    v["SLURM_STEPID"] = "0";
+    CHECK(parse(v).launcher == Launcher::kSlurm);
+  }
+  SUBCASE("missing SLURM_LOCALID") {
+    Vars v = slurm;
+    v.erase("SLURM_LOCALID");
+    CHECK(contains(error_of(v), "SLURM_LOCALID is not set"));
+  }
+}
+
+TEST_CASE("launch env: Open MPI") {
+  const LaunchEnv e = parse({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "2"},
+                             {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}});
+  CHECK(e.launcher == Launcher::kOpenMpi);
+  CHECK(e.rank == 1);
+  CHECK(e.world_size == 2);
+  CHECK(e.local_rank == 1);
+  CHECK(e.master_addr == "127.0.0.1");  // every rank on this node
+
+  // Across nodes nothing tells where rank 0 is.
+  const std::string err = error_of({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "4"},
+                                    {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}});
+  CHECK(contains(err, "MASTER_ADDR is not set"));
+  CHECK(contains(err, "Open MPI"));
+}
+
+TEST_CASE("launch env: precedence") {
+  const Vars slurm{{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}, {"SLURM_LOCALID", "0"}, {"SLURM_STEP_ID", "3"},
+                   {"SLURM_STEP_NODELIST", "n1"}};
+  const Vars mpi{{"OMPI_COMM_WORLD_RANK", "2"}, {"OMPI_COMM_WORLD_SIZE", "4"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "2"},
+                 {"OMPI_COMM_WORLD_LOCAL_SIZE", "4"}};
+  const Vars torch{{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "1"}, {"MASTER_ADDR", "127.0.0.1"}};
+  auto merge = [](std::initializer_list<const Vars*> parts) {
+    Vars v;
+    for (const Vars* p : parts) v.insert(p->begin(), p->end());
+    return v;
+  };
+  // tools/dist_train.sh inside an srun or mpirun: its variables describe this process.
+  CHECK(parse(merge({&slurm, &mpi, &torch})).launcher == Launcher::kTorchrun);
+  CHECK(parse(merge({&slurm, &mpi, &torch})).rank == 1);
+  // mpirun inside a Slurm allocation.
+  CHECK(parse(merge({&slurm, &mpi})).launcher == Launcher::kOpenMpi);
+  CHECK(parse(merge({&slurm, &mpi})).rank == 2);
+  // Forced.
+  Vars forced = merge({&slurm, &mpi, &torch});
+  forced["AMPKIT_LAUNCHER"] = "slurm";
+  CHECK(parse(forced).launcher == Launcher::kSlurm);
+  forced["AMPKIT_LAUNCHER"] = "single";
+  CHECK(parse(forced).world_size == 1);
+  forced["AMPKIT_LAUNCHER"] = "pbs";
+  CHECK(contains(error_of(forced), "AMPKIT_LAUNCHER='pbs': use torchrun, slurm, mpi or single"));
+  // Empty counts as unset.
+  CHECK(parse({{"RANK", ""}, {"WORLD_SIZE", ""}}).launcher == Launcher::kSingle);
+}
+
+TEST_CASE("launch env: inconsistent values give clear errors") {
+  CHECK(contains(error_of({{"RANK", "2"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}}),
+                 "rank 2 is outside world size 2 (from torchrun variables): ranks run from 0 to 1"));
+  CHECK(contains(error_of({{"RANK", "-1"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}}), "rank -1 is outside"));
+  CHECK(contains(error_of({{"RANK", "0"}, {"WORLD_SIZE", "0"}}), "world size is 0"));
+  CHECK(contains(error_of({{"RANK", "1"}}), "WORLD_SIZE is not set"));
+  CHECK(contains(error_of({{"WORLD_SIZE", "2"}}), "RANK is not set"));
+  CHECK(contains(error_of({{"RANK", "one"}, {"WORLD_SIZE", "2"}}), "RANK='one' is not an integer"));
+  CHECK(contains(error_of({{"RANK", "1x"}, {"WORLD_SIZE", "2"}}), "RANK='1x' is not an integer"));
+  const std::string no_addr = error_of({{"RANK", "1"}, {"WORLD_SIZE", "2"}});
+  CHECK(contains(no_addr, "world size is 2 (from torchrun variables) but MASTER_ADDR is not set"));
+  CHECK(contains(no_addr, "127.0.0.1"));
+  CHECK(contains(error_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "2"}, {"LOCAL_WORLD_SIZE", "2"},
+                           {"MASTER_ADDR", "h"}}),
+                 "local rank 2 is outside the local world size 2"));
+  CHECK(contains(error_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "70000"}}),
+                 "MASTER_PORT=70000 is not a TCP port"));
+  CHECK(contains(error_of({{"AMPKIT_DIST_TIMEOUT", "0"}}), "AMPKIT_DIST_TIMEOUT=0"));
+  CHECK(parse({{"AMPKIT_DIST_TIMEOUT", "12"}}).timeout == std::chrono::seconds(12));
+}
+
+TEST_CASE("launch env: LOCAL_RANK against the visible GPUs") {
+  const LaunchEnv e = parse({{"RANK", "2"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "2"}, {"MASTER_ADDR", "h"}});
+  CHECK_NOTHROW(check_local_device(e, 4));
+  try {
+    check_local_device(e, 2, std::string("0,1"));
+    FAIL("no error");
+  } catch (const Error& err) {
+    const std::string m = err.what();
+    INFO(m);
+    CHECK(contains(m, "rank 2: local rank 2 needs GPU 2 but only 2 GPU(s) are visible (CUDA_VISIBLE_DEVICES=0,1)"));
+    CHECK(contains(m, "GPUS=2"));
+  }
+}
+
+TEST_CASE("hostlist expansion") {
+  using V = std::vector<std::string>;
+  CHECK(expand_hostlist("node01") == V{"node01"});
+  CHECK(expand_hostlist("node[01-04,07]") == V{"node01", "node02", "node03", "node04", "node07"});
+  CHECK(expand_hostlist("a[8-10]") == V{"a8", "a9", "a10"});
+  CHECK(expand_hostlist("a[08-10]") == V{"a08", "a09", "a10"});  // padding of the first bound
+  CHECK(expand_hostlist("gpu[1-2]-ib,login,x[3]") == V{"gpu1-ib", "gpu2-ib", "login", "x3"});
+  CHECK(expand_hostlist("r[1-2]n[1,3]") == V{"r1n1", "r1n3", "r2n1", "r2n3"});
+  CHECK(expand_hostlist("") == V{});
+  CHECK(expand_hostlist("node[01-04,07]").front() == "node01");
+  for (const char* bad : {"node[01-04", "node01]", "n[]", "n[4-2]", "n[a-b]", "n[[1]]"}) {
+    INFO(bad);
+    CHECK_THROWS_AS(expand_hostlist(bad), Error);
+  }
+  try {
+    (void)expand_hostlist("n[4-2]");
+  } catch (const Error& e) {
+    CHECK(contains(e.what(), "hostlist 'n[4-2]': range 4-2 runs backwards"));
+  }
+}
+
+TEST_CASE("format_seconds") {
+  using std::chrono::milliseconds;
+  CHECK(format_seconds(milliseconds(300000)) == "300 s");
+  CHECK(format_seconds(milliseconds(1500)) == "1.5 s");
+  CHECK(format_seconds(milliseconds(250)) == "0.25 s");
+  CHECK(format_seconds(milliseconds(2005)) == "2.005 s");
+}
