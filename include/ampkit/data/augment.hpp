@@ -37,7 +37,9 @@ struct RandomAffineConfig {
 struct AffineParams {
   float offset_x = 0, offset_y = 0;  // × image width / height
   float scale = 1;                   // × image size (short side fitted to the input)
-  float rotate_deg = 0;
+  /// float64: mmpose multiplies the float32 draw by the Python float 30.0, which numpy 1.x
+  /// promotes to float64 (the rotation's sin/cos are then float64 too).
+  double rotate_deg = 0;
   bool flip = false;
 };
 
@@ -49,7 +51,7 @@ inline AffineParams sample_affine_params(const RandomAffineConfig& cfg, SampleRn
   p.offset_y = static_cast<float>(rng.trunc_normal()) * cfg.shift_factor;
   const float t = static_cast<float>(rng.trunc_normal());
   p.scale = cfg.scale_min + (cfg.scale_max - cfg.scale_min) * (t + 1.f) / 2.f;
-  p.rotate_deg = static_cast<float>(rng.trunc_normal()) * cfg.rotate_factor;
+  p.rotate_deg = static_cast<double>(static_cast<float>(rng.trunc_normal())) * cfg.rotate_factor;
   p.flip = rng.uniform() < cfg.flip_prob;
   return p;
 }
@@ -68,7 +70,7 @@ inline Affine bottomup_affine_matrix(int img_w, int img_h, const AffineParams& p
   (void)sh;  // only the width enters get_warp_matrix
   const double cx = static_cast<double>(static_cast<float>(img_w / 2.0)) + off_x;
   const double cy = static_cast<double>(static_cast<float>(img_h / 2.0)) + off_y;
-  return get_warp_matrix(cx, cy, sw, static_cast<double>(p.rotate_deg), input_w, input_h);
+  return get_warp_matrix(cx, cy, sw, p.rotate_deg, input_w, input_h);
 }
 
 /// Apply `m` to (N, K, 2) keypoints and, when flipping an image of width `out_w`, mirror them

@@ -198,18 +198,10 @@ inline void rasterize_polygon_into(const std::vector<double>& xy, Mask& out) {
 inline void add_segmentation(const Segmentation& seg, Mask& out, std::string_view what) {
   switch (seg.kind) {
     case Segmentation::Kind::kPolygons: {
-      // pycocotools reads a list whose first entry has exactly 4 numbers as boxes [x,y,w,h].
-      const bool boxes = !seg.polygons.empty() && seg.polygons.front().size() == 4;
       for (const auto& p : seg.polygons) {
-        if (boxes) {
-          AMPKIT_CHECK(p.size() == 4, what, ": segmentation mixes boxes and polygons");
-          const double x0 = p[0], y0 = p[1], x1 = p[0] + p[2], y1 = p[1] + p[3];
-          rasterize_polygon_into({x0, y0, x0, y1, x1, y1, x1, y0}, out);
-        } else {
-          AMPKIT_CHECK(p.size() % 2 == 0, what, ": polygon has an odd number (", p.size(),
-                       ") of coordinates");
-          rasterize_polygon_into(p, out);
-        }
+        AMPKIT_CHECK(p.size() % 2 == 0, what, ": polygon has an odd number (", p.size(),
+                     ") of coordinates");
+        rasterize_polygon_into(p, out);
       }
       return;
     }
