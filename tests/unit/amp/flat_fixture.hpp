@@ -35,15 +35,21 @@ struct FlatFixture {
     if (n_fp32) ctx.copy_to_device(store.master(bn), p.subspan(n_compute, n_fp32));
     store.sync_compute(ctx);
   }
-  /// Gradients of one micro-batch: w's rounded to T (what a storage-type backward writes), bn's
-  /// in fp32. `mult` multiplies first (loss scale / loss factor), in fp32.
+  /// Backward of one micro-batch under the gradient contract: parameter gradients are
+  /// ACCUMULATED (+=), w's in T (rounded once per accumulation, as a storage-type backward does),
+  /// bn's in fp32. `mult` multiplies first (loss scale / loss factor), in fp32.
   void set_grads(Ctx& ctx, std::span<const float> g, float mult = 1.f) {
+    auto old_w = ctx.to_host(TensorView<const T>(store.weight_grad(w)));
     std::vector<T> gw(static_cast<std::size_t>(n_compute));
-    for (std::int64_t i = 0; i < n_compute; ++i) gw[i] = convert<T>(g[i] * mult);
+    for (std::int64_t i = 0; i < n_compute; ++i) {
+      const float prev = static_cast<float>(old_w[i]);
+      gw[i] = convert<T>(prev == 0.f ? g[i] * mult : prev + g[i] * mult);  // 0 + x keeps inf/NaN as is
+    }
     ctx.copy_to_device(store.weight_grad(w), std::span<const T>(gw));
     if (n_fp32) {
+      auto old_b = ctx.to_host(TensorView<const float>(store.fp32_grad(bn)));
       std::vector<float> gb(static_cast<std::size_t>(n_fp32));
-      for (std::int64_t i = 0; i < n_fp32; ++i) gb[i] = g[n_compute + i] * mult;
+      for (std::int64_t i = 0; i < n_fp32; ++i) gb[i] = old_b[i] + g[n_compute + i] * mult;
       ctx.copy_to_device(store.fp32_grad(bn), std::span<const float>(gb));
     }
   }
