@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <array>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <fstream>
@@ -56,10 +57,18 @@ struct KeypointResult {
 namespace detail {
 
 inline nlohmann::json read_json_file(const std::string& path, const char* what) {
-  std::ifstream f(path);
+  std::ifstream f(path, std::ios::binary);
   AMPKIT_CHECK(f.good(), "cannot open ", what, " file '", path, "'");
+  // Slurp first: parsing from a contiguous buffer is several times faster than from an istream,
+  // which matters for COCO-val-sized results (150k detections, ~160 MB).
+  std::string text;
+  f.seekg(0, std::ios::end);
+  text.resize(static_cast<std::size_t>(std::max<std::streamoff>(f.tellg(), 0)));
+  f.seekg(0, std::ios::beg);
+  f.read(text.data(), static_cast<std::streamsize>(text.size()));
+  AMPKIT_CHECK(f.good() || f.eof(), "reading ", what, " file '", path, "' failed");
   try {
-    return nlohmann::json::parse(f);
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     AMPKIT_FAIL(what, " file '", path, "' is not valid JSON: ", e.what());
   }
