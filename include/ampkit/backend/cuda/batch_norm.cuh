@@ -1,0 +1,468 @@
+/// @brief CUDA backend BatchNorm2d: own NHWC kernels for training/inference forward (plain, +ReLU,
+/// +add+ReLU) and the training backward. Semantics and the gradient contract are in
+/// nn/ops/batch_norm.hpp; signatures mirror backend/host/batch_norm.hpp.
+///
+/// Layout of the work: NHWC is an (M, C) row-major matrix with M = N*H*W. A block of 256 threads
+/// covers R consecutive rows x (C/V) channel packs, so a block reads one contiguous stretch of
+/// memory per step (fully coalesced), and each thread keeps V channels' running statistics in
+/// registers. Statistics are fp32 Welford per thread, merged in a fixed order (threads of a block,
+/// then blocks) with Chan's formula, so results are deterministic run to run on a given device,
+/// and accurate when the mean is large against the spread (where sum/sum-of-squares cancels).
+///
+/// Passes (x read twice forward, x and dL_dy twice backward; nothing else touches memory):
+///   forward  stats_partial -> finalize (mean, invstd, running stats, scale/shift) -> apply
+///   backward grad_partial  -> finalize (dgamma, dbeta, dx coefficients)           -> apply
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "ampkit/backend/cuda/check.cuh"
+#include "ampkit/backend/cuda/context.cuh"
+#include "ampkit/backend/cuda/packed_io.cuh"
+#include "ampkit/core/tensor.hpp"
+#include "ampkit/nn/ops/batch_norm.hpp"
+
+namespace ampkit {
+
+namespace cuda::detail {
+
+inline constexpr int kBnThreads = 256;
+
+/// How a block tiles the (M, C) matrix.
+struct BnTiling {
+  int packs_per_block;  ///< channel packs covered by one block (<= kBnThreads)
+  int rows_per_step;    ///< R: rows one block covers per step
+  unsigned grid_x;      ///< blocks across channels
+  unsigned grid_y;      ///< blocks down the rows (partials per channel)
+};
+
+inline BnTiling bn_tiling(std::int64_t M, std::int64_t C, int V, int n_sm) {
+  BnTiling t{};
+  const std::int64_t packs = C / V;
+  t.packs_per_block = static_cast<int>(std::min<std::int64_t>(packs, kBnThreads));
+  t.rows_per_step = kBnThreads / t.packs_per_block;
+  t.grid_x = static_cast<unsigned>((packs + t.packs_per_block - 1) / t.packs_per_block);
+  // ~4 blocks per SM in total; at least a few steps of rows per block.
+  const std::int64_t want = std::max<std::int64_t>(1, std::int64_t{n_sm} * 4 / t.grid_x);
+  const std::int64_t steps = (M + t.rows_per_step - 1) / t.rows_per_step;
+  t.grid_y = static_cast<unsigned>(std::clamp<std::int64_t>(std::min(want, (steps + 3) / 4), 1, 65535));
+  return t;
+}
+
+/// Chan et al.'s merge of (n, mean, M2) partial statistics.
+__device__ __forceinline__ void welford_merge(float& n, float& mean, float& m2, float nb, float meanb, float m2b) {
+  if (nb == 0.f) return;
+  const float nn = n + nb;
+  const float d = meanb - mean;
+  const float fb = nb / nn;
+  mean += d * fb;
+  m2 += m2b + d * d * n * fb;
+  n = nn;
+}
+
+/// Per block: Welford statistics of its rows for each channel it covers.
+/// partial: (grid_y, C, 3) = (count, mean, M2).
+template <class N, int V>
+__global__ void __launch_bounds__(kBnThreads) bn_stats_partial(const N* __restrict__ x, std::int64_t M, int C,
+                                                               int ppb, float* __restrict__ partial) {
+  __shared__ float s_n[kBnThreads], s_mean[kBnThreads * V], s_m2[kBnThreads * V];
+  const int R = kBnThreads / ppb;
+  const int r = threadIdx.x / ppb, pl = threadIdx.x % ppb;
+  const int pack = blockIdx.x * ppb + pl;
+  const bool active = r < R && pack * V < C;
+  float n = 0.f, mean[V], m2[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) mean[v] = m2[v] = 0.f;
+  if (active) {
+    for (std::int64_t row = std::int64_t{blockIdx.y} * R + r; row < M; row += std::int64_t{gridDim.y} * R) {
+      float xv[V];
+      load_pack<N, V>(x + row * C + pack * V, xv);
+      n += 1.f;
+      const float inv = 1.f / n;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const float d = xv[v] - mean[v];
+        mean[v] += d * inv;
+        m2[v] += d * (xv[v] - mean[v]);
+      }
+    }
+  }
+  s_n[threadIdx.x] = n;
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    s_mean[threadIdx.x * V + v] = mean[v];
+    s_m2[threadIdx.x * V + v] = m2[v];
+  }
+  __syncthreads();
+  if (r == 0 && active) {
+    for (int k = 1; k < R; ++k) {
+      const int t = k * ppb + pl;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        float nv = n;  // every channel of a pack shares the count
+        welford_merge(nv, mean[v], m2[v], s_n[t], s_mean[t * V + v], s_m2[t * V + v]);
+      }
+      n += s_n[t];
+    }
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      float* o = partial + (std::int64_t{blockIdx.y} * C + pack * V + v) * 3;
+      o[0] = n;
+      o[1] = mean[v];
+      o[2] = m2[v];
+    }
+  }
+}
+
+/// Per channel: merge the partials in order, then the statistics, running stats and the
+/// normalisation as one affine map y = x*scale + shift.
+__global__ void bn_stats_finalize(const float* __restrict__ partial, int n_part, int C, std::int64_t M,
+                                  const float* __restrict__ gamma, const float* __restrict__ beta,
+                                  float* __restrict__ running_mean, float* __restrict__ running_var,
+                                  float* __restrict__ save_mean, float* __restrict__ save_invstd,
+                                  float* __restrict__ scale, float* __restrict__ shift, float momentum, float eps) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float n = 0.f, mean = 0.f, m2 = 0.f;
+  for (int j = 0; j < n_part; ++j) {
+    const float* p = partial + (std::int64_t{j} * C + c) * 3;
+    welford_merge(n, mean, m2, p[0], p[1], p[2]);
+  }
+  const float var = m2 / static_cast<float>(M);
+  const float invstd = 1.f / sqrtf(var + eps);
+  save_mean[c] = mean;
+  save_invstd[c] = invstd;
+  // As PyTorch: the running variance takes the unbiased estimate M/(M-1).
+  const float unbiased = static_cast<float>(static_cast<double>(m2) / static_cast<double>(M - 1));
+  running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * mean;
+  running_var[c] = (1.f - momentum) * running_var[c] + momentum * unbiased;
+  const float s = invstd * gamma[c];
+  scale[c] = s;
+  shift[c] = beta[c] - mean * s;
+}
+
+/// Inference: the affine map from the running statistics.
+__global__ void bn_inference_affine(int C, const float* __restrict__ gamma, const float* __restrict__ beta,
+                                    const float* __restrict__ running_mean, const float* __restrict__ running_var,
+                                    float* __restrict__ scale, float* __restrict__ shift, float eps) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const float s = gamma[c] / sqrtf(running_var[c] + eps);
+  scale[c] = s;
+  shift[c] = beta[c] - running_mean[c] * s;
+}
+
+/// y = epilogue(x*scale[c] + shift[c] [+ residual]).
+template <class N, int V, BatchNormEpilogue E>
+__global__ void bn_apply(const N* __restrict__ x, const N* __restrict__ residual, const float* __restrict__ scale,
+                         const float* __restrict__ shift, N* __restrict__ y, std::int64_t n_pack, int C) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n_pack;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t off = i * V;
+    const int c0 = static_cast<int>(off % C);
+    float z[V];
+    load_pack<N, V>(x + off, z);
+#pragma unroll
+    for (int v = 0; v < V; ++v) z[v] = fmaf(z[v], __ldg(scale + c0 + v), __ldg(shift + c0 + v));
+    if constexpr (E == BatchNormEpilogue::kAddRelu) {
+      float rv[V];
+      load_pack<N, V>(residual + off, rv);
+#pragma unroll
+      for (int v = 0; v < V; ++v) z[v] += rv[v];
+    }
+    if constexpr (E != BatchNormEpilogue::kNone) {
+#pragma unroll
+      for (int v = 0; v < V; ++v) z[v] = z[v] > 0.f ? z[v] : 0.f;
+    }
+    store_pack<N, V>(y + off, z);
+  }
+}
+
+/// Per block: sum(dz) and sum(dz * (x - mean)) for its rows; dz = dL_dy masked by y > 0 for the
+/// fused variants. partial: (grid_y, C, 2).
+template <class N, int V, BatchNormEpilogue E>
+__global__ void __launch_bounds__(kBnThreads)
+    bn_grad_partial(const N* __restrict__ x, const N* __restrict__ y, const N* __restrict__ dy,
+                    const float* __restrict__ mean, std::int64_t M, int C, int ppb, float* __restrict__ partial) {
+  __shared__ float s_a[kBnThreads * V], s_b[kBnThreads * V];
+  const int R = kBnThreads / ppb;
+  const int r = threadIdx.x / ppb, pl = threadIdx.x % ppb;
+  const int pack = blockIdx.x * ppb + pl;
+  const bool active = r < R && pack * V < C;
+  float sdz[V], sdzx[V], mu[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) sdz[v] = sdzx[v] = 0.f;
+  if (active) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) mu[v] = mean[pack * V + v];
+    for (std::int64_t row = std::int64_t{blockIdx.y} * R + r; row < M; row += std::int64_t{gridDim.y} * R) {
+      const std::int64_t off = row * C + pack * V;
+      float xv[V], g[V];
+      load_pack<N, V>(x + off, xv);
+      load_pack<N, V>(dy + off, g);
+      if constexpr (E != BatchNormEpilogue::kNone) {
+        float yv[V];
+        load_pack<N, V>(y + off, yv);
+#pragma unroll
+        for (int v = 0; v < V; ++v) g[v] = yv[v] > 0.f ? g[v] : 0.f;
+      }
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        sdz[v] += g[v];
+        sdzx[v] = fmaf(g[v], xv[v] - mu[v], sdzx[v]);
+      }
+    }
+  }
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    s_a[threadIdx.x * V + v] = sdz[v];
+    s_b[threadIdx.x * V + v] = sdzx[v];
+  }
+  __syncthreads();
+  if (r == 0 && active) {
+    for (int k = 1; k < R; ++k) {
+      const int t = k * ppb + pl;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        sdz[v] += s_a[t * V + v];
+        sdzx[v] += s_b[t * V + v];
+      }
+    }
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      float* o = partial + (std::int64_t{blockIdx.y} * C + pack * V + v) * 2;
+      o[0] = sdz[v];
+      o[1] = sdzx[v];
+    }
+  }
+}
+
+/// Per channel: dgamma += sum(dz*xhat), dbeta += sum(dz), and dx = a*dz + b*(x - mean) + e with
+/// a = gamma*invstd, b = -gamma*invstd^3*sum(dz*(x-mean))/M, e = -gamma*invstd*sum(dz)/M.
+__global__ void bn_grad_finalize(const float* __restrict__ partial, int n_part, int C, std::int64_t M,
+                                 const float* __restrict__ gamma, const float* __restrict__ invstd,
+                                 float* __restrict__ dgamma, float* __restrict__ dbeta, float* __restrict__ coef) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float sdz = 0.f, sdzx = 0.f;
+  for (int j = 0; j < n_part; ++j) {
+    const float* p = partial + (std::int64_t{j} * C + c) * 2;
+    sdz += p[0];
+    sdzx += p[1];
+  }
+  const float is = invstd[c], g = gamma[c], inv_m = 1.f / static_cast<float>(M);
+  dgamma[c] += sdzx * is;
+  dbeta[c] += sdz;
+  coef[c * 3 + 0] = g * is;
+  coef[c * 3 + 1] = -g * is * is * is * sdzx * inv_m;
+  coef[c * 3 + 2] = -g * is * sdz * inv_m;
+}
+
+template <class N, int V, BatchNormEpilogue E>
+__global__ void bn_grad_apply(const N* __restrict__ x, const N* __restrict__ y, const N* __restrict__ dy,
+                              const float* __restrict__ mean, const float* __restrict__ coef, N* __restrict__ dx,
+                              N* __restrict__ dres, std::int64_t n_pack, int C) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n_pack;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t off = i * V;
+    const int c0 = static_cast<int>(off % C);
+    float xv[V], g[V];
+    load_pack<N, V>(x + off, xv);
+    load_pack<N, V>(dy + off, g);
+    if constexpr (E != BatchNormEpilogue::kNone) {
+      float yv[V];
+      load_pack<N, V>(y + off, yv);
+#pragma unroll
+      for (int v = 0; v < V; ++v) g[v] = yv[v] > 0.f ? g[v] : 0.f;
+    }
+    if constexpr (E == BatchNormEpilogue::kAddRelu) store_pack<N, V>(dres + off, g);
+    float out[V];
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const int c = c0 + v;
+      out[v] = __ldg(coef + c * 3) * g[v] + __ldg(coef + c * 3 + 1) * (xv[v] - __ldg(mean + c)) + __ldg(coef + c * 3 + 2);
+    }
+    store_pack<N, V>(dx + off, out);
+  }
+}
+
+/// Call f.template operator()<V>() with the pack width for per-channel kernels.
+template <StorageScalar T, class F>
+void with_pack_width(int v, F&& f) {
+  if constexpr (sizeof(T) == 2) {
+    if (v == 8) return f.template operator()<8>();
+  }
+  if (v >= 4) return f.template operator()<4>();
+  if (v == 2) return f.template operator()<2>();
+  return f.template operator()<1>();
+}
+
+template <StorageScalar T>
+void bn_forward(const Cuda& ctx, const ampkit::detail::BatchNormForwardArgs<T>& a, BatchNormEpilogue e, bool training,
+                const BatchNormConfig& cfg) {
+  a.validate(ampkit::detail::bn_forward_name(e, training), e, training, cfg);
+  using N = native_t<T>;
+  const std::int64_t C64 = a.x.shape.c, M = a.x.shape.n * a.x.shape.h * a.x.shape.w;
+  AMPKIT_CHECK(C64 < (1 << 30), "batch_norm: ", C64, " channels is more than the kernels index");
+  const int C = static_cast<int>(C64);
+  const int n_sm = ctx.device().multiprocessors;
+  const int v = pack_width<T>(C, {a.x.data, a.y.data, e == BatchNormEpilogue::kAddRelu ? a.residual.data : nullptr});
+  // Workspace: scale, shift (C each) + partial statistics (grid_y * C * 3).
+  const BnTiling t = bn_tiling(M, C, v, n_sm);
+  auto ws = ctx.workspace(sizeof(float) * (2 * std::size_t(C) + (training ? std::size_t(t.grid_y) * C * 3 : 0)));
+  float* scale = reinterpret_cast<float*>(ws.data());
+  float* shift = scale + C;
+  float* partial = shift + C;
+  const unsigned cblocks = static_cast<unsigned>((C + 127) / 128);
+  with_pack_width<T>(v, [&]<int V>() {
+    if (training) {
+      bn_stats_partial<N, V><<<dim3(t.grid_x, t.grid_y), kBnThreads, 0, ctx.stream()>>>(
+          native(a.x.data), M, C, t.packs_per_block, partial);
+      AMPKIT_CUDA_CHECK_LAUNCH();
+      bn_stats_finalize<<<cblocks, 128, 0, ctx.stream()>>>(partial, static_cast<int>(t.grid_y), C, M, a.gamma.data,
+                                                           a.beta.data, a.running_mean.data, a.running_var.data,
+                                                           a.save_mean.data, a.save_invstd.data, scale, shift,
+                                                           cfg.momentum, cfg.eps);
+      AMPKIT_CUDA_CHECK_LAUNCH();
+    } else {
+      bn_inference_affine<<<cblocks, 128, 0, ctx.stream()>>>(C, a.gamma.data, a.beta.data, a.running_mean.data,
+                                                             a.running_var.data, scale, shift, cfg.eps);
+      AMPKIT_CUDA_CHECK_LAUNCH();
+    }
+    const std::int64_t n_pack = M * C / V;
+    const unsigned grid = grid_for(n_pack, kBnThreads, n_sm);
+    auto apply = [&]<BatchNormEpilogue E>() {
+      bn_apply<N, V, E><<<grid, kBnThreads, 0, ctx.stream()>>>(native(a.x.data), native(a.residual.data), scale, shift,
+                                                              native(a.y.data), n_pack, C);
+      AMPKIT_CUDA_CHECK_LAUNCH();
+    };
+    if (e == BatchNormEpilogue::kNone) apply.template operator()<BatchNormEpilogue::kNone>();
+    else if (e == BatchNormEpilogue::kRelu) apply.template operator()<BatchNormEpilogue::kRelu>();
+    else apply.template operator()<BatchNormEpilogue::kAddRelu>();
+  });
+}
+
+template <StorageScalar T>
+void bn_backward(const Cuda& ctx, const ampkit::detail::BatchNormBackwardArgs<T>& a, BatchNormEpilogue e) {
+  a.validate(ampkit::detail::bn_backward_name(e), e);
+  using N = native_t<T>;
+  const std::int64_t C64 = a.x.shape.c, M = a.x.shape.n * a.x.shape.h * a.x.shape.w;
+  AMPKIT_CHECK(C64 < (1 << 30), "batch_norm: ", C64, " channels is more than the kernels index");
+  const int C = static_cast<int>(C64);
+  const int n_sm = ctx.device().multiprocessors;
+  const bool fused = e != BatchNormEpilogue::kNone;
+  const int v = pack_width<T>(C, {a.x.data, a.dL_dy.data, a.dL_dx.data, fused ? a.y.data : nullptr,
+                                  e == BatchNormEpilogue::kAddRelu ? a.dL_dresidual.data : nullptr});
+  const BnTiling t = bn_tiling(M, C, v, n_sm);
+  auto ws = ctx.workspace(sizeof(float) * (3 * std::size_t(C) + std::size_t(t.grid_y) * C * 2));
+  float* coef = reinterpret_cast<float*>(ws.data());
+  float* partial = coef + 3 * C;
+  const unsigned cblocks = static_cast<unsigned>((C + 127) / 128);
+  with_pack_width<T>(v, [&]<int V>() {
+    auto run = [&]<BatchNormEpilogue E>() {
+      bn_grad_partial<N, V, E><<<dim3(t.grid_x, t.grid_y), kBnThreads, 0, ctx.stream()>>>(
+          native(a.x.data), native(a.y.data), native(a.dL_dy.data), a.save_mean.data, M, C, t.packs_per_block,
+          partial);
+      AMPKIT_CUDA_CHECK_LAUNCH();
+      bn_grad_finalize<<<cblocks, 128, 0, ctx.stream()>>>(partial, static_cast<int>(t.grid_y), C, M, a.gamma.data,
+                                                          a.save_invstd.data, a.dL_dgamma.data, a.dL_dbeta.data, coef);
+      AMPKIT_CUDA_CHECK_LAUNCH();
+      const std::int64_t n_pack = M * C / V;
+      bn_grad_apply<N, V, E><<<grid_for(n_pack, kBnThreads, n_sm), kBnThreads, 0, ctx.stream()>>>(
+          native(a.x.data), native(a.y.data), native(a.dL_dy.data), a.save_mean.data, coef, native(a.dL_dx.data),
+          native(a.dL_dresidual.data), n_pack, C);
+      AMPKIT_CUDA_CHECK_LAUNCH();
+    };
+    if (e == BatchNormEpilogue::kNone) run.template operator()<BatchNormEpilogue::kNone>();
+    else if (e == BatchNormEpilogue::kRelu) run.template operator()<BatchNormEpilogue::kRelu>();
+    else run.template operator()<BatchNormEpilogue::kAddRelu>();
+  });
+}
+
+}  // namespace cuda::detail
+
+// ---- training forward --------------------------------------------------------------------------
+template <StorageScalar T>
+void batch_norm_forward_training(Cuda& ctx, TensorView<const T> x, TensorView<const float> gamma,
+                                 TensorView<const float> beta, TensorView<float> running_mean,
+                                 TensorView<float> running_var, TensorView<float> save_mean,
+                                 TensorView<float> save_invstd, TensorView<T> y, const BatchNormConfig& cfg = {}) {
+  cuda::detail::bn_forward<T>(ctx, {x, {}, gamma, beta, running_mean, running_var, save_mean, save_invstd, y},
+                              BatchNormEpilogue::kNone, true, cfg);
+}
+template <StorageScalar T>
+void batch_norm_relu_forward_training(Cuda& ctx, TensorView<const T> x, TensorView<const float> gamma,
+                                      TensorView<const float> beta, TensorView<float> running_mean,
+                                      TensorView<float> running_var, TensorView<float> save_mean,
+                                      TensorView<float> save_invstd, TensorView<T> y, const BatchNormConfig& cfg = {}) {
+  cuda::detail::bn_forward<T>(ctx, {x, {}, gamma, beta, running_mean, running_var, save_mean, save_invstd, y},
+                              BatchNormEpilogue::kRelu, true, cfg);
+}
+template <StorageScalar T>
+void batch_norm_add_relu_forward_training(Cuda& ctx, TensorView<const T> x, TensorView<const T> residual,
+                                          TensorView<const float> gamma, TensorView<const float> beta,
+                                          TensorView<float> running_mean, TensorView<float> running_var,
+                                          TensorView<float> save_mean, TensorView<float> save_invstd, TensorView<T> y,
+                                          const BatchNormConfig& cfg = {}) {
+  cuda::detail::bn_forward<T>(ctx, {x, residual, gamma, beta, running_mean, running_var, save_mean, save_invstd, y},
+                              BatchNormEpilogue::kAddRelu, true, cfg);
+}
+
+// ---- inference forward -------------------------------------------------------------------------
+template <StorageScalar T>
+void batch_norm_forward_inference(Cuda& ctx, TensorView<const T> x, TensorView<const float> gamma,
+                                  TensorView<const float> beta, TensorView<const float> running_mean,
+                                  TensorView<const float> running_var, TensorView<T> y,
+                                  const BatchNormConfig& cfg = {}) {
+  cuda::detail::bn_forward<T>(ctx, {x, {}, gamma, beta, {const_cast<float*>(running_mean.data), running_mean.shape},
+                                    {const_cast<float*>(running_var.data), running_var.shape}, {}, {}, y},
+                              BatchNormEpilogue::kNone, false, cfg);
+}
+template <StorageScalar T>
+void batch_norm_relu_forward_inference(Cuda& ctx, TensorView<const T> x, TensorView<const float> gamma,
+                                       TensorView<const float> beta, TensorView<const float> running_mean,
+                                       TensorView<const float> running_var, TensorView<T> y,
+                                       const BatchNormConfig& cfg = {}) {
+  cuda::detail::bn_forward<T>(ctx, {x, {}, gamma, beta, {const_cast<float*>(running_mean.data), running_mean.shape},
+                                    {const_cast<float*>(running_var.data), running_var.shape}, {}, {}, y},
+                              BatchNormEpilogue::kRelu, false, cfg);
+}
+template <StorageScalar T>
+void batch_norm_add_relu_forward_inference(Cuda& ctx, TensorView<const T> x, TensorView<const T> residual,
+                                           TensorView<const float> gamma, TensorView<const float> beta,
+                                           TensorView<const float> running_mean, TensorView<const float> running_var,
+                                           TensorView<T> y, const BatchNormConfig& cfg = {}) {
+  cuda::detail::bn_forward<T>(ctx, {x, residual, gamma, beta, {const_cast<float*>(running_mean.data), running_mean.shape},
+                                    {const_cast<float*>(running_var.data), running_var.shape}, {}, {}, y},
+                              BatchNormEpilogue::kAddRelu, false, cfg);
+}
+
+// ---- training backward -------------------------------------------------------------------------
+template <StorageScalar T>
+void batch_norm_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> dL_dy, TensorView<const float> gamma,
+                         TensorView<const float> save_mean, TensorView<const float> save_invstd, TensorView<T> dL_dx,
+                         TensorView<float> dL_dgamma, TensorView<float> dL_dbeta) {
+  cuda::detail::bn_backward<T>(ctx, {x, {}, dL_dy, gamma, save_mean, save_invstd, dL_dx, {}, dL_dgamma, dL_dbeta},
+                               BatchNormEpilogue::kNone);
+}
+template <StorageScalar T>
+void batch_norm_relu_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> y, TensorView<const T> dL_dy,
+                              TensorView<const float> gamma, TensorView<const float> save_mean,
+                              TensorView<const float> save_invstd, TensorView<T> dL_dx, TensorView<float> dL_dgamma,
+                              TensorView<float> dL_dbeta) {
+  cuda::detail::bn_backward<T>(ctx, {x, y, dL_dy, gamma, save_mean, save_invstd, dL_dx, {}, dL_dgamma, dL_dbeta},
+                               BatchNormEpilogue::kRelu);
+}
+template <StorageScalar T>
+void batch_norm_add_relu_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> y, TensorView<const T> dL_dy,
+                                  TensorView<const float> gamma, TensorView<const float> save_mean,
+                                  TensorView<const float> save_invstd, TensorView<T> dL_dx, TensorView<T> dL_dresidual,
+                                  TensorView<float> dL_dgamma, TensorView<float> dL_dbeta) {
+  cuda::detail::bn_backward<T>(ctx, {x, y, dL_dy, gamma, save_mean, save_invstd, dL_dx, dL_dresidual, dL_dgamma, dL_dbeta},
+                               BatchNormEpilogue::kAddRelu);
+}
+
+}  // namespace ampkit

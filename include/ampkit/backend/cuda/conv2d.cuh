@@ -1,0 +1,324 @@
+/// @brief CUDA backend Conv2d through cuDNN (NHWC, fp32 accumulation, tensor cores for fp16/bf16),
+/// with algorithms chosen once per shape by measurement and cached, like cudnn.benchmark=True.
+/// Semantics and the gradient contract are in nn/ops/conv2d.hpp; signatures mirror
+/// backend/host/conv2d.hpp.
+///
+/// The plan cache: the first call for a (device, dtype, shapes, params) key creates the tensor,
+/// filter and convolution descriptors and keeps them; the first call of each direction (forward,
+/// backward data, backward filter) runs cudnnFind* for it and keeps the fastest algorithm that
+/// fits the workspace limit together with the math type Find measured it with. Find synchronises
+/// and allocates, so run one warm-up step before capturing a CUDA graph.
+///
+/// Numerics: fp16/bf16 use CUDNN_TENSOR_OP_MATH with fp32 compute; fp32 uses CUDNN_FMA_MATH so
+/// TF32 is never used behind the user's back (fp32 means fp32). Workspace comes from the
+/// context's caching allocator, in stream order.
+#pragma once
+
+#include <cudnn.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <iterator>
+#include <tuple>
+#include <vector>
+
+#include "ampkit/backend/cuda/check.cuh"
+#include "ampkit/backend/cuda/context.cuh"
+#include "ampkit/backend/cuda/packed_io.cuh"
+#include "ampkit/core/tensor.hpp"
+#include "ampkit/nn/ops/conv2d.hpp"
+#include "ampkit/precision.hpp"
+
+namespace ampkit {
+
+namespace cuda::detail {
+
+/// Largest workspace an algorithm may ask for (cuDNN's fastest choices rarely need more).
+inline constexpr std::size_t kConvWorkspaceLimit = std::size_t{1} << 30;
+
+struct ConvKey {
+  int device;
+  cudnnDataType_t dtype;
+  std::int64_t n, c, h, w, k, r, s;
+  Conv2dParams p;
+  auto tie() const {
+    return std::tuple(device, static_cast<int>(dtype), n, c, h, w, k, r, s, p.stride_h, p.stride_w, p.pad_h, p.pad_w,
+                      p.dilation_h, p.dilation_w, p.groups);
+  }
+  bool operator<(const ConvKey& o) const { return tie() < o.tie(); }
+};
+
+/// Descriptors and measured algorithm choices for one conv shape. Not copyable (owns handles).
+struct ConvPlan {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t fwd = nullptr, bwd_data = nullptr, bwd_filter = nullptr;  // one per math type
+  bool has_fwd = false, has_bwd_data = false, has_bwd_filter = false;
+  cudnnConvolutionFwdAlgo_t fwd_algo{};
+  cudnnConvolutionBwdDataAlgo_t bwd_data_algo{};
+  cudnnConvolutionBwdFilterAlgo_t bwd_filter_algo{};
+  std::size_t fwd_ws = 0, bwd_data_ws = 0, bwd_filter_ws = 0;
+
+  ConvPlan() = default;
+  ConvPlan(const ConvPlan&) = delete;
+  ConvPlan& operator=(const ConvPlan&) = delete;
+  ~ConvPlan() {
+    if (x) cudnnDestroyTensorDescriptor(x);
+    if (y) cudnnDestroyTensorDescriptor(y);
+    if (w) cudnnDestroyFilterDescriptor(w);
+    for (auto d : {fwd, bwd_data, bwd_filter})
+      if (d) cudnnDestroyConvolutionDescriptor(d);
+  }
+};
+
+inline int to_int(std::int64_t v, const char* what) {
+  AMPKIT_CHECK(v <= INT_MAX, "conv2d: ", what, " = ", v, " exceeds cuDNN's int range");
+  return static_cast<int>(v);
+}
+
+/// The math type to request before Find, and whether a measured result is acceptable.
+inline cudnnMathType_t conv_math_for(cudnnDataType_t dt) {
+  return dt == CUDNN_DATA_FLOAT ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+}
+inline bool conv_math_ok(cudnnDataType_t dt, cudnnMathType_t m) {
+  // fp32: no tensor-op (TF32) results. DEFAULT_MATH results are re-run under FMA_MATH.
+  if (dt == CUDNN_DATA_FLOAT) return m == CUDNN_FMA_MATH || m == CUDNN_DEFAULT_MATH;
+  return true;
+}
+inline cudnnMathType_t conv_math_use(cudnnDataType_t dt, cudnnMathType_t measured) {
+  return dt == CUDNN_DATA_FLOAT ? CUDNN_FMA_MATH : measured;
+}
+
+/// Process-wide plan cache (descriptors are not tied to a handle; the key holds the device).
+class ConvPlanCache {
+ public:
+  static ConvPlanCache& instance() {
+    static ConvPlanCache c;
+    return c;
+  }
+
+  ConvPlan& get(const ConvKey& key) {
+    std::lock_guard lock(mu_);
+    auto& slot = plans_[key];
+    if (!slot) slot = make(key);
+    return *slot;
+  }
+  std::mutex& mutex() { return mu_; }
+  std::size_t size() {
+    std::lock_guard lock(mu_);
+    return plans_.size();
+  }
+
+ private:
+  static std::unique_ptr<ConvPlan> make(const ConvKey& k) {
+    auto p = std::make_unique<ConvPlan>();
+    AMPKIT_CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->x));
+    AMPKIT_CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->y));
+    AMPKIT_CUDNN_CHECK(cudnnCreateFilterDescriptor(&p->w));
+    const Shape ys = conv2d_output_shape({k.n, k.h, k.w, k.c}, {k.k, k.r, k.s, k.c / k.p.groups}, k.p);
+    AMPKIT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NHWC, k.dtype, to_int(k.n, "N"), to_int(k.c, "C"),
+                                                  to_int(k.h, "H"), to_int(k.w, "W")));
+    AMPKIT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NHWC, k.dtype, to_int(ys.n, "N"),
+                                                  to_int(ys.c, "K"), to_int(ys.h, "P"), to_int(ys.w, "Q")));
+    AMPKIT_CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, k.dtype, CUDNN_TENSOR_NHWC, to_int(k.k, "K"),
+                                                  to_int(k.c / k.p.groups, "C/groups"), to_int(k.r, "R"),
+                                                  to_int(k.s, "S")));
+    for (auto* d : {&p->fwd, &p->bwd_data, &p->bwd_filter}) {
+      AMPKIT_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(d));
+      AMPKIT_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(
+          *d, to_int(k.p.pad_h, "pad_h"), to_int(k.p.pad_w, "pad_w"), to_int(k.p.stride_h, "stride_h"),
+          to_int(k.p.stride_w, "stride_w"), to_int(k.p.dilation_h, "dilation_h"), to_int(k.p.dilation_w, "dilation_w"),
+          CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));  // fp32 accumulation for every storage type
+      AMPKIT_CUDNN_CHECK(cudnnSetConvolutionGroupCount(*d, to_int(k.p.groups, "groups")));
+      AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(*d, conv_math_for(k.dtype)));
+    }
+    return p;
+  }
+
+  std::mutex mu_;
+  std::map<ConvKey, std::unique_ptr<ConvPlan>> plans_;
+};
+
+/// Pick the first (fastest) usable result of a Find call, or fail naming the op and shape.
+template <class Perf>
+const Perf& pick(const Perf* res, int n, cudnnDataType_t dt, const char* op, const ConvKey& k) {
+  for (int i = 0; i < n; ++i)
+    if (res[i].status == CUDNN_STATUS_SUCCESS && res[i].memory <= kConvWorkspaceLimit &&
+        conv_math_ok(dt, res[i].mathType))
+      return res[i];
+  AMPKIT_FAIL(op, ": cuDNN has no usable algorithm for input (", k.n, ",", k.h, ",", k.w, ",", k.c, ") weights (", k.k,
+              ",", k.r, ",", k.s, ",", k.c / k.p.groups, ") groups=", k.p.groups, " (", n, " candidates measured)");
+}
+
+template <StorageScalar T>
+ConvKey conv_key(const Cuda& ctx, Shape x, Shape w, const Conv2dParams& p) {
+  return {ctx.device().index, cudnn_type_v<T>, x.n, x.c, x.h, x.w, w.n, w.h, w.w, p};
+}
+
+/// y(M,K) += bias[k], in place.
+template <class N>
+__global__ void add_bias_kernel(N* __restrict__ y, const N* __restrict__ b, std::int64_t total, int K) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += std::int64_t{gridDim.x} * blockDim.x)
+    y[i] = from_float<N>(to_float(y[i]) + to_float(b[i % K]));
+}
+
+/// partial(grid_y, K) = column sums of dy(M, K) over each block's rows. blockDim (32, 8).
+template <class N>
+__global__ void column_sum_partial(const N* __restrict__ dy, std::int64_t M, int K, float* __restrict__ partial) {
+  __shared__ float s[8][33];
+  const int k = blockIdx.x * 32 + threadIdx.x;
+  float acc = 0.f;
+  if (k < K)
+    for (std::int64_t m = std::int64_t{blockIdx.y} * 8 + threadIdx.y; m < M; m += std::int64_t{gridDim.y} * 8)
+      acc += to_float(dy[m * K + k]);
+  s[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && k < K) {
+    for (int j = 1; j < 8; ++j) acc += s[j][threadIdx.x];
+    partial[std::int64_t{blockIdx.y} * K + k] = acc;
+  }
+}
+
+/// db[k] += sum_j partial[j][k], in a fixed order (deterministic), one rounding to T.
+template <class N>
+__global__ void column_sum_finalize(const float* __restrict__ partial, int n_part, int K, N* __restrict__ db) {
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= K) return;
+  float acc = 0.f;
+  for (int j = 0; j < n_part; ++j) acc += partial[std::int64_t{j} * K + k];
+  db[k] = from_float<N>(to_float(db[k]) + acc);
+}
+
+inline void check_views(const char* op, std::initializer_list<std::pair<const char*, const void*>> v) {
+  for (const auto& [name, p] : v) AMPKIT_CHECK(p != nullptr, op, ": ", name, " has no data");
+}
+
+}  // namespace cuda::detail
+
+/// y = conv2d(x, w) + bias (bias may be an empty view). Output WRITTEN.
+template <StorageScalar T>
+void conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> w, TensorView<const T> bias, TensorView<T> y,
+                    const Conv2dParams& p) {
+  using namespace cuda::detail;
+  ampkit::detail::check_conv2d("conv2d_forward", x.shape, w.shape, y.shape, &bias, p);
+  check_views("conv2d_forward", {{"x", x.data}, {"w", w.data}, {"y", y.data}});
+  const auto key = conv_key<T>(ctx, x.shape, w.shape, p);
+  auto& cache = ConvPlanCache::instance();
+  ConvPlan& plan = cache.get(key);
+  {
+    std::lock_guard lock(cache.mutex());
+    if (!plan.has_fwd) {
+      cudnnConvolutionFwdAlgoPerf_t res[CUDNN_CONVOLUTION_FWD_ALGO_COUNT * 3];
+      int n = 0;
+      AMPKIT_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(ctx.cudnn(), plan.x, plan.w, plan.fwd, plan.y,
+                                                              static_cast<int>(std::size(res)), &n, res));
+      const auto& r = pick(res, n, key.dtype, "conv2d_forward", key);
+      AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.fwd, conv_math_use(key.dtype, r.mathType)));
+      AMPKIT_CUDNN_CHECK(
+          cudnnGetConvolutionForwardWorkspaceSize(ctx.cudnn(), plan.x, plan.w, plan.fwd, plan.y, r.algo, &plan.fwd_ws));
+      plan.fwd_algo = r.algo;
+      plan.has_fwd = true;
+    }
+  }
+  auto ws = ctx.workspace(plan.fwd_ws);
+  const float one = 1.f, zero = 0.f;
+  AMPKIT_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn(), &one, plan.x, x.data, plan.w, w.data, plan.fwd, plan.fwd_algo,
+                                             ws.data(), plan.fwd_ws, &zero, plan.y, y.data));
+  if (bias.data) {
+    const std::int64_t total = y.numel();
+    add_bias_kernel<<<grid_for(total, 256, ctx.device().multiprocessors), 256, 0, ctx.stream()>>>(
+        native(y.data), native(bias.data), total, static_cast<int>(y.shape.c));
+    AMPKIT_CUDA_CHECK_LAUNCH();
+  }
+}
+
+/// dL_dx = conv2d_backward_data(dL_dy, w). dL_dx WRITTEN.
+template <StorageScalar T>
+void conv2d_backward_data(Cuda& ctx, TensorView<const T> dL_dy, TensorView<const T> w, TensorView<T> dL_dx,
+                          const Conv2dParams& p) {
+  using namespace cuda::detail;
+  ampkit::detail::check_conv2d<const T>("conv2d_backward_data", dL_dx.shape, w.shape, dL_dy.shape, nullptr, p);
+  check_views("conv2d_backward_data", {{"dL_dy", dL_dy.data}, {"w", w.data}, {"dL_dx", dL_dx.data}});
+  const auto key = conv_key<T>(ctx, dL_dx.shape, w.shape, p);
+  auto& cache = ConvPlanCache::instance();
+  ConvPlan& plan = cache.get(key);
+  {
+    std::lock_guard lock(cache.mutex());
+    if (!plan.has_bwd_data) {
+      cudnnConvolutionBwdDataAlgoPerf_t res[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT * 3];
+      int n = 0;
+      AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(ctx.cudnn(), plan.w, plan.y, plan.bwd_data, plan.x,
+                                                                   static_cast<int>(std::size(res)), &n, res));
+      const auto& r = pick(res, n, key.dtype, "conv2d_backward_data", key);
+      AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.bwd_data, conv_math_use(key.dtype, r.mathType)));
+      AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(ctx.cudnn(), plan.w, plan.y, plan.bwd_data, plan.x,
+                                                                      r.algo, &plan.bwd_data_ws));
+      plan.bwd_data_algo = r.algo;
+      plan.has_bwd_data = true;
+    }
+  }
+  auto ws = ctx.workspace(plan.bwd_data_ws);
+  const float one = 1.f, zero = 0.f;
+  AMPKIT_CUDNN_CHECK(cudnnConvolutionBackwardData(ctx.cudnn(), &one, plan.w, w.data, plan.y, dL_dy.data, plan.bwd_data,
+                                                  plan.bwd_data_algo, ws.data(), plan.bwd_data_ws, &zero, plan.x,
+                                                  dL_dx.data));
+}
+
+/// dL_dw += conv2d_backward_filter(x, dL_dy) (cuDNN beta = 1).
+template <StorageScalar T>
+void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T> dL_dy, TensorView<T> dL_dw,
+                            const Conv2dParams& p) {
+  using namespace cuda::detail;
+  ampkit::detail::check_conv2d<const T>("conv2d_backward_filter", x.shape, dL_dw.shape, dL_dy.shape, nullptr, p);
+  check_views("conv2d_backward_filter", {{"x", x.data}, {"dL_dy", dL_dy.data}, {"dL_dw", dL_dw.data}});
+  const auto key = conv_key<T>(ctx, x.shape, dL_dw.shape, p);
+  auto& cache = ConvPlanCache::instance();
+  ConvPlan& plan = cache.get(key);
+  {
+    std::lock_guard lock(cache.mutex());
+    if (!plan.has_bwd_filter) {
+      cudnnConvolutionBwdFilterAlgoPerf_t res[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT * 3];
+      int n = 0;
+      AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(ctx.cudnn(), plan.x, plan.y, plan.bwd_filter,
+                                                                     plan.w, static_cast<int>(std::size(res)), &n, res));
+      const auto& r = pick(res, n, key.dtype, "conv2d_backward_filter", key);
+      AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.bwd_filter, conv_math_use(key.dtype, r.mathType)));
+      AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(ctx.cudnn(), plan.x, plan.y, plan.bwd_filter,
+                                                                        plan.w, r.algo, &plan.bwd_filter_ws));
+      plan.bwd_filter_algo = r.algo;
+      plan.has_bwd_filter = true;
+    }
+  }
+  auto ws = ctx.workspace(plan.bwd_filter_ws);
+  const float one = 1.f;  // beta = 1: accumulate into dL_dw
+  AMPKIT_CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx.cudnn(), &one, plan.x, x.data, plan.y, dL_dy.data,
+                                                    plan.bwd_filter, plan.bwd_filter_algo, ws.data(), plan.bwd_filter_ws,
+                                                    &one, plan.w, dL_dw.data));
+}
+
+/// dL_db += sum over (N,H,W) of dL_dy: fixed-order two-pass column sum (deterministic).
+template <StorageScalar T>
+void conv2d_backward_bias(Cuda& ctx, TensorView<const T> dL_dy, TensorView<T> dL_db) {
+  using namespace cuda::detail;
+  check_shape("conv2d_backward_bias", "dL_dy", dL_dy, dL_dy.shape);
+  check_shape("conv2d_backward_bias", "dL_db", dL_db, Shape{1, 1, 1, dL_dy.shape.c});
+  const std::int64_t M = dL_dy.shape.n * dL_dy.shape.h * dL_dy.shape.w;
+  const int K = to_int(dL_dy.shape.c, "K");
+  if (M == 0 || K == 0) return;
+  const unsigned gx = static_cast<unsigned>((K + 31) / 32);
+  const unsigned gy = static_cast<unsigned>(std::clamp<std::int64_t>(
+      std::int64_t{ctx.device().multiprocessors} * 4 / gx, 1, std::max<std::int64_t>(1, (M + 63) / 64)));
+  auto ws = ctx.workspace(sizeof(float) * gy * static_cast<std::size_t>(K));
+  float* partial = reinterpret_cast<float*>(ws.data());
+  column_sum_partial<<<dim3(gx, gy), dim3(32, 8), 0, ctx.stream()>>>(native(dL_dy.data), M, K, partial);
+  AMPKIT_CUDA_CHECK_LAUNCH();
+  column_sum_finalize<<<(K + 127) / 128, 128, 0, ctx.stream()>>>(partial, static_cast<int>(gy), K, native(dL_db.data));
+  AMPKIT_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace ampkit
