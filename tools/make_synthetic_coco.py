@@ -18,8 +18,8 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--images", type=int, default=118287)
     ap.add_argument("--annotations", type=int, default=262465)
-    ap.add_argument("--poly-points", type=int, default=38,
-                    help="mean polygon vertices; 38 gives about the real file size")
+    ap.add_argument("--poly-points", type=int, default=28,
+                    help="mean polygon vertices; 28 gives about the real file size (~240 MB)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     rng = random.Random(a.seed)

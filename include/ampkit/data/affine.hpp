@@ -173,11 +173,23 @@ void for_each_warp_sample(const Affine& dst_from_src, int out_w, int out_h, F&& 
 inline Image warp_affine(const Image& src, const Affine& m, int out_w, int out_h) {
   Image dst(out_h, out_w, src.c);
   const int W = src.w, H = src.h, C = src.c;
+  const std::size_t stride = static_cast<std::size_t>(W) * C;
+  constexpr int kRound = 1 << (detail::kCoefBits - 1);
   detail::for_each_warp_sample(m, out_w, out_h, [&](int x, int y, int sx, int sy, int ax, int ay) {
     std::uint8_t* d = dst.row(y) + static_cast<std::size_t>(x) * C;
-    // Integer weights: the float table entries are multiples of 1/1024, so ×32768 is exact.
-    const int w0 = (detail::kInterTab - ax) * (detail::kInterTab - ay) * 32, w1 = ax * (detail::kInterTab - ay) * 32,
-              w2 = (detail::kInterTab - ax) * ay * 32, w3 = ax * ay * 32;
+    // Integer weights: the float table entries are multiples of 1/1024, so x32768 is exact.
+    const int w0 = (detail::kInterTab - ax) * (detail::kInterTab - ay) * 32,
+              w1 = ax * (detail::kInterTab - ay) * 32, w2 = (detail::kInterTab - ax) * ay * 32,
+              w3 = ax * ay * 32;
+    if (static_cast<unsigned>(sx) < static_cast<unsigned>(W - 1) &&
+        static_cast<unsigned>(sy) < static_cast<unsigned>(H - 1)) {  // all four inside
+      const std::uint8_t* p = src.pixels.data() + sy * stride + static_cast<std::size_t>(sx) * C;
+      for (int k = 0; k < C; ++k) {
+        const int s = p[k] * w0 + p[k + C] * w1 + p[stride + k] * w2 + p[stride + k + C] * w3;
+        d[k] = static_cast<std::uint8_t>(std::min((s + kRound) >> detail::kCoefBits, 255));
+      }
+      return;
+    }
     const bool x0in = sx >= 0 && sx < W, x1in = sx + 1 >= 0 && sx + 1 < W;
     const bool y0in = sy >= 0 && sy < H, y1in = sy + 1 >= 0 && sy + 1 < H;
     if (!(x0in || x1in) || !(y0in || y1in)) return;  // fully outside: border value 0
@@ -189,8 +201,7 @@ inline Image warp_affine(const Image& src, const Affine& m, int out_w, int out_h
       const int v2 = (r1 && x0in) ? r1[sx * C + k] : 0;
       const int v3 = (r1 && x1in) ? r1[(sx + 1) * C + k] : 0;
       const int s = v0 * w0 + v1 * w1 + v2 * w2 + v3 * w3;
-      d[k] = static_cast<std::uint8_t>(
-          std::clamp((s + (1 << (detail::kCoefBits - 1))) >> detail::kCoefBits, 0, 255));
+      d[k] = static_cast<std::uint8_t>(std::clamp((s + kRound) >> detail::kCoefBits, 0, 255));
     }
   });
   return dst;
