@@ -222,35 +222,61 @@ inline std::vector<std::size_t> nearby_joints_nms(std::span<const float> keypoin
   return keep;
 }
 
-/// Decode one image's (already flip-combined, if flip test) maps into poses in image coordinates.
-inline std::vector<DekrPose> dekr_decode(TensorView<const float> heatmaps, TensorView<const float> displacements,
-                                         const InputTransform& tf, const DekrDecodeConfig& cfg = {},
-                                         const RescoreNet* rescore = nullptr) {
+/// What the map work of one image yields: the roots kept by the center NMS (score order) and, per
+/// root, its keypoints and their heatmap scores; rescoring, pose NMS and the image mapping follow
+/// in dekr_finish. Computed on the host by dekr_candidates and on the device by
+/// backend/cuda/dekr_decode.cuh (which copies back only this).
+struct DekrCandidates {
+  std::vector<RootPeak> roots;   ///< (N) center NMS survivors, best first
+  std::vector<float> keypoints;  ///< (N, K, 2) input-image coordinates (heatmap px x input/heatmap)
+  std::vector<float> heat;       ///< (N, K) bilinear heatmap score of each keypoint
+};
+
+/// Center NMS, poses from the displacements at the roots, heat scores (SPR.decode), on one
+/// image's (already flip-combined, if flip test) maps.
+inline DekrCandidates dekr_candidates(TensorView<const float> heatmaps, TensorView<const float> displacements,
+                                      double input_w, double input_h, const DekrDecodeConfig& cfg = {}) {
   const std::int64_t H = heatmaps.shape.h, W = heatmaps.shape.w, K = heatmaps.shape.c - 1;
   AMPKIT_CHECK(heatmaps.shape.n == 1 && K > 0, "dekr_decode: heatmaps must be (1,H,W,K+1), got ", heatmaps.shape);
   check_shape("dekr_decode", "displacements", displacements, {1, H, W, 2 * K});
-  AMPKIT_CHECK(tf.input_w > 0 && tf.input_h > 0, "dekr_decode: the input transform has no input size");
+  AMPKIT_CHECK(input_w > 0 && input_h > 0, "dekr_decode: the input transform has no input size");
   const auto Ku = static_cast<std::size_t>(K);
 
-  const auto peaks = dekr_center_nms(heatmaps, cfg);
-  const std::size_t N = peaks.size();
+  DekrCandidates c;
+  c.roots = dekr_center_nms(heatmaps, cfg);
+  const std::size_t N = c.roots.size();
   // SPR.scale_factor = (input_size / heatmap_size).astype(float32)
-  const auto sx = static_cast<float>(tf.input_w / static_cast<double>(W));
-  const auto sy = static_cast<float>(tf.input_h / static_cast<double>(H));
-  std::vector<float> kpts(N * Ku * 2), heat(N * Ku), root(N);
+  const auto sx = static_cast<float>(input_w / static_cast<double>(W));
+  const auto sy = static_cast<float>(input_h / static_cast<double>(H));
+  c.keypoints.resize(N * Ku * 2);
+  c.heat.resize(N * Ku);
   for (std::size_t n = 0; n < N; ++n) {
-    const std::int64_t y = peaks[n].index / W, x = peaks[n].index % W;
-    root[n] = peaks[n].score;
+    const std::int64_t y = c.roots[n].index / W, x = c.roots[n].index % W;
     for (std::size_t k = 0; k < Ku; ++k) {
-      const auto c = static_cast<std::int64_t>(k);
+      const auto ch = static_cast<std::int64_t>(k);
       // pose map = pixel grid + displacement, read at the root pixel (heatmap coordinates)
-      const float px = static_cast<float>(x) + displacements(0, y, x, 2 * c);
-      const float py = static_cast<float>(y) + displacements(0, y, x, 2 * c + 1);
-      heat[n * Ku + k] = dekr_sample_heatmap(heatmaps, c, px, py);
-      kpts[(n * Ku + k) * 2] = px * sx;
-      kpts[(n * Ku + k) * 2 + 1] = py * sy;
+      const float px = static_cast<float>(x) + displacements(0, y, x, 2 * ch);
+      const float py = static_cast<float>(y) + displacements(0, y, x, 2 * ch + 1);
+      c.heat[n * Ku + k] = dekr_sample_heatmap(heatmaps, ch, px, py);
+      c.keypoints[(n * Ku + k) * 2] = px * sx;
+      c.keypoints[(n * Ku + k) * 2 + 1] = py * sy;
     }
   }
+  return c;
+}
+
+/// Rescoring (optional), nearby-joints pose NMS and the mapping to image coordinates
+/// (DEKRHead.decode + BottomupPoseEstimator) of one image's candidates.
+inline std::vector<DekrPose> dekr_finish(const DekrCandidates& c, std::size_t K, const InputTransform& tf,
+                                         const DekrDecodeConfig& cfg = {}, const RescoreNet* rescore = nullptr) {
+  const std::size_t N = c.roots.size(), Ku = K;
+  AMPKIT_CHECK(c.keypoints.size() == N * K * 2 && c.heat.size() == N * K, "dekr_finish: ", N, " roots but ",
+               c.keypoints.size(), " coordinates and ", c.heat.size(), " scores for K = ", K);
+  AMPKIT_CHECK(tf.input_w > 0 && tf.input_h > 0, "dekr_decode: the input transform has no input size");
+  const std::vector<float>& kpts = c.keypoints;
+  const std::vector<float>& heat = c.heat;
+  std::vector<float> root(N);
+  for (std::size_t n = 0; n < N; ++n) root[n] = c.roots[n].score;
   if (rescore != nullptr && rescore->loaded())
     for (std::size_t n = 0; n < N; ++n)
       root[n] *= (*rescore)(std::span<const float>(kpts).subspan(n * Ku * 2, Ku * 2),
@@ -282,6 +308,15 @@ inline std::vector<DekrPose> dekr_decode(TensorView<const float> heatmaps, Tenso
     poses.push_back(std::move(p));
   }
   return poses;
+}
+
+/// Decode one image's (already flip-combined, if flip test) maps into poses in image coordinates.
+inline std::vector<DekrPose> dekr_decode(TensorView<const float> heatmaps, TensorView<const float> displacements,
+                                         const InputTransform& tf, const DekrDecodeConfig& cfg = {},
+                                         const RescoreNet* rescore = nullptr) {
+  AMPKIT_CHECK(tf.input_w > 0 && tf.input_h > 0, "dekr_decode: the input transform has no input size");
+  const auto c = dekr_candidates(heatmaps, displacements, tf.input_w, tf.input_h, cfg);
+  return dekr_finish(c, static_cast<std::size_t>(heatmaps.shape.c - 1), tf, cfg, rescore);
 }
 
 /// Flip test: combine both passes (dekr_flip_combine), then decode.
