@@ -1,0 +1,361 @@
+// Process group on the visible GPUs, one thread per rank (2 ranks when 2 GPUs are visible, else
+// 1): bucketed gradient averaging vs the host, overflow flag / grad-norm / broadcast / all-gather /
+// barrier, SyncBatchNorm statistics, the TCP bootstrap, and the watchdog ending a collective or
+// a communicator set-up that a rank never joins.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <future>
+#include <mutex>
+
+#include "ampkit/backend/cuda/dist/batch_norm_sync.cuh"
+#include "ampkit/backend/cuda/dist/grad_reducer.cuh"
+#include "ampkit/backend/cuda/dist/process_group.cuh"
+#include "dist_test_support.cuh"
+
+using namespace ampkit;
+using namespace ampkit::dist;
+using namespace ampkit::testing::dist;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// Two ranks when two GPUs are visible (NCCL allows one rank per GPU), else one.
+int test_world() { return std::min(cuda::device_count(), 2); }
+
+bool need_two_gpus() {
+  if (cuda::device_count() >= 2) return true;
+  MESSAGE("skipped: needs 2 GPUs, ", cuda::device_count(), " visible (NCCL allows one rank per GPU)");
+  return false;
+}
+
+/// One communicator per thread from a shared id (no TCP), with a short timeout.
+std::vector<std::unique_ptr<ProcessGroup>> make_groups(int world, std::chrono::milliseconds timeout,
+                                                       std::vector<std::string>* aborts = nullptr,
+                                                       std::mutex* mu = nullptr) {
+  ncclUniqueId id;
+  AMPKIT_NCCL_CHECK(ncclGetUniqueId(&id));
+  std::vector<std::unique_ptr<ProcessGroup>> pgs(static_cast<std::size_t>(world));
+  run_ranks(world, [&](int r) {
+    ProcessGroupOptions o;
+    o.timeout = timeout;
+    if (aborts)
+      o.on_abort = [aborts, mu](const std::string& m) {
+        std::lock_guard lk(*mu);
+        aborts->push_back(m);
+      };
+    pgs[static_cast<std::size_t>(r)] = std::make_unique<ProcessGroup>(id, r, world, r, o);
+  });
+  return pgs;
+}
+
+}  // namespace
+
+TEST_CASE("dist gpu: bucketed gradient average over an accumulation window equals the host's") {
+  const int world = test_world();
+  MESSAGE("world size ", world);
+  auto pgs = make_groups(world, 60s);
+  std::vector<DdpOutcome> outcomes(static_cast<std::size_t>(world));
+  run_ranks(world, [&](int r) { outcomes[static_cast<std::size_t>(r)] = run_ddp(*pgs[static_cast<std::size_t>(r)], 3, 2024); });
+  for (int r = 0; r < world; ++r) {
+    CAPTURE(r);
+    outcomes[static_cast<std::size_t>(r)].print(r);
+    check_ddp(outcomes[static_cast<std::size_t>(r)], 3);
+  }
+}
+
+TEST_CASE("dist gpu: overflow flag (max), grad-norm (sum), broadcast, all-gather, barrier") {
+  const int world = test_world();
+  auto pgs = make_groups(world, 60s);
+  struct Tag {  // a small host value to all-gather
+    int id;
+    float x;
+  };
+  struct Seen {
+    float flag_none = -1, flag_one = -1, norm2 = -1;
+    std::vector<float> bcast;
+    std::vector<ampkit::half> bcast_half;
+    std::vector<Tag> gathered;
+  };
+  std::vector<Seen> seen(static_cast<std::size_t>(world));
+  const int root = world - 1;
+  const auto root_values = random_values(4099, 77);
+  run_ranks(world, [&](int r) {
+    ProcessGroup& pg = *pgs[static_cast<std::size_t>(r)];
+    Seen& s = seen[static_cast<std::size_t>(r)];
+    cudaStream_t st;
+    AMPKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    float* d = nullptr;
+    AMPKIT_CUDA_CHECK(cudaMalloc(&d, 3 * sizeof(float)));
+    // Only the last rank overflowed in d[1]; nobody in d[0]; partial norms (r + 1) * 1.5 in d[2].
+    const float init[3] = {0.f, r == world - 1 ? 1.f : 0.f, (r + 1) * 1.5f};
+    AMPKIT_CUDA_CHECK(cudaMemcpy(d, init, sizeof(init), cudaMemcpyHostToDevice));
+    reduce_overflow_flag(pg, d, st);
+    reduce_overflow_flag(pg, d + 1, st);
+    reduce_grad_norm_squared(pg, d + 2, st);
+    float back[3];
+    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(back, d, sizeof(back), cudaMemcpyDeviceToHost, st));
+    pg.synchronize(st);
+    s.flag_none = back[0];
+    s.flag_one = back[1];
+    s.norm2 = back[2];
+
+    // Broadcast: every rank starts with its own random weights, ends with root's.
+    const std::size_t n = root_values.size();
+    float* w = nullptr;
+    ampkit::half* wh = nullptr;
+    AMPKIT_CUDA_CHECK(cudaMalloc(&w, n * sizeof(float)));
+    AMPKIT_CUDA_CHECK(cudaMalloc(&wh, n * sizeof(ampkit::half)));
+    const auto mine = r == root ? root_values : random_values(n, 500 + static_cast<std::uint64_t>(r));
+    std::vector<ampkit::half> mine_h(n);
+    for (std::size_t i = 0; i < n; ++i) mine_h[i] = ampkit::half(mine[i]);
+    AMPKIT_CUDA_CHECK(cudaMemcpy(w, mine.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+    AMPKIT_CUDA_CHECK(cudaMemcpy(wh, mine_h.data(), n * sizeof(ampkit::half), cudaMemcpyHostToDevice));
+    pg.broadcast(std::span<float>(w, n), root, st, "broadcast of the initial weights");
+    pg.broadcast(std::span<ampkit::half>(wh, n), root, st);
+    s.bcast.resize(n);
+    s.bcast_half.resize(n);
+    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(s.bcast.data(), w, n * sizeof(float), cudaMemcpyDeviceToHost, st));
+    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(s.bcast_half.data(), wh, n * sizeof(ampkit::half), cudaMemcpyDeviceToHost, st));
+    pg.synchronize(st);
+
+    s.gathered = pg.all_gather(Tag{r * 10 + 3, 0.25f * static_cast<float>(r)});
+    pg.barrier();
+    (void)cudaFree(d);
+    (void)cudaFree(w);
+    (void)cudaFree(wh);
+    (void)cudaStreamDestroy(st);
+  });
+  const float norm2_want = 1.5f * static_cast<float>(world * (world + 1) / 2);
+  for (int r = 0; r < world; ++r) {
+    CAPTURE(r);
+    const Seen& s = seen[static_cast<std::size_t>(r)];
+    CHECK(s.flag_none == 0.f);
+    CHECK(s.flag_one == 1.f);  // every rank skips the step together
+    CHECK(s.norm2 == norm2_want);
+    CHECK(s.bcast == root_values);
+    for (std::size_t i = 0; i < root_values.size(); ++i)
+      if (s.bcast_half[i].bits != ampkit::half(root_values[i]).bits) {
+        FAIL_CHECK("half broadcast differs at ", i);
+        break;
+      }
+    REQUIRE(s.gathered.size() == static_cast<std::size_t>(world));
+    for (int q = 0; q < world; ++q) {
+      CHECK(s.gathered[static_cast<std::size_t>(q)].id == q * 10 + 3);
+      CHECK(s.gathered[static_cast<std::size_t>(q)].x == 0.25f * static_cast<float>(q));
+    }
+  }
+  for (auto& pg : pgs) CHECK(pg->n_in_flight() == 0);
+}
+
+TEST_CASE("dist gpu: BatchNorm running statistics averaged, SyncBatchNorm statistics of the global batch") {
+  const int world = test_world();
+  auto pgs = make_groups(world, 60s);
+  constexpr int C = 40;
+  const Shape shape{2, 6, 5, C};  // per rank (N,H,W,C)
+  const std::size_t n = static_cast<std::size_t>(shape.numel());
+  // Channel means around 50 with spread ~1: the case where unshifted E[x^2]-E[x]^2 loses digits.
+  auto rank_x = [&](int r) {
+    auto v = random_values(n, 900 + static_cast<std::uint64_t>(r), -1.f, 1.f);
+    for (std::size_t i = 0; i < n; ++i) v[i] += 50.f + static_cast<float>(i % C);
+    return v;
+  };
+  auto rank_running = [&](int r) { return random_values(2 * C, 1900 + static_cast<std::uint64_t>(r), 0.5f, 1.5f); };
+  // The shift every rank agrees on (SyncBN: the running mean), within 0.5 of each channel's mean.
+  auto shift = random_values(C, 31, 49.5f, 50.5f);
+  for (int c = 0; c < C; ++c) shift[c] += static_cast<float>(c);
+  struct Seen {
+    std::vector<float> running, mean, var, run_mean, run_var;
+  };
+  std::vector<Seen> seen(static_cast<std::size_t>(world));
+  const float momentum = 0.1f;
+  run_ranks(world, [&](int r) {
+    ProcessGroup& pg = *pgs[static_cast<std::size_t>(r)];
+    cudaStream_t st;
+    AMPKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    float *run = nullptr, *x = nullptr, *k = nullptr, *stats = nullptr, *mv = nullptr, *rmv = nullptr;
+    AMPKIT_CUDA_CHECK(cudaMalloc(&run, 2 * C * sizeof(float)));
+    AMPKIT_CUDA_CHECK(cudaMalloc(&x, n * sizeof(float)));
+    AMPKIT_CUDA_CHECK(cudaMalloc(&k, C * sizeof(float)));
+    AMPKIT_CUDA_CHECK(cudaMalloc(&stats, (2 * C + 1) * sizeof(float)));
+    AMPKIT_CUDA_CHECK(cudaMalloc(&mv, 2 * C * sizeof(float)));
+    AMPKIT_CUDA_CHECK(cudaMalloc(&rmv, 2 * C * sizeof(float)));
+    const auto running = rank_running(r);
+    const auto xs = rank_x(r);
+    AMPKIT_CUDA_CHECK(cudaMemcpy(run, running.data(), 2 * C * sizeof(float), cudaMemcpyHostToDevice));
+    AMPKIT_CUDA_CHECK(cudaMemcpy(x, xs.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+    AMPKIT_CUDA_CHECK(cudaMemcpy(k, shift.data(), C * sizeof(float), cudaMemcpyHostToDevice));
+    const auto ones = std::vector<float>(2 * C, 1.f);
+    AMPKIT_CUDA_CHECK(cudaMemcpy(rmv, ones.data(), 2 * C * sizeof(float), cudaMemcpyHostToDevice));
+
+    const std::span<float> bufs[] = {{run, C}, {run + C, C}};
+    sync_batch_norm_buffers(pg, bufs, st);
+    batch_norm_shifted_sums(TensorView<const float>(x, shape), k, stats, st);
+    sync_batch_norm_sums(pg, stats, C, st);
+    batch_norm_stats_from_sums(stats, k, C, mv, mv + C, rmv, rmv + C, momentum, st);
+    Seen& s = seen[static_cast<std::size_t>(r)];
+    s.running.resize(2 * C);
+    s.mean.resize(C);
+    s.var.resize(C);
+    s.run_mean.resize(C);
+    s.run_var.resize(C);
+    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(s.running.data(), run, 2 * C * sizeof(float), cudaMemcpyDeviceToHost, st));
+    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(s.mean.data(), mv, C * sizeof(float), cudaMemcpyDeviceToHost, st));
+    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(s.var.data(), mv + C, C * sizeof(float), cudaMemcpyDeviceToHost, st));
+    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(s.run_mean.data(), rmv, C * sizeof(float), cudaMemcpyDeviceToHost, st));
+    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(s.run_var.data(), rmv + C, C * sizeof(float), cudaMemcpyDeviceToHost, st));
+    pg.synchronize(st);
+    for (float* p : {run, x, k, stats, mv, rmv}) (void)cudaFree(p);
+    (void)cudaStreamDestroy(st);
+  });
+
+  // Host reference in double over the concatenated global batch.
+  std::vector<double> running_want(2 * C, 0.0), mean(C, 0.0), var(C, 0.0);
+  double count = 0;
+  for (int r = 0; r < world; ++r) {
+    const auto run = rank_running(r);
+    for (int i = 0; i < 2 * C; ++i) running_want[i] += run[i] / world;
+    const auto xs = rank_x(r);
+    for (std::size_t i = 0; i < n; ++i) mean[i % C] += xs[i];
+    count += static_cast<double>(n / C);
+  }
+  for (int c = 0; c < C; ++c) mean[c] /= count;
+  for (int r = 0; r < world; ++r) {
+    const auto xs = rank_x(r);
+    for (std::size_t i = 0; i < n; ++i) var[i % C] += (xs[i] - mean[i % C]) * (xs[i] - mean[i % C]);
+  }
+  for (int c = 0; c < C; ++c) var[c] /= count;
+  const double eps = std::numeric_limits<float>::epsilon();
+  for (int r = 0; r < world; ++r) {
+    CAPTURE(r);
+    const Seen& s = seen[static_cast<std::size_t>(r)];
+    int bad = 0;
+    double max_var_rel = 0;
+    for (int c = 0; c < C; ++c) {
+      // running stats: an average of W fp32 values: a couple of roundings.
+      bad += std::abs(s.running[c] - running_want[c]) > 4 * eps * 1.5;
+      bad += std::abs(s.running[C + c] - running_want[C + c]) > 4 * eps * 1.5;
+      // mean (50..90) = K + S1/n: S1/n (|.| < 1.5) carries a few roundings, the final add one
+      // rounding of the result: 4 eps of the result is ample.
+      bad += std::abs(s.mean[c] - mean[c]) > 4 * eps * 90;
+      // variance ~1/3: S2/n - m1^2 with shifted terms below ~2.3: a few eps relative per rounding,
+      // 64 eps leaves room; unshifted (x^2 up to 8000) the same sums would lose ~2^14 times more.
+      const double rel = std::abs(s.var[c] - var[c]) / var[c];
+      max_var_rel = std::max(max_var_rel, rel);
+      bad += rel > 64 * eps;
+      const double unbiased = var[c] * count / (count - 1);
+      bad += std::abs(s.run_mean[c] - (0.9 + 0.1 * mean[c])) > 1e-5 * (0.9 + 0.1 * mean[c]);
+      bad += std::abs(s.run_var[c] - (0.9 + 0.1 * unbiased)) > 1e-5;
+    }
+    MESSAGE("rank ", r, ": SyncBN variance max rel err ", max_var_rel, " (", C, " channels, ", count,
+            " values each), ", bad, " bad");
+    CHECK(bad == 0);
+  }
+}
+
+TEST_CASE("dist gpu: ProcessGroup::create bootstraps over the TCP rendezvous") {
+  const int world = test_world();
+  const int port = free_port();
+  std::vector<std::vector<float>> sums(static_cast<std::size_t>(world));
+  run_ranks(world, [&](int r) {
+    LaunchEnv e;
+    e.launcher = world > 1 ? Launcher::kTorchrun : Launcher::kSingle;
+    e.rank = r;
+    e.world_size = world;
+    e.local_rank = r;
+    e.local_world_size = world;
+    e.master_addr = "127.0.0.1";
+    e.master_port = e.rendezvous_port = port;
+    e.timeout = 30s;
+    auto pg = ProcessGroup::create(e);
+    REQUIRE(pg->timeout() == 30s);
+    cudaStream_t st;
+    AMPKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    float* d = nullptr;
+    AMPKIT_CUDA_CHECK(cudaMalloc(&d, 3 * sizeof(float)));
+    const float v[3] = {1.f + r, 10.f * (r + 1), -0.5f};
+    AMPKIT_CUDA_CHECK(cudaMemcpy(d, v, sizeof(v), cudaMemcpyHostToDevice));
+    pg->all_reduce(std::span<float>(d, 3), ReduceOp::kSum, st);
+    auto& out = sums[static_cast<std::size_t>(r)];
+    out.resize(3);
+    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(out.data(), d, sizeof(v), cudaMemcpyDeviceToHost, st));
+    pg->synchronize(st);
+    (void)cudaFree(d);
+    (void)cudaStreamDestroy(st);
+  });
+  for (auto& s : sums) {
+    CHECK(s[0] == static_cast<float>(world * (world + 1) / 2));
+    CHECK(s[1] == 10.f * static_cast<float>(world * (world + 1) / 2));
+    CHECK(s[2] == -0.5f * static_cast<float>(world));
+  }
+}
+
+TEST_CASE("dist gpu: communicator set-up times out when a rank never joins") {
+  // Rank 0 of a world of 2 whose rank 1 never starts: runs on one GPU.
+  ncclUniqueId id;
+  AMPKIT_NCCL_CHECK(ncclGetUniqueId(&id));
+  ProcessGroupOptions o;
+  o.timeout = 2s;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string err;
+  try {
+    ProcessGroup pg(id, 0, 2, 0, o);
+  } catch (const Error& e) {
+    err = e.what();
+  }
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  MESSAGE("after ", took, " s: ", err);
+  CHECK(contains(err, "rank 0: NCCL communicator set-up (world size 2) did not complete in 2 s: not every rank "
+                      "joined"));
+  CHECK(took >= 2.0);
+  CHECK(took < 15.0);
+}
+
+TEST_CASE("dist gpu: the watchdog aborts a collective that a live peer never joins") {
+  if (!need_two_gpus()) return;
+  std::vector<std::string> aborts;
+  std::mutex mu;
+  auto pgs = make_groups(2, 2s, &aborts, &mu);
+  std::promise<void> rank0_done;
+  auto rank0_done_f = rank0_done.get_future().share();
+  std::string err0;
+  double took0 = 0;
+  run_ranks(2, [&](int r) {
+    ProcessGroup& pg = *pgs[static_cast<std::size_t>(r)];
+    cudaStream_t st;
+    AMPKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    float* d = nullptr;
+    AMPKIT_CUDA_CHECK(cudaMalloc(&d, (1 << 20) * sizeof(float)));
+    AMPKIT_CUDA_CHECK(cudaMemset(d, 0, (1 << 20) * sizeof(float)));
+    // Both ranks: one all-reduce, so the peers are connected (the hang below is then in the kernel).
+    pg.all_reduce(d, 1 << 20, ncclFloat32, ReduceOp::kAvg, st, "first all-reduce");
+    pg.synchronize(st);
+    if (r == 0) {
+      const auto t0 = std::chrono::steady_clock::now();
+      try {
+        pg.all_reduce(d, 1 << 20, ncclFloat32, ReduceOp::kAvg, st,
+                      "all-reduce of " + format_count(1 << 20) + " gradients");
+        pg.synchronize(st);
+      } catch (const Error& e) {
+        err0 = e.what();
+      }
+      took0 = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      rank0_done.set_value();
+    } else {
+      rank0_done_f.wait();  // rank 1 is alive but never issues the second all-reduce
+      pg.abort("test over");
+    }
+    (void)cudaFree(d);
+    (void)cudaStreamDestroy(st);
+  });
+  MESSAGE("rank 0 after ", took0, " s: ", err0);
+  CHECK(contains(err0, "rank 0: all-reduce of 1.0M gradients did not complete in 2 s; a peer rank has probably died"));
+  CHECK(took0 >= 2.0);
+  CHECK(took0 < 10.0);
+  CHECK(pgs[0]->aborted());
+  CHECK(pgs[0]->comm() == nullptr);
+  CHECK_THROWS_WITH_AS(pgs[0]->barrier(), doctest::Contains("did not complete in 2 s"), Error);
+  std::lock_guard lk(mu);
+  REQUIRE(aborts.size() == 2);  // rank 0's timeout and rank 1's own abort, each told once
+  CHECK((aborts[0] == err0 || aborts[1] == err0));
+}
