@@ -1,0 +1,309 @@
+// DEKR model + loss on the host backend against PyTorch (tests/golden/gen_dekr.py): parameter
+// counts and names, eval/train forward, loss, every parameter gradient, BN running statistics,
+// for Precision<fp32> and Precision<fp16, fp32_master>; checkpoint round trip; loss scaling.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ampkit/backend/host/dekr.hpp"
+#include "support/testing.hpp"
+
+using namespace ampkit;
+
+namespace {
+
+const std::string kGolden = "tests/golden/data/models_dekr_tiny.safetensors";
+
+/// Per-tensor check: |got - want| <= rtol*|want| + atol_frac*max|want| (the tensor's own scale,
+/// so a gradient of 1e-6 is judged against its tensor, not against the largest gradient).
+struct TensorCheck {
+  double worst = 0;
+  std::string worst_name;
+  int n_bad_tensors = 0;
+  void check(const std::string& name, std::span<const float> got, std::span<const float> want, double rtol,
+             double atol_frac) {
+    REQUIRE(got.size() == want.size());
+    double scale = 0;
+    for (float w : want) scale = std::max(scale, static_cast<double>(std::abs(w)));
+    const double atol = atol_frac * std::max(scale, 1e-30);
+    bool bad = false;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      const double err = std::abs(static_cast<double>(got[i]) - want[i]);
+      const double lim = rtol * std::abs(want[i]) + atol;
+      const double r = err / lim;
+      if (r > worst || std::isnan(got[i])) {
+        worst = std::isnan(got[i]) ? INFINITY : r;
+        worst_name = name + "[" + std::to_string(i) + "]";
+      }
+      if (!(err <= lim)) {
+        if (!bad) std::printf("  %s[%zu]: got %.8g want %.8g (|want| max %.3g)\n", name.c_str(), i, got[i], want[i], scale);
+        bad = true;
+      }
+    }
+    n_bad_tensors += bad;
+  }
+  void report(const char* what) const {
+    std::printf("%s: worst error/limit %.3g at %s, %d tensors out of tolerance\n", what, worst, worst_name.c_str(),
+                n_bad_tensors);
+    CHECK_MESSAGE(n_bad_tensors == 0, what);
+  }
+};
+
+/// Per-tensor relative L2 error ||got - want|| / ||want||. Used for parameter gradients: a ReLU
+/// whose input lies within rounding distance of 0 can flip between two correct implementations
+/// and move ONE element's contribution (a few % of one gradient entry), which an elementwise test
+/// would flag; a wrong index or a missing term moves the whole tensor (relative error ~1).
+struct NormCheck {
+  double worst = 0, limit = 0;
+  std::string worst_name;
+  int n_bad = 0;
+  explicit NormCheck(double lim) : limit(lim) {}
+  void check(const std::string& name, std::span<const float> got, std::span<const float> want) {
+    REQUIRE(got.size() == want.size());
+    double num = 0, den = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      const double e = static_cast<double>(got[i]) - want[i];
+      num += e * e;
+      den += static_cast<double>(want[i]) * want[i];
+    }
+    const double r = std::sqrt(num / std::max(den, 1e-300));
+    if (!(r <= worst)) {
+      worst = std::isnan(r) ? INFINITY : r;
+      worst_name = name;
+    }
+    if (!(r <= limit)) {
+      ++n_bad;
+      std::printf("  %s: relative L2 error %.3g > %.3g\n", name.c_str(), r, limit);
+    }
+  }
+  void report(const char* what) const {
+    std::printf("%s: worst relative L2 error %.3g (%s), limit %.3g, %d tensors over\n", what, worst,
+                worst_name.c_str(), limit, n_bad);
+    CHECK_MESSAGE(n_bad == 0, what);
+  }
+};
+
+template <class T>
+std::vector<float> to_floats(Host& ctx, TensorView<const T> v) {
+  const auto h = ctx.to_host(v);
+  std::vector<float> r(static_cast<std::size_t>(h.numel()));
+  for (std::size_t i = 0; i < r.size(); ++i) r[i] = static_cast<float>(h[static_cast<std::int64_t>(i)]);
+  return r;
+}
+
+/// Tolerances per policy. fp32: the host computes in fp32 with other summation orders than
+/// PyTorch; through ~30 layers with batch-statistics BN on 2x2 maps (8 values per channel) the
+/// relative error stays ~1e-5, so 2e-4 (≈1.7e3·eps) leaves margin without hiding a wrong tap.
+/// fp16: every activation, weight copy and gradient is rounded to fp16 (eps 9.8e-4) at each of
+/// ~30 layers and the BN normalisation re-amplifies absolute error; gradients pass twice as many
+/// roundings. Compared against fp32 PyTorch, errors reach a few percent of a tensor's scale.
+template <class P>
+struct Tol {
+  static constexpr double eps = epsilon_v<storage_t<P>>;
+  static constexpr bool fp32 = std::is_same_v<storage_t<P>, float>;
+  static constexpr double out_rtol = fp32 ? 2e-4 : 100 * eps, out_atol = fp32 ? 2e-5 : 100 * eps;
+  // Measured with PyTorch on this tiny net: a 1e-6 relative weight perturbation moves the stem and
+  // layer1 BN gradients by 1e-4 relative (BN over 8 values per channel at 2x2 maps amplifies
+  // ~100x), so fp16's 1e-3 roundings move backbone gradients by tens of percent; the head is
+  // better conditioned. Observed worst: fp32 5.1e-3; fp16 head 0.13 (ReLU ties in the
+  // displacement branch), backbone 0.47.
+  static constexpr double grad_l2 = fp32 ? 1e-2 : 0.5;
+  static constexpr double head_grad_l2 = fp32 ? 1e-2 : 0.2;
+};
+
+template <class P>
+void golden_case() {
+  using T = storage_t<P>;
+  Host ctx;
+  const auto f = safetensors::File::load(testing::source_path(kGolden));
+  models::Dekr<P, Host> model(ctx, models::DekrConfig::tiny(), 7);
+  CHECK(model.n_params() == 33304);
+  const int n_loaded = nn::read_state(model.store(), ctx, f);
+  CHECK(n_loaded == static_cast<int>(model.store().params().size() + model.store().buffers().size()));
+  const auto x = f.tensor<T>("input");
+  TensorCheck fwd;
+
+  // Eval mode: running statistics.
+  auto ev = model.forward(ctx, x.cview(), false);
+  fwd.check("eval/heatmaps", to_floats(ctx, ev.heatmaps), f.read<float>("eval/heatmaps"), Tol<P>::out_rtol,
+            Tol<P>::out_atol);
+  fwd.check("eval/displacements", to_floats(ctx, ev.displacements), f.read<float>("eval/displacements"),
+            Tol<P>::out_rtol, Tol<P>::out_atol);
+
+  // Training mode: batch statistics, loss, backward.
+  auto out = model.forward(ctx, x.cview(), true);
+  fwd.check("out/heatmaps", to_floats(ctx, out.heatmaps), f.read<float>("out/heatmaps"), Tol<P>::out_rtol,
+            Tol<P>::out_atol);
+  fwd.check("out/displacements", to_floats(ctx, out.displacements), f.read<float>("out/displacements"),
+            Tol<P>::out_rtol, Tol<P>::out_atol);
+  fwd.report(Tol<P>::fp32 ? "fp32 forward" : "fp16 forward");
+
+  const auto gt_hm = f.tensor<float>("target/heatmaps"), hm_w = f.tensor<float>("target/heatmap_weights");
+  const auto mask = f.tensor<float>("target/heatmap_mask"), gt_d = f.tensor<float>("target/displacements");
+  const auto d_w = f.tensor<float>("target/displacement_weights");
+  const DekrLossInputs<T> in{out.heatmaps, out.displacements, gt_hm.cview(), hm_w.cview(),
+                             mask.cview(),  gt_d.cview(),     d_w.cview()};
+  DekrLoss<P, Host> loss(ctx);
+  loss.forward(ctx, in);
+  const auto v = loss.values(ctx);
+  const auto want = f.read<float>("loss");
+  std::printf("loss: ours %.7g (hm %.7g, disp %.7g, n_pos %.0f), torch %.7g (hm %.7g, disp %.7g, n_pos %.0f)\n",
+              v.total, v.heatmap, v.displacement, v.n_positive, want[0], want[1], want[2], want[3]);
+  CHECK(v.n_positive == want[3]);
+  CHECK(v.heatmap == doctest::Approx(want[1]).epsilon(Tol<P>::fp32 ? 1e-5 : 2e-2));
+  CHECK(v.displacement == doctest::Approx(want[2]).epsilon(Tol<P>::fp32 ? 1e-5 : 2e-2));
+  CHECK(v.total == doctest::Approx(want[0]).epsilon(Tol<P>::fp32 ? 1e-5 : 2e-2));
+
+  // fp16 gradients need loss scaling (as in training): scale 1024, compare after unscaling.
+  const float scale = Tol<P>::fp32 ? 1.f : 1024.f;
+  auto dhm = ctx.tensor<T>(out.heatmaps.shape), dd = ctx.tensor<T>(out.displacements.shape);
+  loss.backward(ctx, in, dhm.view(), dd.view(), scale);
+  model.store().zero_grad(ctx);
+  model.backward(ctx, dhm.cview(), dd.cview());
+
+  NormCheck grads(Tol<P>::grad_l2), head_grads(Tol<P>::head_grad_l2);
+  const auto& store = model.store();
+  for (const auto& p : store.params()) {
+    const auto id = *store.find(p.name);
+    std::vector<float> g = p.kind == nn::ParamKind::kCompute ? to_floats(ctx, TensorView<const T>(store.weight_grad(id)))
+                                                             : to_floats(ctx, TensorView<const float>(store.fp32_grad(id)));
+    for (auto& e : g) e /= scale;
+    (p.name.starts_with("head.") ? head_grads : grads).check("grad/" + p.name, g, f.read<float>("grad/" + p.name));
+  }
+  grads.report(Tol<P>::fp32 ? "fp32 backbone gradients" : "fp16 backbone gradients");
+  head_grads.report(Tol<P>::fp32 ? "fp32 head gradients" : "fp16 head gradients");
+
+  TensorCheck running;
+  for (const auto& b : store.buffers())
+    running.check("running/" + b.name, to_floats(ctx, TensorView<const float>(store.buffer(*store.find_buffer(b.name)))),
+                  f.read<float>("running/" + b.name), Tol<P>::out_rtol, Tol<P>::out_atol);
+  running.report("BN running statistics");
+}
+
+}  // namespace
+
+TEST_CASE("DEKR parameter counts and mmpose names") {
+  Host ctx;
+  {
+    models::Dekr<Fp32, Host> w32(ctx, models::DekrConfig::w32(), 1);
+    std::printf("DEKR-W32: %lld parameters (PyTorch/mmpose: 29,561,182)\n", static_cast<long long>(w32.n_params()));
+    CHECK(w32.n_params() == 29561182);  // counted from the PyTorch module by gen_dekr.py
+    const auto& s = w32.store();
+    for (const char* name : {"backbone.conv1.weight", "backbone.bn2.running_var", "backbone.layer1.0.downsample.0.weight",
+                             "backbone.transition1.1.0.0.weight", "backbone.transition3.3.0.1.bias",
+                             "backbone.stage2.0.branches.1.0.conv1.weight", "backbone.stage4.2.fuse_layers.3.0.2.0.weight",
+                             "backbone.stage4.2.fuse_layers.0.3.1.weight", "head.heatmap_conv_layers.0.bn.weight",
+                             "head.heatmap_conv_layers.1.conv2.weight", "head.heatmap_conv_layers.2.bias",
+                             "head.displacement_conv_layers.1.transform_matrix_conv.weight",
+                             "head.displacement_conv_layers.2.adapt_conv.weight",
+                             "head.displacement_conv_layers.2.norm.running_mean", "head.displacement_conv_layers.3.weight"})
+      CHECK_MESSAGE((s.find(name) || s.find_buffer(name)), name);
+    const auto& first = s.info(*s.find("head.displacement_conv_layers.1.adapt_conv.weight"));
+    CHECK(first.dims == std::vector<std::int64_t>{255, 3, 3, 15});
+    CHECK(s.info(*s.find("head.displacement_conv_layers.3.weight")).dims == std::vector<std::int64_t>{34, 1, 1, 15});
+    // Init: head/backbone convs Normal(0.001); the deformable conv U(+-sqrt(6/135)); BN 1/0.
+    auto m = ctx.to_host(TensorView<const float>(s.master(*s.find("head.displacement_conv_layers.1.adapt_conv.weight"))));
+    float amax = 0;
+    for (float e : m.span()) amax = std::max(amax, std::abs(e));
+    CHECK(amax <= std::sqrt(6.f / 135.f));
+    CHECK(amax > 0.9f * std::sqrt(6.f / 135.f));
+    m = ctx.to_host(TensorView<const float>(s.master(*s.find("backbone.stage3.1.branches.2.3.conv2.weight"))));
+    double ss = 0;
+    for (float e : m.span()) ss += double(e) * e;
+    CHECK(std::sqrt(ss / m.numel()) == doctest::Approx(0.001).epsilon(0.05));
+  }
+  {
+    models::Dekr<AmpFp16, Host> w48(ctx, models::DekrConfig::w48(), 1);
+    std::printf("DEKR-W48: %lld parameters (PyTorch/mmpose: 65,684,590)\n", static_cast<long long>(w48.n_params()));
+    CHECK(w48.n_params() == 65684590);
+  }
+  // Every tensor of the PyTorch state dict (less num_batches_tracked / regular_matrix) is in
+  // the store, and nothing else.
+  models::Dekr<Fp32, Host> tiny(ctx, models::DekrConfig::tiny(), 1);
+  const auto f = safetensors::File::load(testing::source_path(kGolden));
+  std::set<std::string> torch_names;
+  for (const auto& n : f.names())
+    if (n.find('/') == std::string::npos && n != "input" && n != "loss") torch_names.insert(n);
+  std::set<std::string> ours;
+  for (const auto& p : tiny.store().params()) ours.insert(p.name);
+  for (const auto& b : tiny.store().buffers()) ours.insert(b.name);
+  CHECK(ours == torch_names);
+}
+
+TEST_CASE_TEMPLATE("DEKR tiny vs PyTorch: forward, loss, gradients", P, Fp32, AmpFp16) { golden_case<P>(); }
+
+TEST_CASE("DEKR checkpoint round trip with extras") {
+  Host ctx;
+  models::Dekr<AmpFp16, Host> a(ctx, models::DekrConfig::tiny(), 3), b(ctx, models::DekrConfig::tiny(), 4);
+  const std::string path = (std::filesystem::temp_directory_path() / "ampkit_models_ckpt.safetensors").string();
+  const std::vector<std::int64_t> step{1234};
+  nn::save_checkpoint(path, a.store(), ctx, [&](safetensors::Writer& w) { w.add<std::int64_t>("state.step", step, {1}); },
+                      {{"config", "tiny"}});
+  const auto f = nn::load_checkpoint(path, b.store(), ctx);
+  CHECK(f.read<std::int64_t>("state.step")[0] == 1234);
+  CHECK(f.metadata().at("ampkit.policy") == "fp16");
+  CHECK(f.metadata().at("ampkit.layout") == "KRSC");
+  const auto ma = a.store().master_all(), mb = b.store().master_all();
+  CHECK(std::equal(ma.data, ma.data + ma.numel(), mb.data));
+  const auto ca = a.store().compute_all(), cb = b.store().compute_all();
+  CHECK(std::memcmp(ca.data, cb.data, ca.bytes()) == 0);
+  // A model file with a wrong shape is refused with the name in the message.
+  safetensors::Writer w;
+  nn::write_state(a.store(), ctx, w);
+  auto bytes = w.serialize();
+  models::Dekr<Fp32, Host> c(ctx, models::DekrConfig::tiny(), 5);
+  const auto g = safetensors::File::from_bytes(std::move(bytes));
+  CHECK(nn::read_state(c.store(), ctx, g) > 0);
+  models::Dekr<Fp32, Host> w32(ctx, models::DekrConfig::w32(), 5);
+  CHECK_THROWS_WITH_AS(nn::read_state(w32.store(), ctx, g), doctest::Contains("backbone.conv1.weight' has shape [8,3,3,3]"),
+                       Error);
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("DEKR loss: scale and factor multiply the storage-type gradient, per-element mask") {
+  Host ctx;
+  const Shape hs{2, 5, 6, 18}, ds{2, 5, 6, 34};
+  const auto hm = testing::random_tensor<half>(hs, 1), d = testing::random_tensor<half>(ds, 2, -0.3f, 0.3f);
+  const auto gt = testing::random_tensor<float>(hs, 3, 0.f, 1.f), w = testing::random_tensor<float>(hs, 4, 0.1f, 1.f);
+  const auto mask = testing::random_tensor<float>(hs, 5, 0.f, 1.f), gd = testing::random_tensor<float>(ds, 6, -0.3f, 0.3f);
+  auto dw = testing::random_tensor<float>(ds, 7, -1.f, 1.f);
+  for (auto& e : dw.span()) e = std::max(e, 0.f);
+  const DekrLossInputs<half> in{hm.cview(), d.cview(), gt.cview(), w.cview(), mask.cview(), gd.cview(), dw.cview()};
+  DekrLoss<AmpFp16, Host> loss(ctx, {1.f, 0.03f, 1.f / 9.f});
+  loss.forward(ctx, in);
+  const auto v = loss.values(ctx);
+  double hm_ref = 0, d_ref = 0;
+  int npos = 0;
+  for (std::int64_t i = 0; i < hs.numel(); ++i) {
+    const double e = double(float(hm[i])) - gt[i];
+    hm_ref += double(mask[i]) * w[i] * e * e;
+  }
+  for (std::int64_t i = 0; i < ds.numel(); ++i) {
+    const double e = double(float(d[i])) - gd[i], b = 1.0 / 9;
+    npos += dw[i] > 0;
+    d_ref += dw[i] * (std::abs(e) < b ? e * e / (2 * b) : std::abs(e) - b / 2);
+  }
+  CHECK(v.heatmap == doctest::Approx(hm_ref / hs.numel()).epsilon(1e-6));
+  CHECK(v.displacement == doctest::Approx(0.03 * d_ref / npos).epsilon(1e-6));
+  CHECK(v.n_positive == npos);
+  auto g1h = ctx.tensor<half>(hs), g1d = ctx.tensor<half>(ds), g2h = ctx.tensor<half>(hs), g2d = ctx.tensor<half>(ds);
+  loss.backward(ctx, in, g1h.view(), g1d.view(), 1.f);
+  HostTensor<float> s({1, 1, 1, 1}, 4096.f);
+  loss.backward(ctx, in, g2h.view(), g2d.view(), 0.25f, s.cview());  // x1024: exact power of two
+  int mismatched = 0, nonzero = 0;
+  for (std::int64_t i = 0; i < hs.numel(); ++i) {
+    // unscaled values sit in fp16's subnormal range and lose bits; the scaled ones must be the
+    // rounding of the exact fp32 gradient × 1024
+    const float exact = 2.f * mask[i] * w[i] * (float(hm[i]) - gt[i]) / hs.numel() * 1024.f;
+    mismatched += std::abs(float(g2h[i]) - exact) > std::abs(exact) * epsilon_v<half>;
+    nonzero += float(g1h[i]) != 0.f;
+  }
+  CHECK(mismatched == 0);
+  CHECK(nonzero > 0);
+}
