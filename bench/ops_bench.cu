@@ -4,8 +4,9 @@
 // forward+backward (median over >= 20 reps after warm-up, CUDA events) and printed as JSON, with
 // the same op names as bench/torch_ops_bench.py so the two can be joined:
 //
-//   ./build/bench/ampkit_ops_bench [--batch 32] [--iters 20] [--dtype fp16|bf16|fp32] [--only SUBSTR] > ampkit.json
-//   python3 bench/torch_ops_bench.py --ampkit-json ampkit.json --out bench/results/ops_$(date +%Y%m%d).json
+//   ./build/bench/ampkit_ops_bench [--batch 32] [--iters 20] [--dtype fp16|bf16|fp32] [--only SUBSTR] >
+//   ampkit.json python3 bench/torch_ops_bench.py --ampkit-json ampkit.json --out bench/results/ops_$(date
+//   +%Y%m%d).json
 //
 // Adding an op: append one `add(name, shape, fwd, fwd_bwd)` in register_*() below, and the same
 // name in torch_ops_bench.py's OPS table.
@@ -113,7 +114,8 @@ struct Registry {
       s->db = filled<T>(ctx, {1, 1, 1, K}, -1, 1, 6);
     }
     auto fwd = [this, s, bias] {
-      conv2d_forward<T>(ctx, s->x.cview(), s->w.cview(), bias ? s->b.cview() : TensorView<const T>{}, s->y.view(), s->p);
+      conv2d_forward<T>(ctx, s->x.cview(), s->w.cview(), bias ? s->b.cview() : TensorView<const T>{},
+                        s->y.view(), s->p);
     };
     auto bwd = [this, s, bias, fwd] {
       fwd();
@@ -148,14 +150,15 @@ struct Registry {
     s->db = filled<float>(ctx, v, 0, 1, 19);
     auto fwd = [this, s, e] {
       if (e == BatchNormEpilogue::kNone)
-        batch_norm_forward_training<T>(ctx, s->x.cview(), s->g.cview(), s->b.cview(), s->rm.view(), s->rv.view(),
-                                       s->sm.view(), s->si.view(), s->y.view());
+        batch_norm_forward_training<T>(ctx, s->x.cview(), s->g.cview(), s->b.cview(), s->rm.view(),
+                                       s->rv.view(), s->sm.view(), s->si.view(), s->y.view());
       else if (e == BatchNormEpilogue::kRelu)
-        batch_norm_relu_forward_training<T>(ctx, s->x.cview(), s->g.cview(), s->b.cview(), s->rm.view(), s->rv.view(),
-                                            s->sm.view(), s->si.view(), s->y.view());
+        batch_norm_relu_forward_training<T>(ctx, s->x.cview(), s->g.cview(), s->b.cview(), s->rm.view(),
+                                            s->rv.view(), s->sm.view(), s->si.view(), s->y.view());
       else
         batch_norm_add_relu_forward_training<T>(ctx, s->x.cview(), s->res.cview(), s->g.cview(), s->b.cview(),
-                                                s->rm.view(), s->rv.view(), s->sm.view(), s->si.view(), s->y.view());
+                                                s->rm.view(), s->rv.view(), s->sm.view(), s->si.view(),
+                                                s->y.view());
     };
     auto bwd = [this, s, e, fwd] {
       fwd();
@@ -163,11 +166,12 @@ struct Registry {
         batch_norm_backward<T>(ctx, s->x.cview(), s->dy.cview(), s->g.cview(), s->sm.cview(), s->si.cview(),
                                s->dx.view(), s->dg.view(), s->db.view());
       else if (e == BatchNormEpilogue::kRelu)
-        batch_norm_relu_backward<T>(ctx, s->x.cview(), s->y.cview(), s->dy.cview(), s->g.cview(), s->sm.cview(),
-                                    s->si.cview(), s->dx.view(), s->dg.view(), s->db.view());
+        batch_norm_relu_backward<T>(ctx, s->x.cview(), s->y.cview(), s->dy.cview(), s->g.cview(),
+                                    s->sm.cview(), s->si.cview(), s->dx.view(), s->dg.view(), s->db.view());
       else
-        batch_norm_add_relu_backward<T>(ctx, s->x.cview(), s->y.cview(), s->dy.cview(), s->g.cview(), s->sm.cview(),
-                                        s->si.cview(), s->dx.view(), s->dres.view(), s->dg.view(), s->db.view());
+        batch_norm_add_relu_backward<T>(ctx, s->x.cview(), s->y.cview(), s->dy.cview(), s->g.cview(),
+                                        s->sm.cview(), s->si.cview(), s->dx.view(), s->dres.view(),
+                                        s->dg.view(), s->db.view());
     };
     entries.push_back({name, shape_str(xs), fwd, bwd, s});
   }
@@ -192,9 +196,12 @@ struct Registry {
       }
       std::vector<TensorView<const T>> v;
       for (auto& t : s->in) v.push_back(t.cview());
-      if (n_inputs == 2 && !relu) add_forward<T>(ctx, v[0], v[1], s->y.view());
-      else if (relu) sum_relu_forward<T>(ctx, std::span<const TensorView<const T>>(v), s->y.view());
-      else sum_forward<T>(ctx, std::span<const TensorView<const T>>(v), s->y.view());
+      if (n_inputs == 2 && !relu)
+        add_forward<T>(ctx, v[0], v[1], s->y.view());
+      else if (relu)
+        sum_relu_forward<T>(ctx, std::span<const TensorView<const T>>(v), s->y.view());
+      else
+        sum_forward<T>(ctx, std::span<const TensorView<const T>>(v), s->y.view());
     };
     auto bwd = [this, s, relu, fwd] {
       fwd();
@@ -249,16 +256,17 @@ int run(int batch, int iters, const std::string& dtype, const std::string& only,
   char date[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  std::printf("{\n  \"command\": \"%s\",\n  \"date\": \"%s\",\n  \"gpu\": \"%s\",\n  \"cudnn\": %zu,\n", cmd.c_str(),
-              date, ctx.device().name.c_str(), cudnnGetVersion());
-  std::printf("  \"dtype\": \"%s\",\n  \"batch\": %d,\n  \"iters\": %d,\n  \"results\": [\n", dtype.c_str(), batch, iters);
+  std::printf("{\n  \"command\": \"%s\",\n  \"date\": \"%s\",\n  \"gpu\": \"%s\",\n  \"cudnn\": %zu,\n",
+              cmd.c_str(), date, ctx.device().name.c_str(), cudnnGetVersion());
+  std::printf("  \"dtype\": \"%s\",\n  \"batch\": %d,\n  \"iters\": %d,\n  \"results\": [\n", dtype.c_str(),
+              batch, iters);
   bool first = true;
   for (auto& e : r.entries) {
     if (!only.empty() && e.op.find(only) == std::string::npos) continue;
     const double f = time_ms(ctx, iters, e.fwd);
     const double fb = time_ms(ctx, iters, e.fwd_bwd);
-    std::printf("%s    {\"op\": \"%s\", \"shape\": \"%s\", \"ms_fwd\": %.4f, \"ms_fwd_bwd\": %.4f}", first ? "" : ",\n",
-                e.op.c_str(), e.shape.c_str(), f, fb);
+    std::printf("%s    {\"op\": \"%s\", \"shape\": \"%s\", \"ms_fwd\": %.4f, \"ms_fwd_bwd\": %.4f}",
+                first ? "" : ",\n", e.op.c_str(), e.shape.c_str(), f, fb);
     std::fflush(stdout);
     first = false;
   }
@@ -280,12 +288,17 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--batch") batch = std::stoi(next());
-    else if (a == "--iters") iters = std::max(20, std::stoi(next()));
-    else if (a == "--dtype") dtype = next();
-    else if (a == "--only") only = next();
+    if (a == "--batch")
+      batch = std::stoi(next());
+    else if (a == "--iters")
+      iters = std::max(20, std::stoi(next()));
+    else if (a == "--dtype")
+      dtype = next();
+    else if (a == "--only")
+      only = next();
     else {
-      std::fprintf(stderr, "usage: %s [--batch 32] [--iters 20] [--dtype fp16|bf16|fp32] [--only SUBSTR]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--batch 32] [--iters 20] [--dtype fp16|bf16|fp32] [--only SUBSTR]\n",
+                   argv[0]);
       return 2;
     }
   }

@@ -46,7 +46,23 @@ static_assert(std::endian::native == std::endian::little,
               "safetensors stores little-endian data; a big-endian host would need byte swaps");
 
 /// Element types of the format. F8 types can be stored and passed through, not converted.
-enum class Dtype { kBool, kU8, kI8, kI16, kU16, kF16, kBF16, kI32, kU32, kF32, kF64, kI64, kU64, kF8E4M3, kF8E5M2 };
+enum class Dtype {
+  kBool,
+  kU8,
+  kI8,
+  kI16,
+  kU16,
+  kF16,
+  kBF16,
+  kI32,
+  kU32,
+  kF32,
+  kF64,
+  kI64,
+  kU64,
+  kF8E4M3,
+  kF8E5M2
+};
 
 namespace detail {
 struct DtypeEntry {
@@ -55,10 +71,10 @@ struct DtypeEntry {
   std::size_t size;
 };
 inline constexpr DtypeEntry kDtypes[] = {
-    {Dtype::kBool, "BOOL", 1}, {Dtype::kU8, "U8", 1},        {Dtype::kI8, "I8", 1},
-    {Dtype::kI16, "I16", 2},   {Dtype::kU16, "U16", 2},      {Dtype::kF16, "F16", 2},
-    {Dtype::kBF16, "BF16", 2}, {Dtype::kI32, "I32", 4},      {Dtype::kU32, "U32", 4},
-    {Dtype::kF32, "F32", 4},   {Dtype::kF64, "F64", 8},      {Dtype::kI64, "I64", 8},
+    {Dtype::kBool, "BOOL", 1}, {Dtype::kU8, "U8", 1},          {Dtype::kI8, "I8", 1},
+    {Dtype::kI16, "I16", 2},   {Dtype::kU16, "U16", 2},        {Dtype::kF16, "F16", 2},
+    {Dtype::kBF16, "BF16", 2}, {Dtype::kI32, "I32", 4},        {Dtype::kU32, "U32", 4},
+    {Dtype::kF32, "F32", 4},   {Dtype::kF64, "F64", 8},        {Dtype::kI64, "I64", 8},
     {Dtype::kU64, "U64", 8},   {Dtype::kF8E4M3, "F8_E4M3", 1}, {Dtype::kF8E5M2, "F8_E5M2", 1},
 };
 }  // namespace detail
@@ -84,20 +100,34 @@ constexpr std::optional<Dtype> parse_dtype(std::string_view s) {
 /// The Dtype of a C++ element type.
 template <class T>
 inline constexpr Dtype dtype_of_v = [] {
-  if constexpr (std::is_same_v<T, float>) return Dtype::kF32;
-  else if constexpr (std::is_same_v<T, half>) return Dtype::kF16;
-  else if constexpr (std::is_same_v<T, bfloat16>) return Dtype::kBF16;
-  else if constexpr (std::is_same_v<T, double>) return Dtype::kF64;
-  else if constexpr (std::is_same_v<T, bool>) return Dtype::kBool;
-  else if constexpr (std::is_same_v<T, std::uint8_t>) return Dtype::kU8;
-  else if constexpr (std::is_same_v<T, std::int8_t>) return Dtype::kI8;
-  else if constexpr (std::is_same_v<T, std::int16_t>) return Dtype::kI16;
-  else if constexpr (std::is_same_v<T, std::uint16_t>) return Dtype::kU16;
-  else if constexpr (std::is_same_v<T, std::int32_t>) return Dtype::kI32;
-  else if constexpr (std::is_same_v<T, std::uint32_t>) return Dtype::kU32;
-  else if constexpr (std::is_same_v<T, std::int64_t>) return Dtype::kI64;
-  else if constexpr (std::is_same_v<T, std::uint64_t>) return Dtype::kU64;
-  else static_assert(sizeof(T) == 0, "safetensors: no dtype for this element type");
+  if constexpr (std::is_same_v<T, float>)
+    return Dtype::kF32;
+  else if constexpr (std::is_same_v<T, half>)
+    return Dtype::kF16;
+  else if constexpr (std::is_same_v<T, bfloat16>)
+    return Dtype::kBF16;
+  else if constexpr (std::is_same_v<T, double>)
+    return Dtype::kF64;
+  else if constexpr (std::is_same_v<T, bool>)
+    return Dtype::kBool;
+  else if constexpr (std::is_same_v<T, std::uint8_t>)
+    return Dtype::kU8;
+  else if constexpr (std::is_same_v<T, std::int8_t>)
+    return Dtype::kI8;
+  else if constexpr (std::is_same_v<T, std::int16_t>)
+    return Dtype::kI16;
+  else if constexpr (std::is_same_v<T, std::uint16_t>)
+    return Dtype::kU16;
+  else if constexpr (std::is_same_v<T, std::int32_t>)
+    return Dtype::kI32;
+  else if constexpr (std::is_same_v<T, std::uint32_t>)
+    return Dtype::kU32;
+  else if constexpr (std::is_same_v<T, std::int64_t>)
+    return Dtype::kI64;
+  else if constexpr (std::is_same_v<T, std::uint64_t>)
+    return Dtype::kU64;
+  else
+    static_assert(sizeof(T) == 0, "safetensors: no dtype for this element type");
 }();
 
 /// A header larger than this is rejected before parsing (the reference implementation's limit).
@@ -240,8 +270,8 @@ class File {
   /// Copy a floating-point tensor (F16, BF16, F32, F64) out as T, rounding to nearest even.
   /// (F64 -> half/bfloat16 rounds through float: a double rounding, harmless for stored weights.)
   template <class T>
-    requires(StorageScalar<T> || std::is_same_v<T, double>)
-  std::vector<T> read_as(std::string_view name) const {
+  requires(StorageScalar<T> || std::is_same_v<T, double>) std::vector<T> read_as(std::string_view name)
+  const {
     const auto& t = info(name);
     AMPKIT_CHECK(detail::is_float(t.dtype), "safetensors: '", origin_, "' tensor '", name, "' is ",
                  dtype_name(t.dtype), ", not a floating-point type");
@@ -250,8 +280,10 @@ class File {
     std::vector<T> out(static_cast<std::size_t>(t.numel()));
     for (std::size_t i = 0; i < out.size(); ++i) {
       const double v = detail::load_float(p + i * es, t.dtype);
-      if constexpr (std::is_same_v<T, double>) out[i] = v;
-      else out[i] = convert<T>(static_cast<float>(v));
+      if constexpr (std::is_same_v<T, double>)
+        out[i] = v;
+      else
+        out[i] = convert<T>(static_cast<float>(v));
     }
     return out;
   }
@@ -355,7 +387,8 @@ class File {
         fail("tensor '", name, "' needs 'data_offsets' = [begin, end] of non-negative integers");
       t.begin = (*off)[0].get<std::uint64_t>();
       t.end = (*off)[1].get<std::uint64_t>();
-      if (t.begin > t.end) fail("tensor '", name, "' has data_offsets [", t.begin, ", ", t.end, "] with begin > end");
+      if (t.begin > t.end)
+        fail("tensor '", name, "' has data_offsets [", t.begin, ", ", t.end, "] with begin > end");
       if (t.end > data_size)
         fail("tensor '", name, "' has data_offsets [", t.begin, ", ", t.end, "] past the end of the ",
              data_size, "-byte data buffer");
@@ -372,12 +405,17 @@ class File {
                      [](const TensorInfo& a, const TensorInfo& b) { return a.begin < b.begin; });
     std::uint64_t expect = 0;
     for (const auto& t : tensors_) {
-      if (t.begin < expect) fail("tensor '", t.name, "' at [", t.begin, ", ", t.end, "] overlaps the previous tensor (ends at ", expect, ")");
-      if (t.begin > expect) fail("hole in the data buffer: bytes [", expect, ", ", t.begin, ") belong to no tensor (before '", t.name, "')");
+      if (t.begin < expect)
+        fail("tensor '", t.name, "' at [", t.begin, ", ", t.end, "] overlaps the previous tensor (ends at ",
+             expect, ")");
+      if (t.begin > expect)
+        fail("hole in the data buffer: bytes [", expect, ", ", t.begin, ") belong to no tensor (before '",
+             t.name, "')");
       expect = t.end;
     }
     if (expect != data_size)
-      fail("data buffer is ", data_size, " bytes but the tensors cover ", expect, " (trailing bytes or truncation)");
+      fail("data buffer is ", data_size, " bytes but the tensors cover ", expect,
+           " (trailing bytes or truncation)");
     for (std::size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
   }
 
@@ -393,8 +431,10 @@ class File {
 class Writer {
  public:
   /// Add raw bytes of a tensor; `bytes.size()` must equal numel * dtype size.
-  Writer& add(std::string name, Dtype dtype, std::vector<std::int64_t> shape, std::span<const std::uint8_t> bytes) {
-    AMPKIT_CHECK(!name.empty() && name != "__metadata__", "safetensors writer: invalid tensor name '", name, "'");
+  Writer& add(std::string name, Dtype dtype, std::vector<std::int64_t> shape,
+              std::span<const std::uint8_t> bytes) {
+    AMPKIT_CHECK(!name.empty() && name != "__metadata__", "safetensors writer: invalid tensor name '", name,
+                 "'");
     AMPKIT_CHECK(!names_.contains(name), "safetensors writer: tensor '", name, "' added twice");
     const auto need = detail::checked_bytes(shape, dtype_size(dtype));
     AMPKIT_CHECK(need.has_value(), "safetensors writer: tensor '", name, "' shape ", detail::shape_str(shape),
@@ -402,7 +442,8 @@ class Writer {
     AMPKIT_CHECK(*need == bytes.size(), "safetensors writer: tensor '", name, "' (", dtype_name(dtype), " ",
                  detail::shape_str(shape), ") needs ", *need, " bytes, given ", bytes.size());
     names_.insert(name);
-    entries_.push_back({std::move(name), dtype, std::move(shape), std::vector<std::uint8_t>(bytes.begin(), bytes.end())});
+    entries_.push_back(
+        {std::move(name), dtype, std::move(shape), std::vector<std::uint8_t>(bytes.begin(), bytes.end())});
     return *this;
   }
 
@@ -431,7 +472,8 @@ class Writer {
     if (!metadata_.empty()) header["__metadata__"] = metadata_;
     std::uint64_t off = 0;
     for (const auto& e : entries_) {
-      header[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {off, off + e.data.size()}}};
+      header[e.name] = {
+          {"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {off, off + e.data.size()}}};
       off += e.data.size();
     }
     std::string text = header.dump();

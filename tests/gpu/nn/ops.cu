@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "ampkit/backend/cuda/batch_norm.cuh"
-#include "ampkit/backend/cuda/conv2d.cuh"
 #include "ampkit/backend/cuda/context.cuh"
+#include "ampkit/backend/cuda/conv2d.cuh"
 #include "ampkit/backend/cuda/elementwise.cuh"
 #include "ampkit/backend/host/batch_norm.hpp"
 #include "ampkit/backend/host/conv2d.hpp"
@@ -58,266 +58,282 @@ constexpr double tol_v = 2.0 * epsilon_v<T>;
 }  // namespace
 
 TEST_SUITE("gpu") {
+  TEST_CASE_TEMPLATE("conv2d cuda == host: forward, backward data/filter/bias, many shapes", T, float,
+                     ampkit::half, ampkit::bfloat16) {
+    struct Case {
+      const char* name;
+      Shape x;
+      std::int64_t k, r, s;
+      Conv2dParams p;
+      bool bias;
+    };
+    const Case cases[] = {
+        {"3x3 s1 p1", {2, 9, 7, 32}, 32, 3, 3, Conv2dParams::square(1, 1), false},
+        {"3x3 s2 p1 odd", {3, 11, 9, 16}, 24, 3, 3, Conv2dParams::square(2, 1), false},
+        {"1x1 g17 bias", {2, 8, 6, 255}, 34, 1, 1, Conv2dParams::square(1, 0, 1, 17), true},
+        {"3x3 g17 bias", {2, 8, 7, 255}, 102, 3, 3, Conv2dParams::square(1, 1, 1, 17), true},
+        {"3x3 g17 255->255", {1, 6, 6, 255}, 255, 3, 3, Conv2dParams::square(1, 1, 1, 17), false},
+        {"dilation 2", {2, 10, 9, 8}, 12, 3, 3, Conv2dParams::square(1, 2, 2), true},
+        {"asym", {2, 9, 11, 6}, 4, 2, 3, {2, 1, 1, 0, 1, 2, 2}, false},
+        {"1x1 480->32", {2, 16, 16, 480}, 32, 1, 1, Conv2dParams{}, false},
+        {"stem 3->64 s2", {2, 32, 32, 3}, 64, 3, 3, Conv2dParams::square(2, 1), false},
+    };
+    std::uint64_t seed = 100;
+    for (const auto& c : cases) {
+      CAPTURE(c.name);
+      const auto x = testing::random_tensor<T>(c.x, ++seed);
+      const Shape ws{c.k, c.r, c.s, c.x.c / c.p.groups};
+      const float wscale = 1.f / std::sqrt(static_cast<float>(ws.h * ws.w * ws.c));
+      const auto w = testing::random_tensor<T>(ws, ++seed, -wscale, wscale);
+      HostTensor<T> b;
+      if (c.bias) b = testing::random_tensor<T>({1, 1, 1, c.k}, ++seed);
+      const Shape ys = conv2d_output_shape(c.x, ws, c.p);
+      const auto dy = testing::random_tensor<T>(ys, ++seed);
+      const auto dw0 = testing::random_tensor<T>(ws, ++seed, -0.1f, 0.1f);
+      const auto db0 = testing::random_tensor<T>({1, 1, 1, c.k}, ++seed);
+      const double extra = std::is_same_v<T, float> ? 1e-4 : 0.0;
 
-TEST_CASE_TEMPLATE("conv2d cuda == host: forward, backward data/filter/bias, many shapes", T, float, ampkit::half, ampkit::bfloat16) {
-  struct Case {
-    const char* name;
-    Shape x;
-    std::int64_t k, r, s;
-    Conv2dParams p;
-    bool bias;
-  };
-  const Case cases[] = {
-      {"3x3 s1 p1", {2, 9, 7, 32}, 32, 3, 3, Conv2dParams::square(1, 1), false},
-      {"3x3 s2 p1 odd", {3, 11, 9, 16}, 24, 3, 3, Conv2dParams::square(2, 1), false},
-      {"1x1 g17 bias", {2, 8, 6, 255}, 34, 1, 1, Conv2dParams::square(1, 0, 1, 17), true},
-      {"3x3 g17 bias", {2, 8, 7, 255}, 102, 3, 3, Conv2dParams::square(1, 1, 1, 17), true},
-      {"3x3 g17 255->255", {1, 6, 6, 255}, 255, 3, 3, Conv2dParams::square(1, 1, 1, 17), false},
-      {"dilation 2", {2, 10, 9, 8}, 12, 3, 3, Conv2dParams::square(1, 2, 2), true},
-      {"asym", {2, 9, 11, 6}, 4, 2, 3, {2, 1, 1, 0, 1, 2, 2}, false},
-      {"1x1 480->32", {2, 16, 16, 480}, 32, 1, 1, Conv2dParams{}, false},
-      {"stem 3->64 s2", {2, 32, 32, 3}, 64, 3, 3, Conv2dParams::square(2, 1), false},
-  };
-  std::uint64_t seed = 100;
-  for (const auto& c : cases) {
-    CAPTURE(c.name);
-    const auto x = testing::random_tensor<T>(c.x, ++seed);
-    const Shape ws{c.k, c.r, c.s, c.x.c / c.p.groups};
-    const float wscale = 1.f / std::sqrt(static_cast<float>(ws.h * ws.w * ws.c));
-    const auto w = testing::random_tensor<T>(ws, ++seed, -wscale, wscale);
-    HostTensor<T> b;
-    if (c.bias) b = testing::random_tensor<T>({1, 1, 1, c.k}, ++seed);
-    const Shape ys = conv2d_output_shape(c.x, ws, c.p);
-    const auto dy = testing::random_tensor<T>(ys, ++seed);
-    const auto dw0 = testing::random_tensor<T>(ws, ++seed, -0.1f, 0.1f);
-    const auto db0 = testing::random_tensor<T>({1, 1, 1, c.k}, ++seed);
-    const double extra = std::is_same_v<T, float> ? 1e-4 : 0.0;
+      // host reference
+      HostTensor<T> y_h(ys), dx_h(c.x);
+      auto dw_h = dw0.clone(), db_h = db0.clone();
+      conv2d_forward<T>(cpu(), x.cview(), w.cview(), b.cview(), y_h.view(), c.p);
+      conv2d_backward_data<T>(cpu(), dy.cview(), w.cview(), dx_h.view(), c.p);
+      conv2d_backward_filter<T>(cpu(), x.cview(), dy.cview(), dw_h.view(), c.p);
+      if (c.bias) conv2d_backward_bias<T>(cpu(), dy.cview(), db_h.view());
 
-    // host reference
-    HostTensor<T> y_h(ys), dx_h(c.x);
-    auto dw_h = dw0.clone(), db_h = db0.clone();
-    conv2d_forward<T>(cpu(), x.cview(), w.cview(), b.cview(), y_h.view(), c.p);
-    conv2d_backward_data<T>(cpu(), dy.cview(), w.cview(), dx_h.view(), c.p);
-    conv2d_backward_filter<T>(cpu(), x.cview(), dy.cview(), dw_h.view(), c.p);
-    if (c.bias) conv2d_backward_bias<T>(cpu(), dy.cview(), db_h.view());
-
-    // device, twice: the second call runs from the plan cache and must agree bit for bit
-    auto& g = gpu();
-    auto xd = g.to_device(x), wd = g.to_device(w), dyd = g.to_device(dy);
-    auto bd = c.bias ? g.to_device(b) : cuda::DeviceTensor<T>{};
-    auto yd = g.tensor<T>(ys), dxd = g.tensor<T>(c.x);
-    HostTensor<T> y_first;
-    for (int rep = 0; rep < 2; ++rep) {
-      conv2d_forward<T>(g, xd.cview(), wd.cview(), c.bias ? bd.cview() : TensorView<const T>{}, yd.view(), c.p);
-      if (rep == 0) y_first = g.to_host(yd.cview());
-    }
-    const auto y_d = g.to_host(yd.cview());
-    CHECK(std::memcmp(y_first.data(), y_d.data(), y_d.numel() * sizeof(T)) == 0);
-    auto dwd = g.to_device(dw0), dbd = g.to_device(db0);
-    conv2d_backward_data<T>(g, dyd.cview(), wd.cview(), dxd.view(), c.p);
-    conv2d_backward_filter<T>(g, xd.cview(), dyd.cview(), dwd.view(), c.p);
-    if (c.bias) conv2d_backward_bias<T>(g, dyd.cview(), dbd.view());
-
-    const std::string n = std::string(c.name) + " " + type_name_v<T>;
-    expect_match(n + " y", y_d, y_h, tol_v<T>, tol_v<T>, extra * max_abs(y_h));
-    expect_match(n + " dL_dx", g.to_host(dxd.cview()), dx_h, tol_v<T>, tol_v<T>, extra * max_abs(dx_h));
-    expect_match(n + " dL_dw (accumulated)", g.to_host(dwd.cview()), dw_h, tol_v<T>, tol_v<T>, extra * max_abs(dw_h));
-    if (c.bias) expect_match(n + " dL_db (accumulated)", g.to_host(dbd.cview()), db_h, tol_v<T>, tol_v<T>);
-  }
-}
-
-TEST_CASE_TEMPLATE("batch_norm cuda == host: training/inference, all epilogues, packed and scalar paths", T, float,
-                   ampkit::half, ampkit::bfloat16) {
-  // C = 32/64/480 take 16-byte packs, 34 takes pairs, 255 and 17 the scalar path; M = 16384
-  // spreads the statistics over many blocks.
-  const Shape shapes[] = {{4, 64, 64, 32}, {2, 9, 7, 255}, {3, 5, 7, 34}, {2, 16, 16, 480}, {8, 3, 5, 17},
-                          {2, 32, 32, 64}};
-  std::uint64_t seed = 500;
-  for (const Shape s : shapes) {
-    const Shape v{1, 1, 1, s.c};
-    const std::int64_t M = s.n * s.h * s.w;
-    // Per-channel offset and spread so the normalisation does real work (offset 3 > spread tests
-    // Welford against cancellation).
-    auto x = testing::random_tensor<T>(s, ++seed);
-    const auto off = testing::random_tensor<float>(v, ++seed, -3.f, 3.f), spread = testing::random_tensor<float>(v, ++seed, 0.2f, 2.f);
-    for (std::int64_t i = 0; i < x.numel(); ++i)
-      x[i] = convert<T>(static_cast<float>(x[i]) * spread[i % s.c] + off[i % s.c]);
-    const auto res = testing::random_tensor<T>(s, ++seed), dy = testing::random_tensor<T>(s, ++seed);
-    const auto gamma = testing::random_tensor<float>(v, ++seed, 0.5f, 1.5f), beta = testing::random_tensor<float>(v, ++seed);
-    const auto rm0 = testing::random_tensor<float>(v, ++seed), rv0 = testing::random_tensor<float>(v, ++seed, 0.5f, 1.5f);
-    const auto dg0 = testing::random_tensor<float>(v, ++seed), db0 = testing::random_tensor<float>(v, ++seed);
-    auto& g = gpu();
-    auto xd = g.to_device(x), resd = g.to_device(res), dyd = g.to_device(dy);
-    auto gd = g.to_device(gamma), bd = g.to_device(beta);
-    for (const auto e : {BatchNormEpilogue::kNone, BatchNormEpilogue::kRelu, BatchNormEpilogue::kAddRelu}) {
-      const std::string n = std::string(detail::bn_forward_name(e, true)) + " " + type_name_v<T> + " C=" +
-                            std::to_string(s.c) + " M=" + std::to_string(M);
-      CAPTURE(n);
-      // host
-      auto rm_h = rm0.clone(), rv_h = rv0.clone(), dg_h = dg0.clone(), db_h = db0.clone();
-      HostTensor<float> sm_h(v), si_h(v);
-      HostTensor<T> y_h(s), dx_h(s), dr_h(s), ye_h(s);
-      // device
-      auto rmd = g.to_device(rm0), rvd = g.to_device(rv0), dgd = g.to_device(dg0), dbd = g.to_device(db0);
-      auto smd = g.tensor<float>(v), sid = g.tensor<float>(v);
-      auto yd = g.tensor<T>(s), dxd = g.tensor<T>(s), drd = g.tensor<T>(s), yed = g.tensor<T>(s);
-      // Device forward first: the host backward takes the DEVICE y as its ReLU mask, so an
-      // element whose y rounds to 0 on one backend and to +1 ulp on the other cannot flip a mask.
-      if (e == BatchNormEpilogue::kNone)
-        batch_norm_forward_training<T>(g, xd.cview(), gd.cview(), bd.cview(), rmd.view(), rvd.view(), smd.view(),
-                                       sid.view(), yd.view());
-      else if (e == BatchNormEpilogue::kRelu)
-        batch_norm_relu_forward_training<T>(g, xd.cview(), gd.cview(), bd.cview(), rmd.view(), rvd.view(), smd.view(),
-                                            sid.view(), yd.view());
-      else
-        batch_norm_add_relu_forward_training<T>(g, xd.cview(), resd.cview(), gd.cview(), bd.cview(), rmd.view(),
-                                                rvd.view(), smd.view(), sid.view(), yd.view());
-      const auto y_dev = g.to_host(yd.cview());
-      if (e == BatchNormEpilogue::kNone) {
-        batch_norm_forward_training<T>(cpu(), x.cview(), gamma.cview(), beta.cview(), rm_h.view(), rv_h.view(),
-                                       sm_h.view(), si_h.view(), y_h.view());
-        batch_norm_backward<T>(cpu(), x.cview(), dy.cview(), gamma.cview(), sm_h.cview(), si_h.cview(), dx_h.view(),
-                               dg_h.view(), db_h.view());
-        batch_norm_forward_inference<T>(cpu(), x.cview(), gamma.cview(), beta.cview(), rm_h.cview(), rv_h.cview(),
-                                        ye_h.view());
-        batch_norm_backward<T>(g, xd.cview(), dyd.cview(), gd.cview(), smd.cview(), sid.cview(), dxd.view(),
-                               dgd.view(), dbd.view());
-        batch_norm_forward_inference<T>(g, xd.cview(), gd.cview(), bd.cview(), rmd.cview(), rvd.cview(), yed.view());
-      } else if (e == BatchNormEpilogue::kRelu) {
-        batch_norm_relu_forward_training<T>(cpu(), x.cview(), gamma.cview(), beta.cview(), rm_h.view(), rv_h.view(),
-                                            sm_h.view(), si_h.view(), y_h.view());
-        batch_norm_relu_backward<T>(cpu(), x.cview(), y_dev.cview(), dy.cview(), gamma.cview(), sm_h.cview(),
-                                    si_h.cview(), dx_h.view(), dg_h.view(), db_h.view());
-        batch_norm_relu_forward_inference<T>(cpu(), x.cview(), gamma.cview(), beta.cview(), rm_h.cview(),
-                                             rv_h.cview(), ye_h.view());
-        batch_norm_relu_backward<T>(g, xd.cview(), yd.cview(), dyd.cview(), gd.cview(), smd.cview(), sid.cview(),
-                                    dxd.view(), dgd.view(), dbd.view());
-        batch_norm_relu_forward_inference<T>(g, xd.cview(), gd.cview(), bd.cview(), rmd.cview(), rvd.cview(),
-                                             yed.view());
-      } else {
-        batch_norm_add_relu_forward_training<T>(cpu(), x.cview(), res.cview(), gamma.cview(), beta.cview(),
-                                                rm_h.view(), rv_h.view(), sm_h.view(), si_h.view(), y_h.view());
-        batch_norm_add_relu_backward<T>(cpu(), x.cview(), y_dev.cview(), dy.cview(), gamma.cview(), sm_h.cview(),
-                                        si_h.cview(), dx_h.view(), dr_h.view(), dg_h.view(), db_h.view());
-        batch_norm_add_relu_forward_inference<T>(cpu(), x.cview(), res.cview(), gamma.cview(), beta.cview(),
-                                                 rm_h.cview(), rv_h.cview(), ye_h.view());
-        batch_norm_add_relu_backward<T>(g, xd.cview(), yd.cview(), dyd.cview(), gd.cview(), smd.cview(), sid.cview(),
-                                        dxd.view(), drd.view(), dgd.view(), dbd.view());
-        batch_norm_add_relu_forward_inference<T>(g, xd.cview(), resd.cview(), gd.cview(), bd.cview(), rmd.cview(),
-                                                 rvd.cview(), yed.view());
+      // device, twice: the second call runs from the plan cache and must agree bit for bit
+      auto& g = gpu();
+      auto xd = g.to_device(x), wd = g.to_device(w), dyd = g.to_device(dy);
+      auto bd = c.bias ? g.to_device(b) : cuda::DeviceTensor<T>{};
+      auto yd = g.tensor<T>(ys), dxd = g.tensor<T>(c.x);
+      HostTensor<T> y_first;
+      for (int rep = 0; rep < 2; ++rep) {
+        conv2d_forward<T>(g, xd.cview(), wd.cview(), c.bias ? bd.cview() : TensorView<const T>{}, yd.view(),
+                          c.p);
+        if (rep == 0) y_first = g.to_host(yd.cview());
       }
-      // Statistics: fp32 Welford vs double, relative 1e-5 (M <= 16384 values of O(3)).
-      expect_match(n + " save_mean", g.to_host(smd.cview()), sm_h, 1e-5, 1e-5);
-      expect_match(n + " save_invstd", g.to_host(sid.cview()), si_h, 1e-5, 1e-5);
-      expect_match(n + " running_mean", g.to_host(rmd.cview()), rm_h, 1e-5, 1e-5);
-      expect_match(n + " running_var", g.to_host(rvd.cview()), rv_h, 1e-5, 1e-5);
-      // y: same inputs and statistics to fp32 rounding; one rounding to T each.
-      expect_match(n + " y", y_dev, y_h, tol_v<T>, tol_v<T>, 1e-5 * max_abs(y_h));
-      expect_match(n + " y (inference)", g.to_host(yed.cview()), ye_h, tol_v<T>, tol_v<T>, 1e-5 * max_abs(ye_h));
-      // dx: coefficients from fp32 sums of M terms vs double.
-      expect_match(n + " dL_dx", g.to_host(dxd.cview()), dx_h, tol_v<T>, tol_v<T>, 1e-4 * max_abs(dx_h));
-      if (e == BatchNormEpilogue::kAddRelu) expect_match(n + " dL_dresidual", g.to_host(drd.cview()), dr_h, 0, 0);
-      // dgamma/dbeta: fp32 sums of M terms of size <= ~4 vs double: 4e-6 * M absolute.
-      expect_match(n + " dL_dgamma (accumulated)", g.to_host(dgd.cview()), dg_h, 1e-5, 0, 4e-6 * M);
-      expect_match(n + " dL_dbeta (accumulated)", g.to_host(dbd.cview()), db_h, 1e-5, 0, 4e-6 * M);
+      const auto y_d = g.to_host(yd.cview());
+      CHECK(std::memcmp(y_first.data(), y_d.data(), y_d.numel() * sizeof(T)) == 0);
+      auto dwd = g.to_device(dw0), dbd = g.to_device(db0);
+      conv2d_backward_data<T>(g, dyd.cview(), wd.cview(), dxd.view(), c.p);
+      conv2d_backward_filter<T>(g, xd.cview(), dyd.cview(), dwd.view(), c.p);
+      if (c.bias) conv2d_backward_bias<T>(g, dyd.cview(), dbd.view());
+
+      const std::string n = std::string(c.name) + " " + type_name_v<T>;
+      expect_match(n + " y", y_d, y_h, tol_v<T>, tol_v<T>, extra * max_abs(y_h));
+      expect_match(n + " dL_dx", g.to_host(dxd.cview()), dx_h, tol_v<T>, tol_v<T>, extra * max_abs(dx_h));
+      expect_match(n + " dL_dw (accumulated)", g.to_host(dwd.cview()), dw_h, tol_v<T>, tol_v<T>,
+                   extra * max_abs(dw_h));
+      if (c.bias) expect_match(n + " dL_db (accumulated)", g.to_host(dbd.cview()), db_h, tol_v<T>, tol_v<T>);
     }
   }
-}
 
-TEST_CASE_TEMPLATE("batch_norm cuda is deterministic run to run", T, ampkit::half, float) {
-  const Shape s{8, 32, 32, 64}, v{1, 1, 1, 64};
-  auto& g = gpu();
-  auto x = g.to_device(testing::random_tensor<T>(s, 1)), dy = g.to_device(testing::random_tensor<T>(s, 2));
-  auto gm = g.to_device(testing::random_tensor<float>(v, 3, 0.5f, 1.5f)), bt = g.to_device(testing::random_tensor<float>(v, 4));
-  HostTensor<float> first_mean, first_dg;
-  HostTensor<T> first_dx;
-  for (int rep = 0; rep < 3; ++rep) {
-    auto rm = g.to_device(HostTensor<float>(v, 0.f)), rv = g.to_device(HostTensor<float>(v, 1.f));
-    auto sm = g.tensor<float>(v), si = g.tensor<float>(v);
-    auto y = g.tensor<T>(s), dx = g.tensor<T>(s);
-    auto dg = g.to_device(HostTensor<float>(v, 0.f)), db = g.to_device(HostTensor<float>(v, 0.f));
-    batch_norm_relu_forward_training<T>(g, x.cview(), gm.cview(), bt.cview(), rm.view(), rv.view(), sm.view(), si.view(),
-                                        y.view());
-    batch_norm_relu_backward<T>(g, x.cview(), y.cview(), dy.cview(), gm.cview(), sm.cview(), si.cview(), dx.view(),
-                                dg.view(), db.view());
-    auto mean = g.to_host(sm.cview()), dgh = g.to_host(dg.cview());
-    auto dxh = g.to_host(dx.cview());
-    if (rep == 0) {
-      first_mean = mean.clone();
-      first_dg = dgh.clone();
-      first_dx = dxh.clone();
-    } else {
-      CHECK(std::memcmp(mean.data(), first_mean.data(), 64 * sizeof(float)) == 0);
-      CHECK(std::memcmp(dgh.data(), first_dg.data(), 64 * sizeof(float)) == 0);
-      CHECK(std::memcmp(dxh.data(), first_dx.data(), dxh.numel() * sizeof(T)) == 0);
+  TEST_CASE_TEMPLATE("batch_norm cuda == host: training/inference, all epilogues, packed and scalar paths", T,
+                     float, ampkit::half, ampkit::bfloat16) {
+    // C = 32/64/480 take 16-byte packs, 34 takes pairs, 255 and 17 the scalar path; M = 16384
+    // spreads the statistics over many blocks.
+    const Shape shapes[] = {{4, 64, 64, 32},  {2, 9, 7, 255}, {3, 5, 7, 34},
+                            {2, 16, 16, 480}, {8, 3, 5, 17},  {2, 32, 32, 64}};
+    std::uint64_t seed = 500;
+    for (const Shape s : shapes) {
+      const Shape v{1, 1, 1, s.c};
+      const std::int64_t M = s.n * s.h * s.w;
+      // Per-channel offset and spread so the normalisation does real work (offset 3 > spread tests
+      // Welford against cancellation).
+      auto x = testing::random_tensor<T>(s, ++seed);
+      const auto off = testing::random_tensor<float>(v, ++seed, -3.f, 3.f),
+                 spread = testing::random_tensor<float>(v, ++seed, 0.2f, 2.f);
+      for (std::int64_t i = 0; i < x.numel(); ++i)
+        x[i] = convert<T>(static_cast<float>(x[i]) * spread[i % s.c] + off[i % s.c]);
+      const auto res = testing::random_tensor<T>(s, ++seed), dy = testing::random_tensor<T>(s, ++seed);
+      const auto gamma = testing::random_tensor<float>(v, ++seed, 0.5f, 1.5f),
+                 beta = testing::random_tensor<float>(v, ++seed);
+      const auto rm0 = testing::random_tensor<float>(v, ++seed),
+                 rv0 = testing::random_tensor<float>(v, ++seed, 0.5f, 1.5f);
+      const auto dg0 = testing::random_tensor<float>(v, ++seed),
+                 db0 = testing::random_tensor<float>(v, ++seed);
+      auto& g = gpu();
+      auto xd = g.to_device(x), resd = g.to_device(res), dyd = g.to_device(dy);
+      auto gd = g.to_device(gamma), bd = g.to_device(beta);
+      for (const auto e : {BatchNormEpilogue::kNone, BatchNormEpilogue::kRelu, BatchNormEpilogue::kAddRelu}) {
+        const std::string n = std::string(detail::bn_forward_name(e, true)) + " " + type_name_v<T> +
+                              " C=" + std::to_string(s.c) + " M=" + std::to_string(M);
+        CAPTURE(n);
+        // host
+        auto rm_h = rm0.clone(), rv_h = rv0.clone(), dg_h = dg0.clone(), db_h = db0.clone();
+        HostTensor<float> sm_h(v), si_h(v);
+        HostTensor<T> y_h(s), dx_h(s), dr_h(s), ye_h(s);
+        // device
+        auto rmd = g.to_device(rm0), rvd = g.to_device(rv0), dgd = g.to_device(dg0), dbd = g.to_device(db0);
+        auto smd = g.tensor<float>(v), sid = g.tensor<float>(v);
+        auto yd = g.tensor<T>(s), dxd = g.tensor<T>(s), drd = g.tensor<T>(s), yed = g.tensor<T>(s);
+        // Device forward first: the host backward takes the DEVICE y as its ReLU mask, so an
+        // element whose y rounds to 0 on one backend and to +1 ulp on the other cannot flip a mask.
+        if (e == BatchNormEpilogue::kNone)
+          batch_norm_forward_training<T>(g, xd.cview(), gd.cview(), bd.cview(), rmd.view(), rvd.view(),
+                                         smd.view(), sid.view(), yd.view());
+        else if (e == BatchNormEpilogue::kRelu)
+          batch_norm_relu_forward_training<T>(g, xd.cview(), gd.cview(), bd.cview(), rmd.view(), rvd.view(),
+                                              smd.view(), sid.view(), yd.view());
+        else
+          batch_norm_add_relu_forward_training<T>(g, xd.cview(), resd.cview(), gd.cview(), bd.cview(),
+                                                  rmd.view(), rvd.view(), smd.view(), sid.view(), yd.view());
+        const auto y_dev = g.to_host(yd.cview());
+        if (e == BatchNormEpilogue::kNone) {
+          batch_norm_forward_training<T>(cpu(), x.cview(), gamma.cview(), beta.cview(), rm_h.view(),
+                                         rv_h.view(), sm_h.view(), si_h.view(), y_h.view());
+          batch_norm_backward<T>(cpu(), x.cview(), dy.cview(), gamma.cview(), sm_h.cview(), si_h.cview(),
+                                 dx_h.view(), dg_h.view(), db_h.view());
+          batch_norm_forward_inference<T>(cpu(), x.cview(), gamma.cview(), beta.cview(), rm_h.cview(),
+                                          rv_h.cview(), ye_h.view());
+          batch_norm_backward<T>(g, xd.cview(), dyd.cview(), gd.cview(), smd.cview(), sid.cview(), dxd.view(),
+                                 dgd.view(), dbd.view());
+          batch_norm_forward_inference<T>(g, xd.cview(), gd.cview(), bd.cview(), rmd.cview(), rvd.cview(),
+                                          yed.view());
+        } else if (e == BatchNormEpilogue::kRelu) {
+          batch_norm_relu_forward_training<T>(cpu(), x.cview(), gamma.cview(), beta.cview(), rm_h.view(),
+                                              rv_h.view(), sm_h.view(), si_h.view(), y_h.view());
+          batch_norm_relu_backward<T>(cpu(), x.cview(), y_dev.cview(), dy.cview(), gamma.cview(),
+                                      sm_h.cview(), si_h.cview(), dx_h.view(), dg_h.view(), db_h.view());
+          batch_norm_relu_forward_inference<T>(cpu(), x.cview(), gamma.cview(), beta.cview(), rm_h.cview(),
+                                               rv_h.cview(), ye_h.view());
+          batch_norm_relu_backward<T>(g, xd.cview(), yd.cview(), dyd.cview(), gd.cview(), smd.cview(),
+                                      sid.cview(), dxd.view(), dgd.view(), dbd.view());
+          batch_norm_relu_forward_inference<T>(g, xd.cview(), gd.cview(), bd.cview(), rmd.cview(),
+                                               rvd.cview(), yed.view());
+        } else {
+          batch_norm_add_relu_forward_training<T>(cpu(), x.cview(), res.cview(), gamma.cview(), beta.cview(),
+                                                  rm_h.view(), rv_h.view(), sm_h.view(), si_h.view(),
+                                                  y_h.view());
+          batch_norm_add_relu_backward<T>(cpu(), x.cview(), y_dev.cview(), dy.cview(), gamma.cview(),
+                                          sm_h.cview(), si_h.cview(), dx_h.view(), dr_h.view(), dg_h.view(),
+                                          db_h.view());
+          batch_norm_add_relu_forward_inference<T>(cpu(), x.cview(), res.cview(), gamma.cview(), beta.cview(),
+                                                   rm_h.cview(), rv_h.cview(), ye_h.view());
+          batch_norm_add_relu_backward<T>(g, xd.cview(), yd.cview(), dyd.cview(), gd.cview(), smd.cview(),
+                                          sid.cview(), dxd.view(), drd.view(), dgd.view(), dbd.view());
+          batch_norm_add_relu_forward_inference<T>(g, xd.cview(), resd.cview(), gd.cview(), bd.cview(),
+                                                   rmd.cview(), rvd.cview(), yed.view());
+        }
+        // Statistics: fp32 Welford vs double, relative 1e-5 (M <= 16384 values of O(3)).
+        expect_match(n + " save_mean", g.to_host(smd.cview()), sm_h, 1e-5, 1e-5);
+        expect_match(n + " save_invstd", g.to_host(sid.cview()), si_h, 1e-5, 1e-5);
+        expect_match(n + " running_mean", g.to_host(rmd.cview()), rm_h, 1e-5, 1e-5);
+        expect_match(n + " running_var", g.to_host(rvd.cview()), rv_h, 1e-5, 1e-5);
+        // y: same inputs and statistics to fp32 rounding; one rounding to T each.
+        expect_match(n + " y", y_dev, y_h, tol_v<T>, tol_v<T>, 1e-5 * max_abs(y_h));
+        expect_match(n + " y (inference)", g.to_host(yed.cview()), ye_h, tol_v<T>, tol_v<T>,
+                     1e-5 * max_abs(ye_h));
+        // dx: coefficients from fp32 sums of M terms vs double.
+        expect_match(n + " dL_dx", g.to_host(dxd.cview()), dx_h, tol_v<T>, tol_v<T>, 1e-4 * max_abs(dx_h));
+        if (e == BatchNormEpilogue::kAddRelu)
+          expect_match(n + " dL_dresidual", g.to_host(drd.cview()), dr_h, 0, 0);
+        // dgamma/dbeta: fp32 sums of M terms of size <= ~4 vs double: 4e-6 * M absolute.
+        expect_match(n + " dL_dgamma (accumulated)", g.to_host(dgd.cview()), dg_h, 1e-5, 0, 4e-6 * M);
+        expect_match(n + " dL_dbeta (accumulated)", g.to_host(dbd.cview()), db_h, 1e-5, 0, 4e-6 * M);
+      }
     }
   }
-}
 
-TEST_CASE_TEMPLATE("relu / add / sum / sum_relu cuda == host exactly, packed, scalar and in-place", T, float, ampkit::half,
-                   ampkit::bfloat16) {
-  auto& g = gpu();
-  // Odd numel and an offset-by-one view force the scalar path; the big one takes packs.
-  for (const Shape s : {Shape{4, 33, 31, 32}, Shape{1, 7, 5, 3}}) {
-    for (int offset : {0, 1}) {
-      CAPTURE(s);
-      CAPTURE(offset);
-      const std::int64_t n = s.numel();
-      std::vector<HostTensor<T>> in;
-      for (int i = 0; i < 4; ++i) in.push_back(testing::random_tensor<T>({1, 1, 1, n + offset}, 900 + i));
-      std::vector<cuda::DeviceTensor<T>> ind;
-      for (auto& t : in) ind.push_back(g.to_device(t));
-      auto hv = [&](int i) { return TensorView<const T>(in[i].data() + offset, s); };
-      auto dv = [&](int i) { return TensorView<const T>(ind[i].data() + offset, s); };
-      HostTensor<T> yh(s);
-      auto yd = g.tensor<T>(s);
-      auto check_eq = [&](const char* what) {
-        const auto got = g.to_host(yd.cview());
-        const auto r = testing::compare(what, got.span(), std::as_const(yh).span(), 0, 0);
-        CHECK_MESSAGE(r.ok, what);
-      };
-      relu_forward<T>(cpu(), hv(0), yh.view());
-      relu_forward<T>(g, dv(0), yd.view());
-      check_eq("relu_forward");
-      relu_backward<T>(cpu(), hv(0), hv(1), yh.view());
-      relu_backward<T>(g, dv(0), dv(1), yd.view());
-      check_eq("relu_backward");
-      add_forward<T>(cpu(), hv(0), hv(1), yh.view());
-      add_forward<T>(g, dv(0), dv(1), yd.view());
-      check_eq("add_forward");
-      const TensorView<const T> hs[] = {hv(0), hv(1), hv(2)}, ds[] = {dv(0), dv(1), dv(2)};
-      sum_forward<T>(cpu(), std::span<const TensorView<const T>>(hs), yh.view());
-      sum_forward<T>(g, std::span<const TensorView<const T>>(ds), yd.view());
-      check_eq("sum_forward (3)");
-      const TensorView<const T> hs4[] = {hv(0), hv(1), hv(2), hv(3)}, ds4[] = {dv(0), dv(1), dv(2), dv(3)};
-      sum_relu_forward<T>(cpu(), std::span<const TensorView<const T>>(hs4), yh.view());
-      sum_relu_forward<T>(g, std::span<const TensorView<const T>>(ds4), yd.view());
-      check_eq("sum_relu_forward (4)");
-      // in place: y aliases the first input
-      HostTensor<T> acc_h(s);
-      std::memcpy(acc_h.data(), in[0].data() + offset, n * sizeof(T));
-      auto acc_d = g.to_device(acc_h);
-      add_forward<T>(cpu(), acc_h.cview(), hv(1), acc_h.view());
-      add_forward<T>(g, acc_d.cview(), dv(1), acc_d.view());
-      const auto got = g.to_host(acc_d.cview());
-      CHECK(testing::compare("add in place", got.span(), std::as_const(acc_h).span(), 0, 0).ok);
+  TEST_CASE_TEMPLATE("batch_norm cuda is deterministic run to run", T, ampkit::half, float) {
+    const Shape s{8, 32, 32, 64}, v{1, 1, 1, 64};
+    auto& g = gpu();
+    auto x = g.to_device(testing::random_tensor<T>(s, 1)), dy = g.to_device(testing::random_tensor<T>(s, 2));
+    auto gm = g.to_device(testing::random_tensor<float>(v, 3, 0.5f, 1.5f)),
+         bt = g.to_device(testing::random_tensor<float>(v, 4));
+    HostTensor<float> first_mean, first_dg;
+    HostTensor<T> first_dx;
+    for (int rep = 0; rep < 3; ++rep) {
+      auto rm = g.to_device(HostTensor<float>(v, 0.f)), rv = g.to_device(HostTensor<float>(v, 1.f));
+      auto sm = g.tensor<float>(v), si = g.tensor<float>(v);
+      auto y = g.tensor<T>(s), dx = g.tensor<T>(s);
+      auto dg = g.to_device(HostTensor<float>(v, 0.f)), db = g.to_device(HostTensor<float>(v, 0.f));
+      batch_norm_relu_forward_training<T>(g, x.cview(), gm.cview(), bt.cview(), rm.view(), rv.view(),
+                                          sm.view(), si.view(), y.view());
+      batch_norm_relu_backward<T>(g, x.cview(), y.cview(), dy.cview(), gm.cview(), sm.cview(), si.cview(),
+                                  dx.view(), dg.view(), db.view());
+      auto mean = g.to_host(sm.cview()), dgh = g.to_host(dg.cview());
+      auto dxh = g.to_host(dx.cview());
+      if (rep == 0) {
+        first_mean = mean.clone();
+        first_dg = dgh.clone();
+        first_dx = dxh.clone();
+      } else {
+        CHECK(std::memcmp(mean.data(), first_mean.data(), 64 * sizeof(float)) == 0);
+        CHECK(std::memcmp(dgh.data(), first_dg.data(), 64 * sizeof(float)) == 0);
+        CHECK(std::memcmp(dxh.data(), first_dx.data(), dxh.numel() * sizeof(T)) == 0);
+      }
     }
   }
-}
 
-TEST_CASE("cuda nn ops reject bad input before launching anything") {
-  auto& g = gpu();
-  auto x = g.tensor<ampkit::half>({1, 5, 5, 34}), w = g.tensor<ampkit::half>({34, 1, 1, 2}), y = g.tensor<ampkit::half>({1, 5, 5, 34});
-  CHECK_THROWS_WITH_AS(conv2d_forward<ampkit::half>(g, x.cview(), w.cview(), {}, y.view(), Conv2dParams{}),
-                       doctest::Contains("conv2d_forward: input has 34 channels"), Error);
-  CHECK_THROWS_WITH_AS(conv2d_forward<ampkit::half>(g, x.cview(), w.cview(), {}, y.view(), Conv2dParams::square(1, 0, 1, 4)),
-                       doctest::Contains("not divisible by groups=4"), Error);
-  auto g7 = g.tensor<float>({1, 1, 1, 7}), v = g.tensor<float>({1, 1, 1, 34});
-  CHECK_THROWS_WITH_AS(batch_norm_forward_training<ampkit::half>(g, x.cview(), g7.cview(), v.cview(), v.view(), v.view(),
-                                                         v.view(), v.view(), y.view()),
-                       doctest::Contains("gamma has shape (1,1,1,7), expected (1,1,1,34)"), Error);
-  auto other = g.tensor<ampkit::half>({1, 5, 5, 33});
-  CHECK_THROWS_WITH_AS(relu_forward<ampkit::half>(g, x.cview(), other.view()), doctest::Contains("relu_forward"), Error);
-}
+  TEST_CASE_TEMPLATE("relu / add / sum / sum_relu cuda == host exactly, packed, scalar and in-place", T,
+                     float, ampkit::half, ampkit::bfloat16) {
+    auto& g = gpu();
+    // Odd numel and an offset-by-one view force the scalar path; the big one takes packs.
+    for (const Shape s : {Shape{4, 33, 31, 32}, Shape{1, 7, 5, 3}}) {
+      for (int offset : {0, 1}) {
+        CAPTURE(s);
+        CAPTURE(offset);
+        const std::int64_t n = s.numel();
+        std::vector<HostTensor<T>> in;
+        for (int i = 0; i < 4; ++i) in.push_back(testing::random_tensor<T>({1, 1, 1, n + offset}, 900 + i));
+        std::vector<cuda::DeviceTensor<T>> ind;
+        for (auto& t : in) ind.push_back(g.to_device(t));
+        auto hv = [&](int i) { return TensorView<const T>(in[i].data() + offset, s); };
+        auto dv = [&](int i) { return TensorView<const T>(ind[i].data() + offset, s); };
+        HostTensor<T> yh(s);
+        auto yd = g.tensor<T>(s);
+        auto check_eq = [&](const char* what) {
+          const auto got = g.to_host(yd.cview());
+          const auto r = testing::compare(what, got.span(), std::as_const(yh).span(), 0, 0);
+          CHECK_MESSAGE(r.ok, what);
+        };
+        relu_forward<T>(cpu(), hv(0), yh.view());
+        relu_forward<T>(g, dv(0), yd.view());
+        check_eq("relu_forward");
+        relu_backward<T>(cpu(), hv(0), hv(1), yh.view());
+        relu_backward<T>(g, dv(0), dv(1), yd.view());
+        check_eq("relu_backward");
+        add_forward<T>(cpu(), hv(0), hv(1), yh.view());
+        add_forward<T>(g, dv(0), dv(1), yd.view());
+        check_eq("add_forward");
+        const TensorView<const T> hs[] = {hv(0), hv(1), hv(2)}, ds[] = {dv(0), dv(1), dv(2)};
+        sum_forward<T>(cpu(), std::span<const TensorView<const T>>(hs), yh.view());
+        sum_forward<T>(g, std::span<const TensorView<const T>>(ds), yd.view());
+        check_eq("sum_forward (3)");
+        const TensorView<const T> hs4[] = {hv(0), hv(1), hv(2), hv(3)}, ds4[] = {dv(0), dv(1), dv(2), dv(3)};
+        sum_relu_forward<T>(cpu(), std::span<const TensorView<const T>>(hs4), yh.view());
+        sum_relu_forward<T>(g, std::span<const TensorView<const T>>(ds4), yd.view());
+        check_eq("sum_relu_forward (4)");
+        // in place: y aliases the first input
+        HostTensor<T> acc_h(s);
+        std::memcpy(acc_h.data(), in[0].data() + offset, n * sizeof(T));
+        auto acc_d = g.to_device(acc_h);
+        add_forward<T>(cpu(), acc_h.cview(), hv(1), acc_h.view());
+        add_forward<T>(g, acc_d.cview(), dv(1), acc_d.view());
+        const auto got = g.to_host(acc_d.cview());
+        CHECK(testing::compare("add in place", got.span(), std::as_const(acc_h).span(), 0, 0).ok);
+      }
+    }
+  }
+
+  TEST_CASE("cuda nn ops reject bad input before launching anything") {
+    auto& g = gpu();
+    auto x = g.tensor<ampkit::half>({1, 5, 5, 34}), w = g.tensor<ampkit::half>({34, 1, 1, 2}),
+         y = g.tensor<ampkit::half>({1, 5, 5, 34});
+    CHECK_THROWS_WITH_AS(conv2d_forward<ampkit::half>(g, x.cview(), w.cview(), {}, y.view(), Conv2dParams{}),
+                         doctest::Contains("conv2d_forward: input has 34 channels"), Error);
+    CHECK_THROWS_WITH_AS(
+        conv2d_forward<ampkit::half>(g, x.cview(), w.cview(), {}, y.view(), Conv2dParams::square(1, 0, 1, 4)),
+        doctest::Contains("not divisible by groups=4"), Error);
+    auto g7 = g.tensor<float>({1, 1, 1, 7}), v = g.tensor<float>({1, 1, 1, 34});
+    CHECK_THROWS_WITH_AS(
+        batch_norm_forward_training<ampkit::half>(g, x.cview(), g7.cview(), v.cview(), v.view(), v.view(),
+                                                  v.view(), v.view(), y.view()),
+        doctest::Contains("gamma has shape (1,1,1,7), expected (1,1,1,34)"), Error);
+    auto other = g.tensor<ampkit::half>({1, 5, 5, 33});
+    CHECK_THROWS_WITH_AS(relu_forward<ampkit::half>(g, x.cview(), other.view()),
+                         doctest::Contains("relu_forward"), Error);
+  }
 
 }  // TEST_SUITE

@@ -37,8 +37,10 @@ HostTensor<T> rnd(Shape s, std::uint64_t seed, double lo = -1, double hi = 1) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> d(lo, hi);
   for (auto& v : t.span()) {
-    if constexpr (std::is_same_v<T, double>) v = d(rng);
-    else v = convert<T>(static_cast<float>(d(rng)));
+    if constexpr (std::is_same_v<T, double>)
+      v = d(rng);
+    else
+      v = convert<T>(static_cast<float>(d(rng)));
   }
   return t;
 }
@@ -48,8 +50,10 @@ HostTensor<To> cast(const HostTensor<From>& a) {
   HostTensor<To> r(a.shape());
   for (std::int64_t i = 0; i < a.numel(); ++i) {
     const double v = host::widen(a[i]);
-    if constexpr (std::is_same_v<To, double>) r[i] = v;
-    else r[i] = convert<To>(static_cast<float>(v));
+    if constexpr (std::is_same_v<To, double>)
+      r[i] = v;
+    else
+      r[i] = convert<To>(static_cast<float>(v));
   }
   return r;
 }
@@ -62,8 +66,8 @@ double max_abs(std::span<const float> v) {
 
 /// got vs golden with |err| <= rtol*|want| + atol_rel*max|want|; prints the first mismatches.
 template <class A>
-void expect_close(const std::string& what, std::span<const A> got, const std::vector<float>& want, double rtol,
-                  double atol_rel) {
+void expect_close(const std::string& what, std::span<const A> got, const std::vector<float>& want,
+                  double rtol, double atol_rel) {
   const double scale = std::max(max_abs(want), 1e-6);
   const auto r = testing::compare(what.c_str(), got, std::span<const float>(want), rtol, atol_rel * scale);
   CHECK_MESSAGE(r.ok, what, ": ", r.n_bad, " mismatches, max rel err ", r.max_rel_err);
@@ -74,7 +78,8 @@ const st::File& conv_golden() {
   return f;
 }
 const st::File& bn_golden() {
-  static const st::File f = st::File::load(testing::source_path("tests/golden/data/nn_batch_norm.safetensors"));
+  static const st::File f =
+      st::File::load(testing::source_path("tests/golden/data/nn_batch_norm.safetensors"));
   return f;
 }
 
@@ -108,8 +113,8 @@ TEST_CASE_TEMPLATE("conv2d host: forward and all gradients match PyTorch goldens
     const std::string p = it.key() + "/" + dt + "/";
     const auto& c = it.value();
     CAPTURE(p);
-    Conv2dParams prm{c["stride"][0], c["stride"][1], c["pad"][0], c["pad"][1], c["dilation"][0], c["dilation"][1],
-                     c["groups"]};
+    Conv2dParams prm{c["stride"][0],   c["stride"][1],   c["pad"][0], c["pad"][1],
+                     c["dilation"][0], c["dilation"][1], c["groups"]};
     const bool has_bias = c["bias"];
     const auto x = f.tensor<T>(p + "x", shape_of(f, p + "x"));
     const auto w = f.tensor<T>(p + "w", shape_of(f, p + "w"));
@@ -147,8 +152,8 @@ TEST_CASE_TEMPLATE("conv2d host: forward and all gradients match PyTorch goldens
 /// gamma*xhat ~ -beta, hence also atol 64 eps of max|y|). half: one rounding of the output,
 /// eps relative, 2 eps of max absolute. Backward terms cancel (dz - mean - xhat*...), so the
 /// absolute part is what matters there.
-TEST_CASE_TEMPLATE("batch_norm host: training/eval forward, fused variants and backward match PyTorch", T, float,
-                   half) {
+TEST_CASE_TEMPLATE("batch_norm host: training/eval forward, fused variants and backward match PyTorch", T,
+                   float, half) {
   const auto& f = bn_golden();
   const std::string dt = std::is_same_v<T, float> ? "f32" : "f16";
   const double rtol = std::is_same_v<T, float> ? 64 * epsilon_v<float> : epsilon_v<half>;
@@ -172,14 +177,14 @@ TEST_CASE_TEMPLATE("batch_norm host: training/eval forward, fused variants and b
       HostTensor<float> sm(v, 7.f), si(v, 7.f);
       HostTensor<T> y(s, T(7.f));
       if (epi == "none")
-        batch_norm_forward_training<T>(ctx(), x.cview(), gamma.cview(), beta.cview(), rm.view(), rv.view(), sm.view(),
-                                       si.view(), y.view());
+        batch_norm_forward_training<T>(ctx(), x.cview(), gamma.cview(), beta.cview(), rm.view(), rv.view(),
+                                       sm.view(), si.view(), y.view());
       else if (epi == "relu")
-        batch_norm_relu_forward_training<T>(ctx(), x.cview(), gamma.cview(), beta.cview(), rm.view(), rv.view(),
-                                            sm.view(), si.view(), y.view());
+        batch_norm_relu_forward_training<T>(ctx(), x.cview(), gamma.cview(), beta.cview(), rm.view(),
+                                            rv.view(), sm.view(), si.view(), y.view());
       else
-        batch_norm_add_relu_forward_training<T>(ctx(), x.cview(), res.cview(), gamma.cview(), beta.cview(), rm.view(),
-                                                rv.view(), sm.view(), si.view(), y.view());
+        batch_norm_add_relu_forward_training<T>(ctx(), x.cview(), res.cview(), gamma.cview(), beta.cview(),
+                                                rm.view(), rv.view(), sm.view(), si.view(), y.view());
       expect_close(q + "y", sp(y), f.read_as<float>(q + "y"), rtol, atol);
       expect_close(q + "running_mean", sp(rm), f.read_as<float>(p + "running_mean_out"), stat_tol, stat_tol);
       expect_close(q + "running_var", sp(rv), f.read_as<float>(p + "running_var_out"), stat_tol, stat_tol);
@@ -197,28 +202,31 @@ TEST_CASE_TEMPLATE("batch_norm host: training/eval forward, fused variants and b
         batch_norm_backward<T>(ctx(), x.cview(), dy.cview(), gamma.cview(), sm.cview(), si.cview(), dx.view(),
                                dg.view(), db.view());
       else if (epi == "relu")
-        batch_norm_relu_backward<T>(ctx(), x.cview(), y.cview(), dy.cview(), gamma.cview(), sm.cview(), si.cview(),
-                                    dx.view(), dg.view(), db.view());
+        batch_norm_relu_backward<T>(ctx(), x.cview(), y.cview(), dy.cview(), gamma.cview(), sm.cview(),
+                                    si.cview(), dx.view(), dg.view(), db.view());
       else
         batch_norm_add_relu_backward<T>(ctx(), x.cview(), y.cview(), dy.cview(), gamma.cview(), sm.cview(),
                                         si.cview(), dx.view(), dres.view(), dg.view(), db.view());
       // dL_dx sums M = N*H*W terms that cancel: scale the absolute tolerance by the size.
       const double dx_atol = atol * 4;
       expect_close(q + "dL_dx", sp(dx), f.read_as<float>(q + "dL_dx"), rtol, dx_atol);
-      expect_close(q + "dL_dgamma (accumulated)", sp(dg), want_dg, 64 * epsilon_v<float>, atol * s.n * s.h * s.w / 8);
-      expect_close(q + "dL_dbeta (accumulated)", sp(db), want_db, 64 * epsilon_v<float>, atol * s.n * s.h * s.w / 8);
+      expect_close(q + "dL_dgamma (accumulated)", sp(dg), want_dg, 64 * epsilon_v<float>,
+                   atol * s.n * s.h * s.w / 8);
+      expect_close(q + "dL_dbeta (accumulated)", sp(db), want_db, 64 * epsilon_v<float>,
+                   atol * s.n * s.h * s.w / 8);
       if (epi == "add_relu")
         expect_close(q + "dL_dresidual", sp(dres), f.read_as<float>(q + "dL_dresidual"), 0, 0);  // dz exactly
 
       // Eval mode with the updated running statistics.
       HostTensor<T> ye(s, T(7.f));
-      const auto rmo = f.tensor<float>(p + "running_mean_out", v), rvo = f.tensor<float>(p + "running_var_out", v);
+      const auto rmo = f.tensor<float>(p + "running_mean_out", v),
+                 rvo = f.tensor<float>(p + "running_var_out", v);
       if (epi == "none")
-        batch_norm_forward_inference<T>(ctx(), x.cview(), gamma.cview(), beta.cview(), rmo.cview(), rvo.cview(),
-                                        ye.view());
+        batch_norm_forward_inference<T>(ctx(), x.cview(), gamma.cview(), beta.cview(), rmo.cview(),
+                                        rvo.cview(), ye.view());
       else if (epi == "relu")
-        batch_norm_relu_forward_inference<T>(ctx(), x.cview(), gamma.cview(), beta.cview(), rmo.cview(), rvo.cview(),
-                                             ye.view());
+        batch_norm_relu_forward_inference<T>(ctx(), x.cview(), gamma.cview(), beta.cview(), rmo.cview(),
+                                             rvo.cview(), ye.view());
       else
         batch_norm_add_relu_forward_inference<T>(ctx(), x.cview(), res.cview(), gamma.cview(), beta.cview(),
                                                  rmo.cview(), rvo.cview(), ye.view());
@@ -272,7 +280,7 @@ TEST_CASE("conv2d host: gradients match finite differences in double (stride, pa
   const Case cases[] = {
       {{2, 5, 4, 3}, 4, 3, 3, Conv2dParams::square(1, 1)},
       {{1, 7, 6, 4}, 6, 3, 3, Conv2dParams::square(2, 1, 1, 2)},
-      {{2, 6, 5, 6}, 6, 3, 2, {2, 1, 1, 0, 2, 1, 3}},          // asymmetric, dilation 2 in h, groups 3
+      {{2, 6, 5, 6}, 6, 3, 2, {2, 1, 1, 0, 2, 1, 3}},                // asymmetric, dilation 2 in h, groups 3
       {{1, 5, 5, 34}, 34, 1, 1, Conv2dParams::square(1, 0, 1, 17)},  // DEKR's grouped 1x1
   };
   for (const auto& c : cases) {
@@ -313,14 +321,15 @@ TEST_CASE("batch_norm host: training-mode gradients match finite differences in 
     HostTensor<float> rm(v, 0.f), rv(v, 1.f), sm(v), si(v);
     auto forward = [&] {
       if (epi == BatchNormEpilogue::kNone)
-        batch_norm_forward_training<double>(ctx(), x.cview(), gamma.cview(), beta.cview(), rm.view(), rv.view(),
-                                            sm.view(), si.view(), y.view());
+        batch_norm_forward_training<double>(ctx(), x.cview(), gamma.cview(), beta.cview(), rm.view(),
+                                            rv.view(), sm.view(), si.view(), y.view());
       else if (epi == BatchNormEpilogue::kRelu)
-        batch_norm_relu_forward_training<double>(ctx(), x.cview(), gamma.cview(), beta.cview(), rm.view(), rv.view(),
-                                                 sm.view(), si.view(), y.view());
+        batch_norm_relu_forward_training<double>(ctx(), x.cview(), gamma.cview(), beta.cview(), rm.view(),
+                                                 rv.view(), sm.view(), si.view(), y.view());
       else
-        batch_norm_add_relu_forward_training<double>(ctx(), x.cview(), res.cview(), gamma.cview(), beta.cview(),
-                                                     rm.view(), rv.view(), sm.view(), si.view(), y.view());
+        batch_norm_add_relu_forward_training<double>(ctx(), x.cview(), res.cview(), gamma.cview(),
+                                                     beta.cview(), rm.view(), rv.view(), sm.view(), si.view(),
+                                                     y.view());
     };
     auto loss = [&] {
       forward();
@@ -330,8 +339,8 @@ TEST_CASE("batch_norm host: training-mode gradients match finite differences in 
     HostTensor<double> dx(s), dres(s);
     HostTensor<float> dg(v, 0.f), dbt(v, 0.f);
     if (epi == BatchNormEpilogue::kNone)
-      batch_norm_backward<double>(ctx(), x.cview(), dy.cview(), gamma.cview(), sm.cview(), si.cview(), dx.view(),
-                                  dg.view(), dbt.view());
+      batch_norm_backward<double>(ctx(), x.cview(), dy.cview(), gamma.cview(), sm.cview(), si.cview(),
+                                  dx.view(), dg.view(), dbt.view());
     else if (epi == BatchNormEpilogue::kRelu)
       batch_norm_relu_backward<double>(ctx(), x.cview(), y.cview(), dy.cview(), gamma.cview(), sm.cview(),
                                        si.cview(), dx.view(), dg.view(), dbt.view());
@@ -376,7 +385,13 @@ TEST_CASE("relu / add / sum_relu host: values and gradients (finite differences 
   relu_forward<double>(ctx(), a.cview(), y.view());
   for (std::int64_t i = 0; i < a.numel(); ++i) CHECK(y[i] == std::max(a[i], 0.0));
   relu_backward<double>(ctx(), y.cview(), dy.cview(), dx.view());
-  fd_check("relu dL_dx", a, [&] { relu_forward<double>(ctx(), a.cview(), y.view()); return dot(y, dy); }, sp(dx));
+  fd_check(
+      "relu dL_dx", a,
+      [&] {
+        relu_forward<double>(ctx(), a.cview(), y.view());
+        return dot(y, dy);
+      },
+      sp(dx));
   // sum_relu of three inputs: each input's gradient is relu_backward(y, dy)
   const TensorView<const double> xs[] = {a.cview(), b.cview(), c.cview()};
   auto sum_loss = [&] {
@@ -408,8 +423,8 @@ TEST_CASE_TEMPLATE("host ops round once to the storage type", T, float, half, bf
   HostTensor<T> y(ys);
   HostTensor<double> yd(ys);
   conv2d_forward<T>(ctx(), x.cview(), w.cview(), b.cview(), y.view(), prm);
-  conv2d_forward<double>(ctx(), cast<double>(x).cview(), cast<double>(w).cview(), cast<double>(b).cview(), yd.view(),
-                         prm);
+  conv2d_forward<double>(ctx(), cast<double>(x).cview(), cast<double>(w).cview(), cast<double>(b).cview(),
+                         yd.view(), prm);
   // One rounding: eps/2 relative; fp32 accumulation of 19 terms adds ~19*6e-8 of sum|terms|.
   std::vector<float> want(yd.span().begin(), yd.span().end());
   expect_close(std::string("conv y ") + type_name_v<T>, sp(y), want, epsilon_v<T> / 2 + 1e-6, 4e-6);
@@ -420,10 +435,11 @@ TEST_CASE_TEMPLATE("host ops round once to the storage type", T, float, half, bf
   HostTensor<float> rm(v, 0.f), rv(v, 1.f), sm(v), si(v), rm2(v, 0.f), rv2(v, 1.f), sm2(v), si2(v);
   HostTensor<T> by(bs);
   HostTensor<double> byd(bs);
-  batch_norm_add_relu_forward_training<T>(ctx(), bx.cview(), res.cview(), g.cview(), be.cview(), rm.view(), rv.view(),
-                                          sm.view(), si.view(), by.view());
-  batch_norm_add_relu_forward_training<double>(ctx(), cast<double>(bx).cview(), cast<double>(res).cview(), g.cview(),
-                                               be.cview(), rm2.view(), rv2.view(), sm2.view(), si2.view(), byd.view());
+  batch_norm_add_relu_forward_training<T>(ctx(), bx.cview(), res.cview(), g.cview(), be.cview(), rm.view(),
+                                          rv.view(), sm.view(), si.view(), by.view());
+  batch_norm_add_relu_forward_training<double>(ctx(), cast<double>(bx).cview(), cast<double>(res).cview(),
+                                               g.cview(), be.cview(), rm2.view(), rv2.view(), sm2.view(),
+                                               si2.view(), byd.view());
   std::vector<float> bwant(byd.span().begin(), byd.span().end());
   expect_close(std::string("bn+add+relu y ") + type_name_v<T>, sp(by), bwant, epsilon_v<T> / 2 + 1e-6, 1e-6);
   CHECK(std::memcmp(rm.data(), rm2.data(), 6 * sizeof(float)) == 0);  // statistics do not depend on T
@@ -438,16 +454,19 @@ TEST_CASE("nn host ops reject bad input with clear messages") {
   HostTensor<float> y({1, 5, 5, 34}), none;
   Conv2dParams g17 = Conv2dParams::square(1, 0, 1, 17);
   CHECK_NOTHROW(conv2d_forward<float>(ctx(), x.cview(), w.cview(), none.cview(), y.view(), g17));
-  CHECK_THROWS_WITH_AS(conv2d_forward<float>(ctx(), x.cview(), w.cview(), none.cview(), y.view(), Conv2dParams{}),
-                       doctest::Contains("conv2d_forward: input has 34 channels, weights (34,1,1,2) (K,R,S,C/groups) "
-                                         "with groups=1 expect 2"),
-                       Error);
   CHECK_THROWS_WITH_AS(
-      conv2d_forward<float>(ctx(), x.cview(), w.cview(), none.cview(), y.view(), Conv2dParams::square(1, 0, 1, 4)),
-      doctest::Contains("conv2d_forward: input has 34 channels, not divisible by groups=4"), Error);
+      conv2d_forward<float>(ctx(), x.cview(), w.cview(), none.cview(), y.view(), Conv2dParams{}),
+      doctest::Contains("conv2d_forward: input has 34 channels, weights (34,1,1,2) (K,R,S,C/groups) "
+                        "with groups=1 expect 2"),
+      Error);
+  CHECK_THROWS_WITH_AS(conv2d_forward<float>(ctx(), x.cview(), w.cview(), none.cview(), y.view(),
+                                             Conv2dParams::square(1, 0, 1, 4)),
+                       doctest::Contains("conv2d_forward: input has 34 channels, not divisible by groups=4"),
+                       Error);
   auto w33 = rnd<float>({33, 1, 1, 2}, 2);
   CHECK_THROWS_WITH_AS(conv2d_forward<float>(ctx(), x.cview(), w33.cview(), none.cview(), y.view(), g17),
-                       doctest::Contains("weights have 33 output channels, not divisible by groups=17"), Error);
+                       doctest::Contains("weights have 33 output channels, not divisible by groups=17"),
+                       Error);
   HostTensor<float> ybad({1, 4, 5, 34});
   CHECK_THROWS_WITH_AS(conv2d_forward<float>(ctx(), x.cview(), w.cview(), none.cview(), ybad.view(), g17),
                        doctest::Contains("output has shape (1,4,5,34), expected (1,5,5,34)"), Error);
@@ -460,37 +479,40 @@ TEST_CASE("nn host ops reject bad input with clear messages") {
   CHECK_THROWS_WITH_AS(conv2d_output_shape({1, 5, 5, 4}, {4, 3, 3, 4}, Conv2dParams::square(0, 1)),
                        doctest::Contains("stride must be >= 1"), Error);
   HostTensor<float> dwbad({34, 3, 3, 2});
-  CHECK_THROWS_WITH_AS(conv2d_backward_filter<float>(ctx(), x.cview(), y.cview(), dwbad.view(), g17),
-                       doctest::Contains("conv2d_backward_filter: output has shape (1,5,5,34), expected (1,3,3,34)"),
-                       Error);
+  CHECK_THROWS_WITH_AS(
+      conv2d_backward_filter<float>(ctx(), x.cview(), y.cview(), dwbad.view(), g17),
+      doctest::Contains("conv2d_backward_filter: output has shape (1,5,5,34), expected (1,3,3,34)"), Error);
 
   const Shape s{2, 3, 3, 8};
   auto bx = rnd<float>(s, 4);
-  HostTensor<float> by(s), g({1, 1, 1, 8}, 1.f), b({1, 1, 1, 8}, 0.f), g7({1, 1, 1, 7}, 1.f), rm({1, 1, 1, 8}, 0.f),
-      rv({1, 1, 1, 8}, 1.f), sm({1, 1, 1, 8}), si({1, 1, 1, 8});
-  CHECK_THROWS_WITH_AS(batch_norm_forward_training<float>(ctx(), bx.cview(), g7.cview(), b.cview(), rm.view(),
-                                                          rv.view(), sm.view(), si.view(), by.view()),
-                       doctest::Contains("batch_norm_forward_training: gamma has shape (1,1,1,7), expected (1,1,1,8)"),
-                       Error);
+  HostTensor<float> by(s), g({1, 1, 1, 8}, 1.f), b({1, 1, 1, 8}, 0.f), g7({1, 1, 1, 7}, 1.f),
+      rm({1, 1, 1, 8}, 0.f), rv({1, 1, 1, 8}, 1.f), sm({1, 1, 1, 8}), si({1, 1, 1, 8});
+  CHECK_THROWS_WITH_AS(
+      batch_norm_forward_training<float>(ctx(), bx.cview(), g7.cview(), b.cview(), rm.view(), rv.view(),
+                                         sm.view(), si.view(), by.view()),
+      doctest::Contains("batch_norm_forward_training: gamma has shape (1,1,1,7), expected (1,1,1,8)"), Error);
   auto one = rnd<float>({1, 1, 1, 8}, 5);
   HostTensor<float> yone({1, 1, 1, 8});
-  CHECK_THROWS_WITH_AS(batch_norm_relu_forward_training<float>(ctx(), one.cview(), g.cview(), b.cview(), rm.view(),
-                                                               rv.view(), sm.view(), si.view(), yone.view()),
-                       doctest::Contains("more than 1 value per channel"), Error);
+  CHECK_THROWS_WITH_AS(
+      batch_norm_relu_forward_training<float>(ctx(), one.cview(), g.cview(), b.cview(), rm.view(), rv.view(),
+                                              sm.view(), si.view(), yone.view()),
+      doctest::Contains("more than 1 value per channel"), Error);
   HostTensor<float> resbad({2, 3, 3, 4});
-  CHECK_THROWS_WITH_AS(batch_norm_add_relu_forward_training<float>(ctx(), bx.cview(), resbad.cview(), g.cview(),
-                                                                   b.cview(), rm.view(), rv.view(), sm.view(),
-                                                                   si.view(), by.view()),
-                       doctest::Contains("residual has shape (2,3,3,4), expected (2,3,3,8)"), Error);
-  CHECK_THROWS_WITH_AS(batch_norm_forward_training<float>(ctx(), bx.cview(), g.cview(), b.cview(), rm.view(), rv.view(),
-                                                          sm.view(), si.view(), by.view(), {0.1f, 0.f}),
-                       doctest::Contains("eps must be > 0"), Error);
+  CHECK_THROWS_WITH_AS(
+      batch_norm_add_relu_forward_training<float>(ctx(), bx.cview(), resbad.cview(), g.cview(), b.cview(),
+                                                  rm.view(), rv.view(), sm.view(), si.view(), by.view()),
+      doctest::Contains("residual has shape (2,3,3,4), expected (2,3,3,8)"), Error);
+  CHECK_THROWS_WITH_AS(
+      batch_norm_forward_training<float>(ctx(), bx.cview(), g.cview(), b.cview(), rm.view(), rv.view(),
+                                         sm.view(), si.view(), by.view(), {0.1f, 0.f}),
+      doctest::Contains("eps must be > 0"), Error);
   HostTensor<float> other({2, 3, 3, 4});
   CHECK_THROWS_WITH_AS(relu_forward<float>(ctx(), bx.cview(), other.view()),
                        doctest::Contains("relu_forward: y has shape (2,3,3,4), x has (2,3,3,8)"), Error);
   CHECK_THROWS_WITH_AS(add_forward<float>(ctx(), bx.cview(), other.cview(), by.view()),
                        doctest::Contains("add_forward: b has shape (2,3,3,4)"), Error);
   std::vector<TensorView<const float>> many(9, bx.cview());
-  CHECK_THROWS_WITH_AS(sum_relu_forward<float>(ctx(), std::span<const TensorView<const float>>(many), by.view()),
-                       doctest::Contains("sum_relu_forward: takes 1 to 8 inputs, given 9"), Error);
+  CHECK_THROWS_WITH_AS(
+      sum_relu_forward<float>(ctx(), std::span<const TensorView<const float>>(many), by.view()),
+      doctest::Contains("sum_relu_forward: takes 1 to 8 inputs, given 9"), Error);
 }

@@ -17,7 +17,8 @@ namespace st = ampkit::safetensors;
 namespace {
 
 /// A file image with a hand-written header and `data_size` bytes of buffer.
-std::vector<std::uint8_t> image(const std::string& header, std::size_t data_size, std::int64_t len_override = -1) {
+std::vector<std::uint8_t> image(const std::string& header, std::size_t data_size,
+                                std::int64_t len_override = -1) {
   std::vector<std::uint8_t> b(8 + header.size() + data_size, 0xAB);
   const std::uint64_t n = len_override >= 0 ? static_cast<std::uint64_t>(len_override) : header.size();
   std::memcpy(b.data(), &n, 8);
@@ -85,17 +86,22 @@ TEST_CASE("safetensors: write/read round trip of every storage type, metadata an
   CHECK_THROWS_WITH_AS(f.read<half>("a/f32"), doctest::Contains("is F32, read as F16"), Error);
   CHECK_THROWS_WITH_AS(f.info("nope"), doctest::Contains("no tensor 'nope'"), Error);
   CHECK_THROWS_WITH_AS(f.read_as<float>("ints"), doctest::Contains("not a floating-point type"), Error);
-  CHECK_THROWS_WITH_AS(f.tensor<float>("a/f32", Shape{2, 3, 5, 8}), doctest::Contains("expected (2,3,5,8)"), Error);
+  CHECK_THROWS_WITH_AS(f.tensor<float>("a/f32", Shape{2, 3, 5, 8}), doctest::Contains("expected (2,3,5,8)"),
+                       Error);
 }
 
 TEST_CASE("safetensors: writer rejects bad input") {
   std::vector<float> v(6, 1.f);
   st::Writer w;
-  CHECK_THROWS_WITH_AS(w.add<float>("x", std::span<const float>(v), {2, 4}), doctest::Contains("needs 32 bytes, given 24"), Error);
+  CHECK_THROWS_WITH_AS(w.add<float>("x", std::span<const float>(v), {2, 4}),
+                       doctest::Contains("needs 32 bytes, given 24"), Error);
   w.add<float>("x", std::span<const float>(v), {2, 3});
-  CHECK_THROWS_WITH_AS(w.add<float>("x", std::span<const float>(v), {6}), doctest::Contains("added twice"), Error);
-  CHECK_THROWS_WITH_AS(w.add<float>("__metadata__", std::span<const float>(v), {6}), doctest::Contains("invalid tensor name"), Error);
-  CHECK_THROWS_WITH_AS(w.add<float>("y", std::span<const float>(v), {-1, -6}), doctest::Contains("negative or overflows"), Error);
+  CHECK_THROWS_WITH_AS(w.add<float>("x", std::span<const float>(v), {6}), doctest::Contains("added twice"),
+                       Error);
+  CHECK_THROWS_WITH_AS(w.add<float>("__metadata__", std::span<const float>(v), {6}),
+                       doctest::Contains("invalid tensor name"), Error);
+  CHECK_THROWS_WITH_AS(w.add<float>("y", std::span<const float>(v), {-1, -6}),
+                       doctest::Contains("negative or overflows"), Error);
 }
 
 TEST_CASE("safetensors: atomic save and load from disk") {
@@ -112,7 +118,8 @@ TEST_CASE("safetensors: atomic save and load from disk") {
   int n_files = 0;
   for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir)) ++n_files;
   CHECK(n_files == 1);  // no temp file left behind
-  CHECK_THROWS_WITH_AS(st::File::load((dir / "missing.safetensors").string()), doctest::Contains("cannot open"), Error);
+  CHECK_THROWS_WITH_AS(st::File::load((dir / "missing.safetensors").string()),
+                       doctest::Contains("cannot open"), Error);
   CHECK_THROWS_WITH_AS(st::Writer().save((dir / "no_such_dir" / "a.safetensors").string()),
                        doctest::Contains("cannot create"), Error);
   std::filesystem::remove_all(dir);
@@ -143,25 +150,42 @@ TEST_CASE("safetensors: hostile headers give a clear error") {
   expect_rejected(image(ok, 8, -2 + (1ll << 62)), "exceeds");
   expect_rejected(image(R"({"a":{"dtype":"F32")", 8), "not valid JSON");
   expect_rejected(image(R"([1,2,3])", 8), "does not start with a JSON object");
-  expect_rejected(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", 8), "past the end of the 8-byte data buffer");
-  expect_rejected(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12), "overlaps");
+  expect_rejected(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", 8),
+                  "past the end of the 8-byte data buffer");
+  expect_rejected(
+      image(
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+          12),
+      "overlaps");
   expect_rejected(image(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8), "hole");
   expect_rejected(image(ok, 12), "trailing bytes");
   expect_rejected(image(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8), "needs 12 bytes");
-  expect_rejected(image(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8), "overflows");
-  expect_rejected(image(R"({"a":{"dtype":"F64","shape":[2305843009213693952],"data_offsets":[0,8]}})", 8), "overflows");
-  expect_rejected(image(R"({"a":{"dtype":"F17","shape":[2],"data_offsets":[0,8]}})", 8), "unsupported dtype 'F17'");
-  expect_rejected(image(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8), "not a non-negative integer");
-  expect_rejected(image(R"({"a":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", 8), "not a non-negative integer");
+  expect_rejected(image(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8),
+                  "overflows");
+  expect_rejected(image(R"({"a":{"dtype":"F64","shape":[2305843009213693952],"data_offsets":[0,8]}})", 8),
+                  "overflows");
+  expect_rejected(image(R"({"a":{"dtype":"F17","shape":[2],"data_offsets":[0,8]}})", 8),
+                  "unsupported dtype 'F17'");
+  expect_rejected(image(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8),
+                  "not a non-negative integer");
+  expect_rejected(image(R"({"a":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", 8),
+                  "not a non-negative integer");
   expect_rejected(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", 8), "begin > end");
   expect_rejected(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[-1,7]}})", 8), "data_offsets");
   expect_rejected(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", 8), "data_offsets");
-  expect_rejected(image(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8), "appears twice");
-  expect_rejected(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"extra":1}})", 8), "unknown field 'extra'");
+  expect_rejected(
+      image(
+          R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          8),
+      "appears twice");
+  expect_rejected(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"extra":1}})", 8),
+                  "unknown field 'extra'");
   expect_rejected(image(R"({"a":{"shape":[2],"data_offsets":[0,8]}})", 8), "no string 'dtype'");
   expect_rejected(image(R"({"a":{"dtype":"F32","data_offsets":[0,8]}})", 8), "no 'shape' array");
   expect_rejected(image(R"({"a":7})", 8), "is not an object");
-  expect_rejected(image(R"({"__metadata__":{"k":3},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8), "not a string");
+  expect_rejected(
+      image(R"({"__metadata__":{"k":3},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8),
+      "not a string");
 }
 
 TEST_CASE("safetensors: a truncated copy of a valid file is rejected, never read past its end") {

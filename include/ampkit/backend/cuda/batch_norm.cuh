@@ -53,7 +53,8 @@ inline BnTiling bn_tiling(std::int64_t M, std::int64_t C, int V, int n_sm) {
 }
 
 /// Chan et al.'s merge of (n, mean, M2) partial statistics.
-__device__ __forceinline__ void welford_merge(float& n, float& mean, float& m2, float nb, float meanb, float m2b) {
+__device__ __forceinline__ void welford_merge(float& n, float& mean, float& m2, float nb, float meanb,
+                                              float m2b) {
   if (nb == 0.f) return;
   const float nn = n + nb;
   const float d = meanb - mean;
@@ -66,8 +67,8 @@ __device__ __forceinline__ void welford_merge(float& n, float& mean, float& m2, 
 /// Per block: Welford statistics of its rows for each channel it covers.
 /// partial: (grid_y, C, 3) = (count, mean, M2).
 template <class N, int V>
-__global__ void __launch_bounds__(kBnThreads) bn_stats_partial(const N* __restrict__ x, std::int64_t M, int C,
-                                                               int ppb, float* __restrict__ partial) {
+__global__ void __launch_bounds__(kBnThreads)
+    bn_stats_partial(const N* __restrict__ x, std::int64_t M, int C, int ppb, float* __restrict__ partial) {
   __shared__ float s_n[kBnThreads], s_mean[kBnThreads * V], s_m2[kBnThreads * V];
   const int R = kBnThreads / ppb;
   const int r = threadIdx.x / ppb, pl = threadIdx.x % ppb;
@@ -123,7 +124,8 @@ __global__ void bn_stats_finalize(const float* __restrict__ partial, int n_part,
                                   const float* __restrict__ gamma, const float* __restrict__ beta,
                                   float* __restrict__ running_mean, float* __restrict__ running_var,
                                   float* __restrict__ save_mean, float* __restrict__ save_invstd,
-                                  float* __restrict__ scale, float* __restrict__ shift, float momentum, float eps) {
+                                  float* __restrict__ scale, float* __restrict__ shift, float momentum,
+                                  float eps) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   float n = 0.f, mean = 0.f, m2 = 0.f;
@@ -146,8 +148,9 @@ __global__ void bn_stats_finalize(const float* __restrict__ partial, int n_part,
 
 /// Inference: the affine map from the running statistics.
 __global__ void bn_inference_affine(int C, const float* __restrict__ gamma, const float* __restrict__ beta,
-                                    const float* __restrict__ running_mean, const float* __restrict__ running_var,
-                                    float* __restrict__ scale, float* __restrict__ shift, float eps) {
+                                    const float* __restrict__ running_mean,
+                                    const float* __restrict__ running_var, float* __restrict__ scale,
+                                    float* __restrict__ shift, float eps) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   const float s = gamma[c] / sqrtf(running_var[c] + eps);
@@ -157,8 +160,9 @@ __global__ void bn_inference_affine(int C, const float* __restrict__ gamma, cons
 
 /// y = epilogue(x*scale[c] + shift[c] [+ residual]).
 template <class N, int V, BatchNormEpilogue E>
-__global__ void bn_apply(const N* __restrict__ x, const N* __restrict__ residual, const float* __restrict__ scale,
-                         const float* __restrict__ shift, N* __restrict__ y, std::int64_t n_pack, int C) {
+__global__ void bn_apply(const N* __restrict__ x, const N* __restrict__ residual,
+                         const float* __restrict__ scale, const float* __restrict__ shift, N* __restrict__ y,
+                         std::int64_t n_pack, int C) {
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n_pack;
        i += std::int64_t{gridDim.x} * blockDim.x) {
     const std::int64_t off = i * V;
@@ -186,7 +190,8 @@ __global__ void bn_apply(const N* __restrict__ x, const N* __restrict__ residual
 template <class N, int V, BatchNormEpilogue E>
 __global__ void __launch_bounds__(kBnThreads)
     bn_grad_partial(const N* __restrict__ x, const N* __restrict__ y, const N* __restrict__ dy,
-                    const float* __restrict__ mean, std::int64_t M, int C, int ppb, float* __restrict__ partial) {
+                    const float* __restrict__ mean, std::int64_t M, int C, int ppb,
+                    float* __restrict__ partial) {
   __shared__ float s_a[kBnThreads * V], s_b[kBnThreads * V];
   const int R = kBnThreads / ppb;
   const int r = threadIdx.x / ppb, pl = threadIdx.x % ppb;
@@ -244,7 +249,8 @@ __global__ void __launch_bounds__(kBnThreads)
 /// a = gamma*invstd, b = -gamma*invstd^3*sum(dz*(x-mean))/M, e = -gamma*invstd*sum(dz)/M.
 __global__ void bn_grad_finalize(const float* __restrict__ partial, int n_part, int C, std::int64_t M,
                                  const float* __restrict__ gamma, const float* __restrict__ invstd,
-                                 float* __restrict__ dgamma, float* __restrict__ dbeta, float* __restrict__ coef) {
+                                 float* __restrict__ dgamma, float* __restrict__ dbeta,
+                                 float* __restrict__ coef) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   float sdz = 0.f, sdzx = 0.f;
@@ -263,8 +269,8 @@ __global__ void bn_grad_finalize(const float* __restrict__ partial, int n_part, 
 
 template <class N, int V, BatchNormEpilogue E>
 __global__ void bn_grad_apply(const N* __restrict__ x, const N* __restrict__ y, const N* __restrict__ dy,
-                              const float* __restrict__ mean, const float* __restrict__ coef, N* __restrict__ dx,
-                              N* __restrict__ dres, std::int64_t n_pack, int C) {
+                              const float* __restrict__ mean, const float* __restrict__ coef,
+                              N* __restrict__ dx, N* __restrict__ dres, std::int64_t n_pack, int C) {
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n_pack;
        i += std::int64_t{gridDim.x} * blockDim.x) {
     const std::int64_t off = i * V;
@@ -283,7 +289,8 @@ __global__ void bn_grad_apply(const N* __restrict__ x, const N* __restrict__ y, 
 #pragma unroll
     for (int v = 0; v < V; ++v) {
       const int c = c0 + v;
-      out[v] = __ldg(coef + c * 3) * g[v] + __ldg(coef + c * 3 + 1) * (xv[v] - __ldg(mean + c)) + __ldg(coef + c * 3 + 2);
+      out[v] = __ldg(coef + c * 3) * g[v] + __ldg(coef + c * 3 + 1) * (xv[v] - __ldg(mean + c)) +
+               __ldg(coef + c * 3 + 2);
     }
     store_pack<N, V>(dx + off, out);
   }
@@ -301,18 +308,20 @@ void with_pack_width(int v, F&& f) {
 }
 
 template <StorageScalar T>
-void bn_forward(const Cuda& ctx, const ampkit::detail::BatchNormForwardArgs<T>& a, BatchNormEpilogue e, bool training,
-                const BatchNormConfig& cfg) {
+void bn_forward(const Cuda& ctx, const ampkit::detail::BatchNormForwardArgs<T>& a, BatchNormEpilogue e,
+                bool training, const BatchNormConfig& cfg) {
   a.validate(ampkit::detail::bn_forward_name(e, training), e, training, cfg);
   using N = native_t<T>;
   const std::int64_t C64 = a.x.shape.c, M = a.x.shape.n * a.x.shape.h * a.x.shape.w;
   AMPKIT_CHECK(C64 < (1 << 30), "batch_norm: ", C64, " channels is more than the kernels index");
   const int C = static_cast<int>(C64);
   const int n_sm = ctx.device().multiprocessors;
-  const int v = pack_width<T>(C, {a.x.data, a.y.data, e == BatchNormEpilogue::kAddRelu ? a.residual.data : nullptr});
+  const int v =
+      pack_width<T>(C, {a.x.data, a.y.data, e == BatchNormEpilogue::kAddRelu ? a.residual.data : nullptr});
   // Workspace: scale, shift (C each) + partial statistics (grid_y * C * 3).
   const BnTiling t = bn_tiling(M, C, v, n_sm);
-  auto ws = ctx.workspace(sizeof(float) * (2 * std::size_t(C) + (training ? std::size_t(t.grid_y) * C * 3 : 0)));
+  auto ws =
+      ctx.workspace(sizeof(float) * (2 * std::size_t(C) + (training ? std::size_t(t.grid_y) * C * 3 : 0)));
   float* scale = reinterpret_cast<float*>(ws.data());
   float* shift = scale + C;
   float* partial = shift + C;
@@ -322,26 +331,28 @@ void bn_forward(const Cuda& ctx, const ampkit::detail::BatchNormForwardArgs<T>& 
       bn_stats_partial<N, V><<<dim3(t.grid_x, t.grid_y), kBnThreads, 0, ctx.stream()>>>(
           native(a.x.data), M, C, t.packs_per_block, partial);
       AMPKIT_CUDA_CHECK_LAUNCH();
-      bn_stats_finalize<<<cblocks, 128, 0, ctx.stream()>>>(partial, static_cast<int>(t.grid_y), C, M, a.gamma.data,
-                                                           a.beta.data, a.running_mean.data, a.running_var.data,
-                                                           a.save_mean.data, a.save_invstd.data, scale, shift,
-                                                           cfg.momentum, cfg.eps);
+      bn_stats_finalize<<<cblocks, 128, 0, ctx.stream()>>>(
+          partial, static_cast<int>(t.grid_y), C, M, a.gamma.data, a.beta.data, a.running_mean.data,
+          a.running_var.data, a.save_mean.data, a.save_invstd.data, scale, shift, cfg.momentum, cfg.eps);
       AMPKIT_CUDA_CHECK_LAUNCH();
     } else {
-      bn_inference_affine<<<cblocks, 128, 0, ctx.stream()>>>(C, a.gamma.data, a.beta.data, a.running_mean.data,
-                                                             a.running_var.data, scale, shift, cfg.eps);
+      bn_inference_affine<<<cblocks, 128, 0, ctx.stream()>>>(
+          C, a.gamma.data, a.beta.data, a.running_mean.data, a.running_var.data, scale, shift, cfg.eps);
       AMPKIT_CUDA_CHECK_LAUNCH();
     }
     const std::int64_t n_pack = M * C / V;
     const unsigned grid = grid_for(n_pack, kBnThreads, n_sm);
     auto apply = [&]<BatchNormEpilogue E>() {
-      bn_apply<N, V, E><<<grid, kBnThreads, 0, ctx.stream()>>>(native(a.x.data), native(a.residual.data), scale, shift,
-                                                              native(a.y.data), n_pack, C);
+      bn_apply<N, V, E><<<grid, kBnThreads, 0, ctx.stream()>>>(native(a.x.data), native(a.residual.data),
+                                                               scale, shift, native(a.y.data), n_pack, C);
       AMPKIT_CUDA_CHECK_LAUNCH();
     };
-    if (e == BatchNormEpilogue::kNone) apply.template operator()<BatchNormEpilogue::kNone>();
-    else if (e == BatchNormEpilogue::kRelu) apply.template operator()<BatchNormEpilogue::kRelu>();
-    else apply.template operator()<BatchNormEpilogue::kAddRelu>();
+    if (e == BatchNormEpilogue::kNone)
+      apply.template operator()<BatchNormEpilogue::kNone>();
+    else if (e == BatchNormEpilogue::kRelu)
+      apply.template operator()<BatchNormEpilogue::kRelu>();
+    else
+      apply.template operator()<BatchNormEpilogue::kAddRelu>();
   });
 }
 
@@ -367,18 +378,22 @@ void bn_backward(const Cuda& ctx, const ampkit::detail::BatchNormBackwardArgs<T>
           native(a.x.data), native(a.y.data), native(a.dL_dy.data), a.save_mean.data, M, C, t.packs_per_block,
           partial);
       AMPKIT_CUDA_CHECK_LAUNCH();
-      bn_grad_finalize<<<cblocks, 128, 0, ctx.stream()>>>(partial, static_cast<int>(t.grid_y), C, M, a.gamma.data,
-                                                          a.save_invstd.data, a.dL_dgamma.data, a.dL_dbeta.data, coef);
+      bn_grad_finalize<<<cblocks, 128, 0, ctx.stream()>>>(partial, static_cast<int>(t.grid_y), C, M,
+                                                          a.gamma.data, a.save_invstd.data, a.dL_dgamma.data,
+                                                          a.dL_dbeta.data, coef);
       AMPKIT_CUDA_CHECK_LAUNCH();
       const std::int64_t n_pack = M * C / V;
       bn_grad_apply<N, V, E><<<grid_for(n_pack, kBnThreads, n_sm), kBnThreads, 0, ctx.stream()>>>(
-          native(a.x.data), native(a.y.data), native(a.dL_dy.data), a.save_mean.data, coef, native(a.dL_dx.data),
-          native(a.dL_dresidual.data), n_pack, C);
+          native(a.x.data), native(a.y.data), native(a.dL_dy.data), a.save_mean.data, coef,
+          native(a.dL_dx.data), native(a.dL_dresidual.data), n_pack, C);
       AMPKIT_CUDA_CHECK_LAUNCH();
     };
-    if (e == BatchNormEpilogue::kNone) run.template operator()<BatchNormEpilogue::kNone>();
-    else if (e == BatchNormEpilogue::kRelu) run.template operator()<BatchNormEpilogue::kRelu>();
-    else run.template operator()<BatchNormEpilogue::kAddRelu>();
+    if (e == BatchNormEpilogue::kNone)
+      run.template operator()<BatchNormEpilogue::kNone>();
+    else if (e == BatchNormEpilogue::kRelu)
+      run.template operator()<BatchNormEpilogue::kRelu>();
+    else
+      run.template operator()<BatchNormEpilogue::kAddRelu>();
   });
 }
 
@@ -389,7 +404,8 @@ template <StorageScalar T>
 void batch_norm_forward_training(Cuda& ctx, TensorView<const T> x, TensorView<const float> gamma,
                                  TensorView<const float> beta, TensorView<float> running_mean,
                                  TensorView<float> running_var, TensorView<float> save_mean,
-                                 TensorView<float> save_invstd, TensorView<T> y, const BatchNormConfig& cfg = {}) {
+                                 TensorView<float> save_invstd, TensorView<T> y,
+                                 const BatchNormConfig& cfg = {}) {
   cuda::detail::bn_forward<T>(ctx, {x, {}, gamma, beta, running_mean, running_var, save_mean, save_invstd, y},
                               BatchNormEpilogue::kNone, true, cfg);
 }
@@ -397,7 +413,8 @@ template <StorageScalar T>
 void batch_norm_relu_forward_training(Cuda& ctx, TensorView<const T> x, TensorView<const float> gamma,
                                       TensorView<const float> beta, TensorView<float> running_mean,
                                       TensorView<float> running_var, TensorView<float> save_mean,
-                                      TensorView<float> save_invstd, TensorView<T> y, const BatchNormConfig& cfg = {}) {
+                                      TensorView<float> save_invstd, TensorView<T> y,
+                                      const BatchNormConfig& cfg = {}) {
   cuda::detail::bn_forward<T>(ctx, {x, {}, gamma, beta, running_mean, running_var, save_mean, save_invstd, y},
                               BatchNormEpilogue::kRelu, true, cfg);
 }
@@ -405,10 +422,11 @@ template <StorageScalar T>
 void batch_norm_add_relu_forward_training(Cuda& ctx, TensorView<const T> x, TensorView<const T> residual,
                                           TensorView<const float> gamma, TensorView<const float> beta,
                                           TensorView<float> running_mean, TensorView<float> running_var,
-                                          TensorView<float> save_mean, TensorView<float> save_invstd, TensorView<T> y,
-                                          const BatchNormConfig& cfg = {}) {
-  cuda::detail::bn_forward<T>(ctx, {x, residual, gamma, beta, running_mean, running_var, save_mean, save_invstd, y},
-                              BatchNormEpilogue::kAddRelu, true, cfg);
+                                          TensorView<float> save_mean, TensorView<float> save_invstd,
+                                          TensorView<T> y, const BatchNormConfig& cfg = {}) {
+  cuda::detail::bn_forward<T>(
+      ctx, {x, residual, gamma, beta, running_mean, running_var, save_mean, save_invstd, y},
+      BatchNormEpilogue::kAddRelu, true, cfg);
 }
 
 // ---- inference forward -------------------------------------------------------------------------
@@ -417,8 +435,16 @@ void batch_norm_forward_inference(Cuda& ctx, TensorView<const T> x, TensorView<c
                                   TensorView<const float> beta, TensorView<const float> running_mean,
                                   TensorView<const float> running_var, TensorView<T> y,
                                   const BatchNormConfig& cfg = {}) {
-  cuda::detail::bn_forward<T>(ctx, {x, {}, gamma, beta, {const_cast<float*>(running_mean.data), running_mean.shape},
-                                    {const_cast<float*>(running_var.data), running_var.shape}, {}, {}, y},
+  cuda::detail::bn_forward<T>(ctx,
+                              {x,
+                               {},
+                               gamma,
+                               beta,
+                               {const_cast<float*>(running_mean.data), running_mean.shape},
+                               {const_cast<float*>(running_var.data), running_var.shape},
+                               {},
+                               {},
+                               y},
                               BatchNormEpilogue::kNone, false, cfg);
 }
 template <StorageScalar T>
@@ -426,43 +452,65 @@ void batch_norm_relu_forward_inference(Cuda& ctx, TensorView<const T> x, TensorV
                                        TensorView<const float> beta, TensorView<const float> running_mean,
                                        TensorView<const float> running_var, TensorView<T> y,
                                        const BatchNormConfig& cfg = {}) {
-  cuda::detail::bn_forward<T>(ctx, {x, {}, gamma, beta, {const_cast<float*>(running_mean.data), running_mean.shape},
-                                    {const_cast<float*>(running_var.data), running_var.shape}, {}, {}, y},
+  cuda::detail::bn_forward<T>(ctx,
+                              {x,
+                               {},
+                               gamma,
+                               beta,
+                               {const_cast<float*>(running_mean.data), running_mean.shape},
+                               {const_cast<float*>(running_var.data), running_var.shape},
+                               {},
+                               {},
+                               y},
                               BatchNormEpilogue::kRelu, false, cfg);
 }
 template <StorageScalar T>
 void batch_norm_add_relu_forward_inference(Cuda& ctx, TensorView<const T> x, TensorView<const T> residual,
                                            TensorView<const float> gamma, TensorView<const float> beta,
-                                           TensorView<const float> running_mean, TensorView<const float> running_var,
-                                           TensorView<T> y, const BatchNormConfig& cfg = {}) {
-  cuda::detail::bn_forward<T>(ctx, {x, residual, gamma, beta, {const_cast<float*>(running_mean.data), running_mean.shape},
-                                    {const_cast<float*>(running_var.data), running_var.shape}, {}, {}, y},
+                                           TensorView<const float> running_mean,
+                                           TensorView<const float> running_var, TensorView<T> y,
+                                           const BatchNormConfig& cfg = {}) {
+  cuda::detail::bn_forward<T>(ctx,
+                              {x,
+                               residual,
+                               gamma,
+                               beta,
+                               {const_cast<float*>(running_mean.data), running_mean.shape},
+                               {const_cast<float*>(running_var.data), running_var.shape},
+                               {},
+                               {},
+                               y},
                               BatchNormEpilogue::kAddRelu, false, cfg);
 }
 
 // ---- training backward -------------------------------------------------------------------------
 template <StorageScalar T>
-void batch_norm_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> dL_dy, TensorView<const float> gamma,
-                         TensorView<const float> save_mean, TensorView<const float> save_invstd, TensorView<T> dL_dx,
+void batch_norm_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> dL_dy,
+                         TensorView<const float> gamma, TensorView<const float> save_mean,
+                         TensorView<const float> save_invstd, TensorView<T> dL_dx,
                          TensorView<float> dL_dgamma, TensorView<float> dL_dbeta) {
-  cuda::detail::bn_backward<T>(ctx, {x, {}, dL_dy, gamma, save_mean, save_invstd, dL_dx, {}, dL_dgamma, dL_dbeta},
+  cuda::detail::bn_backward<T>(ctx,
+                               {x, {}, dL_dy, gamma, save_mean, save_invstd, dL_dx, {}, dL_dgamma, dL_dbeta},
                                BatchNormEpilogue::kNone);
 }
 template <StorageScalar T>
-void batch_norm_relu_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> y, TensorView<const T> dL_dy,
-                              TensorView<const float> gamma, TensorView<const float> save_mean,
-                              TensorView<const float> save_invstd, TensorView<T> dL_dx, TensorView<float> dL_dgamma,
-                              TensorView<float> dL_dbeta) {
-  cuda::detail::bn_backward<T>(ctx, {x, y, dL_dy, gamma, save_mean, save_invstd, dL_dx, {}, dL_dgamma, dL_dbeta},
+void batch_norm_relu_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> y,
+                              TensorView<const T> dL_dy, TensorView<const float> gamma,
+                              TensorView<const float> save_mean, TensorView<const float> save_invstd,
+                              TensorView<T> dL_dx, TensorView<float> dL_dgamma, TensorView<float> dL_dbeta) {
+  cuda::detail::bn_backward<T>(ctx,
+                               {x, y, dL_dy, gamma, save_mean, save_invstd, dL_dx, {}, dL_dgamma, dL_dbeta},
                                BatchNormEpilogue::kRelu);
 }
 template <StorageScalar T>
-void batch_norm_add_relu_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> y, TensorView<const T> dL_dy,
-                                  TensorView<const float> gamma, TensorView<const float> save_mean,
-                                  TensorView<const float> save_invstd, TensorView<T> dL_dx, TensorView<T> dL_dresidual,
+void batch_norm_add_relu_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> y,
+                                  TensorView<const T> dL_dy, TensorView<const float> gamma,
+                                  TensorView<const float> save_mean, TensorView<const float> save_invstd,
+                                  TensorView<T> dL_dx, TensorView<T> dL_dresidual,
                                   TensorView<float> dL_dgamma, TensorView<float> dL_dbeta) {
-  cuda::detail::bn_backward<T>(ctx, {x, y, dL_dy, gamma, save_mean, save_invstd, dL_dx, dL_dresidual, dL_dgamma, dL_dbeta},
-                               BatchNormEpilogue::kAddRelu);
+  cuda::detail::bn_backward<T>(
+      ctx, {x, y, dL_dy, gamma, save_mean, save_invstd, dL_dx, dL_dresidual, dL_dgamma, dL_dbeta},
+      BatchNormEpilogue::kAddRelu);
 }
 
 }  // namespace ampkit

@@ -19,10 +19,10 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <iterator>
 #include <tuple>
 #include <vector>
 
@@ -46,8 +46,8 @@ struct ConvKey {
   std::int64_t n, c, h, w, k, r, s;
   Conv2dParams p;
   auto tie() const {
-    return std::tuple(device, static_cast<int>(dtype), n, c, h, w, k, r, s, p.stride_h, p.stride_w, p.pad_h, p.pad_w,
-                      p.dilation_h, p.dilation_w, p.groups);
+    return std::tuple(device, static_cast<int>(dtype), n, c, h, w, k, r, s, p.stride_h, p.stride_w, p.pad_h,
+                      p.pad_w, p.dilation_h, p.dilation_w, p.groups);
   }
   bool operator<(const ConvKey& o) const { return tie() < o.tie(); }
 };
@@ -120,8 +120,8 @@ class ConvPlanCache {
     AMPKIT_CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->y));
     AMPKIT_CUDNN_CHECK(cudnnCreateFilterDescriptor(&p->w));
     const Shape ys = conv2d_output_shape({k.n, k.h, k.w, k.c}, {k.k, k.r, k.s, k.c / k.p.groups}, k.p);
-    AMPKIT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NHWC, k.dtype, to_int(k.n, "N"), to_int(k.c, "C"),
-                                                  to_int(k.h, "H"), to_int(k.w, "W")));
+    AMPKIT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NHWC, k.dtype, to_int(k.n, "N"),
+                                                  to_int(k.c, "C"), to_int(k.h, "H"), to_int(k.w, "W")));
     AMPKIT_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NHWC, k.dtype, to_int(ys.n, "N"),
                                                   to_int(ys.c, "K"), to_int(ys.h, "P"), to_int(ys.w, "Q")));
     AMPKIT_CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, k.dtype, CUDNN_TENSOR_NHWC, to_int(k.k, "K"),
@@ -131,8 +131,9 @@ class ConvPlanCache {
       AMPKIT_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(d));
       AMPKIT_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(
           *d, to_int(k.p.pad_h, "pad_h"), to_int(k.p.pad_w, "pad_w"), to_int(k.p.stride_h, "stride_h"),
-          to_int(k.p.stride_w, "stride_w"), to_int(k.p.dilation_h, "dilation_h"), to_int(k.p.dilation_w, "dilation_w"),
-          CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));  // fp32 accumulation for every storage type
+          to_int(k.p.stride_w, "stride_w"), to_int(k.p.dilation_h, "dilation_h"),
+          to_int(k.p.dilation_w, "dilation_w"), CUDNN_CROSS_CORRELATION,
+          CUDNN_DATA_FLOAT));  // fp32 accumulation for every storage type
       AMPKIT_CUDNN_CHECK(cudnnSetConvolutionGroupCount(*d, to_int(k.p.groups, "groups")));
       AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(*d, conv_math_for(k.dtype)));
     }
@@ -150,8 +151,9 @@ const Perf& pick(const Perf* res, int n, cudnnDataType_t dt, const char* op, con
     if (res[i].status == CUDNN_STATUS_SUCCESS && res[i].memory <= kConvWorkspaceLimit &&
         conv_math_ok(dt, res[i].mathType))
       return res[i];
-  AMPKIT_FAIL(op, ": cuDNN has no usable algorithm for input (", k.n, ",", k.h, ",", k.w, ",", k.c, ") weights (", k.k,
-              ",", k.r, ",", k.s, ",", k.c / k.p.groups, ") groups=", k.p.groups, " (", n, " candidates measured)");
+  AMPKIT_FAIL(op, ": cuDNN has no usable algorithm for input (", k.n, ",", k.h, ",", k.w, ",", k.c,
+              ") weights (", k.k, ",", k.r, ",", k.s, ",", k.c / k.p.groups, ") groups=", k.p.groups, " (", n,
+              " candidates measured)");
 }
 
 template <StorageScalar T>
@@ -169,7 +171,8 @@ __global__ void add_bias_kernel(N* __restrict__ y, const N* __restrict__ b, std:
 
 /// partial(grid_y, K) = column sums of dy(M, K) over each block's rows. blockDim (32, 8).
 template <class N>
-__global__ void column_sum_partial(const N* __restrict__ dy, std::int64_t M, int K, float* __restrict__ partial) {
+__global__ void column_sum_partial(const N* __restrict__ dy, std::int64_t M, int K,
+                                   float* __restrict__ partial) {
   __shared__ float s[8][33];
   const int k = blockIdx.x * 32 + threadIdx.x;
   float acc = 0.f;
@@ -186,7 +189,8 @@ __global__ void column_sum_partial(const N* __restrict__ dy, std::int64_t M, int
 
 /// db[k] += sum_j partial[j][k], in a fixed order (deterministic), one rounding to T.
 template <class N>
-__global__ void column_sum_finalize(const float* __restrict__ partial, int n_part, int K, N* __restrict__ db) {
+__global__ void column_sum_finalize(const float* __restrict__ partial, int n_part, int K,
+                                    N* __restrict__ db) {
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= K) return;
   float acc = 0.f;
@@ -202,8 +206,8 @@ inline void check_views(const char* op, std::initializer_list<std::pair<const ch
 
 /// y = conv2d(x, w) + bias (bias may be an empty view). Output WRITTEN.
 template <StorageScalar T>
-void conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> w, TensorView<const T> bias, TensorView<T> y,
-                    const Conv2dParams& p) {
+void conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> w, TensorView<const T> bias,
+                    TensorView<T> y, const Conv2dParams& p) {
   using namespace cuda::detail;
   ampkit::detail::check_conv2d("conv2d_forward", x.shape, w.shape, y.shape, &bias, p);
   check_views("conv2d_forward", {{"x", x.data}, {"w", w.data}, {"y", y.data}});
@@ -219,16 +223,16 @@ void conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> w, Ten
                                                               static_cast<int>(std::size(res)), &n, res));
       const auto& r = pick(res, n, key.dtype, "conv2d_forward", key);
       AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.fwd, conv_math_use(key.dtype, r.mathType)));
-      AMPKIT_CUDNN_CHECK(
-          cudnnGetConvolutionForwardWorkspaceSize(ctx.cudnn(), plan.x, plan.w, plan.fwd, plan.y, r.algo, &plan.fwd_ws));
+      AMPKIT_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(ctx.cudnn(), plan.x, plan.w, plan.fwd,
+                                                                 plan.y, r.algo, &plan.fwd_ws));
       plan.fwd_algo = r.algo;
       plan.has_fwd = true;
     }
   }
   auto ws = ctx.workspace(plan.fwd_ws);
   const float one = 1.f, zero = 0.f;
-  AMPKIT_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn(), &one, plan.x, x.data, plan.w, w.data, plan.fwd, plan.fwd_algo,
-                                             ws.data(), plan.fwd_ws, &zero, plan.y, y.data));
+  AMPKIT_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn(), &one, plan.x, x.data, plan.w, w.data, plan.fwd,
+                                             plan.fwd_algo, ws.data(), plan.fwd_ws, &zero, plan.y, y.data));
   if (bias.data) {
     const std::int64_t total = y.numel();
     add_bias_kernel<<<grid_for(total, 256, ctx.device().multiprocessors), 256, 0, ctx.stream()>>>(
@@ -242,7 +246,8 @@ template <StorageScalar T>
 void conv2d_backward_data(Cuda& ctx, TensorView<const T> dL_dy, TensorView<const T> w, TensorView<T> dL_dx,
                           const Conv2dParams& p) {
   using namespace cuda::detail;
-  ampkit::detail::check_conv2d<const T>("conv2d_backward_data", dL_dx.shape, w.shape, dL_dy.shape, nullptr, p);
+  ampkit::detail::check_conv2d<const T>("conv2d_backward_data", dL_dx.shape, w.shape, dL_dy.shape, nullptr,
+                                        p);
   check_views("conv2d_backward_data", {{"dL_dy", dL_dy.data}, {"w", w.data}, {"dL_dx", dL_dx.data}});
   const auto key = conv_key<T>(ctx, dL_dx.shape, w.shape, p);
   auto& cache = ConvPlanCache::instance();
@@ -252,21 +257,21 @@ void conv2d_backward_data(Cuda& ctx, TensorView<const T> dL_dy, TensorView<const
     if (!plan.has_bwd_data) {
       cudnnConvolutionBwdDataAlgoPerf_t res[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT * 3];
       int n = 0;
-      AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(ctx.cudnn(), plan.w, plan.y, plan.bwd_data, plan.x,
-                                                                   static_cast<int>(std::size(res)), &n, res));
+      AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(
+          ctx.cudnn(), plan.w, plan.y, plan.bwd_data, plan.x, static_cast<int>(std::size(res)), &n, res));
       const auto& r = pick(res, n, key.dtype, "conv2d_backward_data", key);
       AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.bwd_data, conv_math_use(key.dtype, r.mathType)));
-      AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(ctx.cudnn(), plan.w, plan.y, plan.bwd_data, plan.x,
-                                                                      r.algo, &plan.bwd_data_ws));
+      AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
+          ctx.cudnn(), plan.w, plan.y, plan.bwd_data, plan.x, r.algo, &plan.bwd_data_ws));
       plan.bwd_data_algo = r.algo;
       plan.has_bwd_data = true;
     }
   }
   auto ws = ctx.workspace(plan.bwd_data_ws);
   const float one = 1.f, zero = 0.f;
-  AMPKIT_CUDNN_CHECK(cudnnConvolutionBackwardData(ctx.cudnn(), &one, plan.w, w.data, plan.y, dL_dy.data, plan.bwd_data,
-                                                  plan.bwd_data_algo, ws.data(), plan.bwd_data_ws, &zero, plan.x,
-                                                  dL_dx.data));
+  AMPKIT_CUDNN_CHECK(cudnnConvolutionBackwardData(ctx.cudnn(), &one, plan.w, w.data, plan.y, dL_dy.data,
+                                                  plan.bwd_data, plan.bwd_data_algo, ws.data(),
+                                                  plan.bwd_data_ws, &zero, plan.x, dL_dx.data));
 }
 
 /// dL_dw += conv2d_backward_filter(x, dL_dy) (cuDNN beta = 1).
@@ -274,7 +279,8 @@ template <StorageScalar T>
 void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T> dL_dy, TensorView<T> dL_dw,
                             const Conv2dParams& p) {
   using namespace cuda::detail;
-  ampkit::detail::check_conv2d<const T>("conv2d_backward_filter", x.shape, dL_dw.shape, dL_dy.shape, nullptr, p);
+  ampkit::detail::check_conv2d<const T>("conv2d_backward_filter", x.shape, dL_dw.shape, dL_dy.shape, nullptr,
+                                        p);
   check_views("conv2d_backward_filter", {{"x", x.data}, {"dL_dy", dL_dy.data}, {"dL_dw", dL_dw.data}});
   const auto key = conv_key<T>(ctx, x.shape, dL_dw.shape, p);
   auto& cache = ConvPlanCache::instance();
@@ -284,12 +290,12 @@ void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T
     if (!plan.has_bwd_filter) {
       cudnnConvolutionBwdFilterAlgoPerf_t res[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT * 3];
       int n = 0;
-      AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(ctx.cudnn(), plan.x, plan.y, plan.bwd_filter,
-                                                                     plan.w, static_cast<int>(std::size(res)), &n, res));
+      AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(
+          ctx.cudnn(), plan.x, plan.y, plan.bwd_filter, plan.w, static_cast<int>(std::size(res)), &n, res));
       const auto& r = pick(res, n, key.dtype, "conv2d_backward_filter", key);
       AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.bwd_filter, conv_math_use(key.dtype, r.mathType)));
-      AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(ctx.cudnn(), plan.x, plan.y, plan.bwd_filter,
-                                                                        plan.w, r.algo, &plan.bwd_filter_ws));
+      AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+          ctx.cudnn(), plan.x, plan.y, plan.bwd_filter, plan.w, r.algo, &plan.bwd_filter_ws));
       plan.bwd_filter_algo = r.algo;
       plan.has_bwd_filter = true;
     }
@@ -297,8 +303,8 @@ void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T
   auto ws = ctx.workspace(plan.bwd_filter_ws);
   const float one = 1.f;  // beta = 1: accumulate into dL_dw
   AMPKIT_CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx.cudnn(), &one, plan.x, x.data, plan.y, dL_dy.data,
-                                                    plan.bwd_filter, plan.bwd_filter_algo, ws.data(), plan.bwd_filter_ws,
-                                                    &one, plan.w, dL_dw.data));
+                                                    plan.bwd_filter, plan.bwd_filter_algo, ws.data(),
+                                                    plan.bwd_filter_ws, &one, plan.w, dL_dw.data));
 }
 
 /// dL_db += sum over (N,H,W) of dL_dy: fixed-order two-pass column sum (deterministic).
@@ -317,7 +323,8 @@ void conv2d_backward_bias(Cuda& ctx, TensorView<const T> dL_dy, TensorView<T> dL
   float* partial = reinterpret_cast<float*>(ws.data());
   column_sum_partial<<<dim3(gx, gy), dim3(32, 8), 0, ctx.stream()>>>(native(dL_dy.data), M, K, partial);
   AMPKIT_CUDA_CHECK_LAUNCH();
-  column_sum_finalize<<<(K + 127) / 128, 128, 0, ctx.stream()>>>(partial, static_cast<int>(gy), K, native(dL_db.data));
+  column_sum_finalize<<<(K + 127) / 128, 128, 0, ctx.stream()>>>(partial, static_cast<int>(gy), K,
+                                                                 native(dL_db.data));
   AMPKIT_CUDA_CHECK_LAUNCH();
 }
 

@@ -68,13 +68,18 @@ void launch_elementwise(const Cuda& ctx, std::span<const T* const> ins, T* y, st
   constexpr int kThreads = 256;
   const int n_sm = ctx.device().multiprocessors;
   auto go = [&]<int V>() {
-    elementwise_kernel<N, V, Op><<<grid_for(n / V, kThreads, n_sm), kThreads, 0, ctx.stream()>>>(in, native(y), n / V);
+    elementwise_kernel<N, V, Op>
+        <<<grid_for(n / V, kThreads, n_sm), kThreads, 0, ctx.stream()>>>(in, native(y), n / V);
     AMPKIT_CUDA_CHECK_LAUNCH();
   };
-  if (v == 8) go.template operator()<8>();
-  else if (v == 4) go.template operator()<4>();
-  else if (v == 2) go.template operator()<2>();
-  else go.template operator()<1>();
+  if (v == 8)
+    go.template operator()<8>();
+  else if (v == 4)
+    go.template operator()<4>();
+  else if (v == 2)
+    go.template operator()<2>();
+  else
+    go.template operator()<1>();
 }
 
 }  // namespace cuda::detail
@@ -111,8 +116,8 @@ void sum_forward(Cuda& ctx, std::span<const TensorView<const T>> xs, TensorView<
   detail::check_sum_inputs("sum_forward", xs, y);
   const T* ins[kMaxSumInputs];
   for (std::size_t i = 0; i < xs.size(); ++i) ins[i] = xs[i].data;
-  cuda::detail::launch_elementwise<cuda::detail::EwOp::kSum, T>(ctx, std::span<const T* const>(ins, xs.size()),
-                                                               y.data, y.numel());
+  cuda::detail::launch_elementwise<cuda::detail::EwOp::kSum, T>(
+      ctx, std::span<const T* const>(ins, xs.size()), y.data, y.numel());
 }
 
 /// y = relu(sum of the inputs): HRNet's fuse-layer output in one pass.
@@ -121,8 +126,8 @@ void sum_relu_forward(Cuda& ctx, std::span<const TensorView<const T>> xs, Tensor
   detail::check_sum_inputs("sum_relu_forward", xs, y);
   const T* ins[kMaxSumInputs];
   for (std::size_t i = 0; i < xs.size(); ++i) ins[i] = xs[i].data;
-  cuda::detail::launch_elementwise<cuda::detail::EwOp::kSumRelu, T>(ctx, std::span<const T* const>(ins, xs.size()),
-                                                                   y.data, y.numel());
+  cuda::detail::launch_elementwise<cuda::detail::EwOp::kSumRelu, T>(
+      ctx, std::span<const T* const>(ins, xs.size()), y.data, y.numel());
 }
 
 }  // namespace ampkit

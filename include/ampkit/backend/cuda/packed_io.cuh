@@ -19,9 +19,15 @@
 
 namespace ampkit::cuda::detail {
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(float x) {
+  return x;
+}
+__device__ __forceinline__ float to_float(__half x) {
+  return __half2float(x);
+}
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
 
 template <class N>
 __device__ __forceinline__ N from_float(float x);
@@ -76,7 +82,8 @@ int pack_width(std::int64_t n_inner, std::initializer_list<const void*> ptrs) {
 /// fill the device a few times over, never more than there is work for.
 inline unsigned grid_for(std::int64_t n, int threads, int n_sm) {
   const std::int64_t need = (n + threads - 1) / threads;
-  return static_cast<unsigned>(std::max<std::int64_t>(1, std::min<std::int64_t>(need, std::int64_t{n_sm} * 8)));
+  return static_cast<unsigned>(
+      std::max<std::int64_t>(1, std::min<std::int64_t>(need, std::int64_t{n_sm} * 8)));
 }
 
 /// The CUDA-native pointer for an ampkit storage pointer (same bit layout, checked in numeric_types).

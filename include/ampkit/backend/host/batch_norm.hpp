@@ -42,8 +42,8 @@ void bn_forward(const ampkit::detail::BatchNormForwardArgs<T>& a, BatchNormEpilo
       invstd = 1.0 / std::sqrt(var + static_cast<double>(cfg.eps));
       const double m = cfg.momentum;
       a.running_mean.data[c] = static_cast<float>((1 - m) * a.running_mean.data[c] + m * mean);
-      a.running_var.data[c] = static_cast<float>((1 - m) * a.running_var.data[c] +
-                                                 m * var * static_cast<double>(M) / static_cast<double>(M - 1));
+      a.running_var.data[c] = static_cast<float>(
+          (1 - m) * a.running_var.data[c] + m * var * static_cast<double>(M) / static_cast<double>(M - 1));
       a.save_mean.data[c] = static_cast<float>(mean);
       a.save_invstd.data[c] = static_cast<float>(invstd);
     } else {
@@ -110,7 +110,8 @@ template <HostScalar T>
 void batch_norm_forward_training(Host&, TensorView<const T> x, TensorView<const float> gamma,
                                  TensorView<const float> beta, TensorView<float> running_mean,
                                  TensorView<float> running_var, TensorView<float> save_mean,
-                                 TensorView<float> save_invstd, TensorView<T> y, const BatchNormConfig& cfg = {}) {
+                                 TensorView<float> save_invstd, TensorView<T> y,
+                                 const BatchNormConfig& cfg = {}) {
   host::detail::bn_forward<T>({x, {}, gamma, beta, running_mean, running_var, save_mean, save_invstd, y},
                               BatchNormEpilogue::kNone, true, cfg);
 }
@@ -119,7 +120,8 @@ template <HostScalar T>
 void batch_norm_relu_forward_training(Host&, TensorView<const T> x, TensorView<const float> gamma,
                                       TensorView<const float> beta, TensorView<float> running_mean,
                                       TensorView<float> running_var, TensorView<float> save_mean,
-                                      TensorView<float> save_invstd, TensorView<T> y, const BatchNormConfig& cfg = {}) {
+                                      TensorView<float> save_invstd, TensorView<T> y,
+                                      const BatchNormConfig& cfg = {}) {
   host::detail::bn_forward<T>({x, {}, gamma, beta, running_mean, running_var, save_mean, save_invstd, y},
                               BatchNormEpilogue::kRelu, true, cfg);
 }
@@ -128,10 +130,11 @@ template <HostScalar T>
 void batch_norm_add_relu_forward_training(Host&, TensorView<const T> x, TensorView<const T> residual,
                                           TensorView<const float> gamma, TensorView<const float> beta,
                                           TensorView<float> running_mean, TensorView<float> running_var,
-                                          TensorView<float> save_mean, TensorView<float> save_invstd, TensorView<T> y,
-                                          const BatchNormConfig& cfg = {}) {
-  host::detail::bn_forward<T>({x, residual, gamma, beta, running_mean, running_var, save_mean, save_invstd, y},
-                              BatchNormEpilogue::kAddRelu, true, cfg);
+                                          TensorView<float> save_mean, TensorView<float> save_invstd,
+                                          TensorView<T> y, const BatchNormConfig& cfg = {}) {
+  host::detail::bn_forward<T>(
+      {x, residual, gamma, beta, running_mean, running_var, save_mean, save_invstd, y},
+      BatchNormEpilogue::kAddRelu, true, cfg);
 }
 
 // ---- inference forward -------------------------------------------------------------------------
@@ -141,8 +144,15 @@ void batch_norm_forward_inference(Host&, TensorView<const T> x, TensorView<const
                                   TensorView<const float> beta, TensorView<const float> running_mean,
                                   TensorView<const float> running_var, TensorView<T> y,
                                   const BatchNormConfig& cfg = {}) {
-  host::detail::bn_forward<T>({x, {}, gamma, beta, {const_cast<float*>(running_mean.data), running_mean.shape},
-                               {const_cast<float*>(running_var.data), running_var.shape}, {}, {}, y},
+  host::detail::bn_forward<T>({x,
+                               {},
+                               gamma,
+                               beta,
+                               {const_cast<float*>(running_mean.data), running_mean.shape},
+                               {const_cast<float*>(running_var.data), running_var.shape},
+                               {},
+                               {},
+                               y},
                               BatchNormEpilogue::kNone, false, cfg);
 }
 template <HostScalar T>
@@ -150,25 +160,41 @@ void batch_norm_relu_forward_inference(Host&, TensorView<const T> x, TensorView<
                                        TensorView<const float> beta, TensorView<const float> running_mean,
                                        TensorView<const float> running_var, TensorView<T> y,
                                        const BatchNormConfig& cfg = {}) {
-  host::detail::bn_forward<T>({x, {}, gamma, beta, {const_cast<float*>(running_mean.data), running_mean.shape},
-                               {const_cast<float*>(running_var.data), running_var.shape}, {}, {}, y},
+  host::detail::bn_forward<T>({x,
+                               {},
+                               gamma,
+                               beta,
+                               {const_cast<float*>(running_mean.data), running_mean.shape},
+                               {const_cast<float*>(running_var.data), running_var.shape},
+                               {},
+                               {},
+                               y},
                               BatchNormEpilogue::kRelu, false, cfg);
 }
 template <HostScalar T>
 void batch_norm_add_relu_forward_inference(Host&, TensorView<const T> x, TensorView<const T> residual,
                                            TensorView<const float> gamma, TensorView<const float> beta,
-                                           TensorView<const float> running_mean, TensorView<const float> running_var,
-                                           TensorView<T> y, const BatchNormConfig& cfg = {}) {
-  host::detail::bn_forward<T>({x, residual, gamma, beta, {const_cast<float*>(running_mean.data), running_mean.shape},
-                               {const_cast<float*>(running_var.data), running_var.shape}, {}, {}, y},
+                                           TensorView<const float> running_mean,
+                                           TensorView<const float> running_var, TensorView<T> y,
+                                           const BatchNormConfig& cfg = {}) {
+  host::detail::bn_forward<T>({x,
+                               residual,
+                               gamma,
+                               beta,
+                               {const_cast<float*>(running_mean.data), running_mean.shape},
+                               {const_cast<float*>(running_var.data), running_var.shape},
+                               {},
+                               {},
+                               y},
                               BatchNormEpilogue::kAddRelu, false, cfg);
 }
 
 // ---- training backward -------------------------------------------------------------------------
 /// dL_dx (=), dL_dgamma (+=), dL_dbeta (+=) of y = bn(x).
 template <HostScalar T>
-void batch_norm_backward(Host&, TensorView<const T> x, TensorView<const T> dL_dy, TensorView<const float> gamma,
-                         TensorView<const float> save_mean, TensorView<const float> save_invstd, TensorView<T> dL_dx,
+void batch_norm_backward(Host&, TensorView<const T> x, TensorView<const T> dL_dy,
+                         TensorView<const float> gamma, TensorView<const float> save_mean,
+                         TensorView<const float> save_invstd, TensorView<T> dL_dx,
                          TensorView<float> dL_dgamma, TensorView<float> dL_dbeta) {
   host::detail::bn_backward<T>({x, {}, dL_dy, gamma, save_mean, save_invstd, dL_dx, {}, dL_dgamma, dL_dbeta},
                                BatchNormEpilogue::kNone);
@@ -177,19 +203,21 @@ void batch_norm_backward(Host&, TensorView<const T> x, TensorView<const T> dL_dy
 template <HostScalar T>
 void batch_norm_relu_backward(Host&, TensorView<const T> x, TensorView<const T> y, TensorView<const T> dL_dy,
                               TensorView<const float> gamma, TensorView<const float> save_mean,
-                              TensorView<const float> save_invstd, TensorView<T> dL_dx, TensorView<float> dL_dgamma,
-                              TensorView<float> dL_dbeta) {
+                              TensorView<const float> save_invstd, TensorView<T> dL_dx,
+                              TensorView<float> dL_dgamma, TensorView<float> dL_dbeta) {
   host::detail::bn_backward<T>({x, y, dL_dy, gamma, save_mean, save_invstd, dL_dx, {}, dL_dgamma, dL_dbeta},
                                BatchNormEpilogue::kRelu);
 }
 /// Backward of y = relu(bn(x) + residual): dL_dx and dL_dresidual written.
 template <HostScalar T>
-void batch_norm_add_relu_backward(Host&, TensorView<const T> x, TensorView<const T> y, TensorView<const T> dL_dy,
-                                  TensorView<const float> gamma, TensorView<const float> save_mean,
-                                  TensorView<const float> save_invstd, TensorView<T> dL_dx, TensorView<T> dL_dresidual,
+void batch_norm_add_relu_backward(Host&, TensorView<const T> x, TensorView<const T> y,
+                                  TensorView<const T> dL_dy, TensorView<const float> gamma,
+                                  TensorView<const float> save_mean, TensorView<const float> save_invstd,
+                                  TensorView<T> dL_dx, TensorView<T> dL_dresidual,
                                   TensorView<float> dL_dgamma, TensorView<float> dL_dbeta) {
-  host::detail::bn_backward<T>({x, y, dL_dy, gamma, save_mean, save_invstd, dL_dx, dL_dresidual, dL_dgamma, dL_dbeta},
-                               BatchNormEpilogue::kAddRelu);
+  host::detail::bn_backward<T>(
+      {x, y, dL_dy, gamma, save_mean, save_invstd, dL_dx, dL_dresidual, dL_dgamma, dL_dbeta},
+      BatchNormEpilogue::kAddRelu);
 }
 
 }  // namespace ampkit

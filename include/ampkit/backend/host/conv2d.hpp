@@ -92,8 +92,8 @@ RowMatrix<acc_t<T>> group_rows(TensorView<const T> y, std::int64_t n, std::int64
 /// y = conv2d(x, w) + bias (bias may be an empty view). Output WRITTEN.
 /// @tparam T  storage type (float, half, bfloat16) or double (gradient checks)
 template <HostScalar T>
-void conv2d_forward(Host&, TensorView<const T> x, TensorView<const T> w, TensorView<const T> bias, TensorView<T> y,
-                    const Conv2dParams& p) {
+void conv2d_forward(Host&, TensorView<const T> x, TensorView<const T> w, TensorView<const T> bias,
+                    TensorView<T> y, const Conv2dParams& p) {
   detail::check_conv2d("conv2d_forward", x.shape, w.shape, y.shape, &bias, p);
   check_shape("conv2d_forward", "x", x, x.shape);
   check_shape("conv2d_forward", "w", w, w.shape);
@@ -163,7 +163,8 @@ void conv2d_backward_filter(Host&, TensorView<const T> x, TensorView<const T> dL
       acc.noalias() += host::detail::group_rows(dL_dy, n, g, kg).transpose() * col;  // (Kg, RSCg)
     }
     T* dst = dL_dw.data + g * kg * cols;
-    for (std::int64_t i = 0; i < kg * cols; ++i) dst[i] = host::narrow<T>(host::widen(dst[i]) + acc.data()[i]);
+    for (std::int64_t i = 0; i < kg * cols; ++i)
+      dst[i] = host::narrow<T>(host::widen(dst[i]) + acc.data()[i]);
   }
 }
 
@@ -177,7 +178,8 @@ void conv2d_backward_bias(Host&, TensorView<const T> dL_dy, TensorView<T> dL_db)
   const std::int64_t rows = dL_dy.shape.n * dL_dy.shape.h * dL_dy.shape.w;
   for (std::int64_t i = 0; i < rows; ++i)
     for (std::int64_t k = 0; k < dL_dy.shape.c; ++k) acc[k] += host::widen(dL_dy.data[i * dL_dy.shape.c + k]);
-  for (std::int64_t k = 0; k < dL_dy.shape.c; ++k) dL_db.data[k] = host::narrow<T>(host::widen(dL_db.data[k]) + acc[k]);
+  for (std::int64_t k = 0; k < dL_dy.shape.c; ++k)
+    dL_db.data[k] = host::narrow<T>(host::widen(dL_db.data[k]) + acc[k]);
 }
 
 }  // namespace ampkit

@@ -23,7 +23,8 @@ template <HostScalar T>
 void relu_backward(Host&, TensorView<const T> y, TensorView<const T> dL_dy, TensorView<T> dL_dx) {
   detail::check_same_shape("relu_backward", "y", y, "dL_dy", dL_dy);
   detail::check_same_shape("relu_backward", "y", y, "dL_dx", dL_dx);
-  for (std::int64_t i = 0; i < y.numel(); ++i) dL_dx.data[i] = host::widen(y.data[i]) > 0 ? dL_dy.data[i] : T(0);
+  for (std::int64_t i = 0; i < y.numel(); ++i)
+    dL_dx.data[i] = host::widen(y.data[i]) > 0 ? dL_dy.data[i] : T(0);
 }
 
 /// y = a + b (residual add; also accumulates one gradient into another). y may alias a or b.
@@ -31,7 +32,8 @@ template <HostScalar T>
 void add_forward(Host&, TensorView<const T> a, TensorView<const T> b, TensorView<T> y) {
   detail::check_same_shape("add_forward", "a", a, "b", b);
   detail::check_same_shape("add_forward", "a", a, "y", y);
-  for (std::int64_t i = 0; i < a.numel(); ++i) y.data[i] = host::narrow<T>(host::widen(a.data[i]) + host::widen(b.data[i]));
+  for (std::int64_t i = 0; i < a.numel(); ++i)
+    y.data[i] = host::narrow<T>(host::widen(a.data[i]) + host::widen(b.data[i]));
 }
 
 namespace host::detail {

@@ -21,15 +21,19 @@ using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 /// Widen a stored value (exact).
 template <HostScalar T>
 constexpr acc_t<T> widen(T x) {
-  if constexpr (std::is_same_v<T, double>) return x;
-  else return static_cast<float>(x);
+  if constexpr (std::is_same_v<T, double>)
+    return x;
+  else
+    return static_cast<float>(x);
 }
 
 /// Round an accumulated value to the storage type (nearest even), the single rounding step.
 template <HostScalar T>
 constexpr T narrow(acc_t<T> x) {
-  if constexpr (std::is_same_v<T, double>) return x;
-  else return convert<T>(x);
+  if constexpr (std::is_same_v<T, double>)
+    return x;
+  else
+    return convert<T>(x);
 }
 
 }  // namespace host

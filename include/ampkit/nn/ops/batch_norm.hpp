@@ -44,7 +44,8 @@ enum class BatchNormEpilogue {
 namespace detail {
 
 /// Check a (1,1,1,C) fp32 parameter/statistics view.
-inline void check_bn_vector(const char* op, const char* arg, const TensorView<const float>& v, std::int64_t c) {
+inline void check_bn_vector(const char* op, const char* arg, const TensorView<const float>& v,
+                            std::int64_t c) {
   check_shape(op, arg, v, Shape{1, 1, 1, c});
 }
 
@@ -56,29 +57,37 @@ void check_bn_activation(const char* op, const char* arg, const TensorView<T>& t
 
 inline void check_bn_config(const char* op, const BatchNormConfig& cfg) {
   AMPKIT_CHECK(cfg.eps > 0.f, op, ": eps must be > 0, given ", cfg.eps);
-  AMPKIT_CHECK(cfg.momentum >= 0.f && cfg.momentum <= 1.f, op, ": momentum must be in [0,1], given ", cfg.momentum);
+  AMPKIT_CHECK(cfg.momentum >= 0.f && cfg.momentum <= 1.f, op, ": momentum must be in [0,1], given ",
+               cfg.momentum);
 }
 
 inline void check_bn_input(const char* op, Shape x, bool training) {
-  AMPKIT_CHECK(x.n >= 1 && x.h >= 1 && x.w >= 1 && x.c >= 1, op, ": input shape ", x, " has an empty dimension");
+  AMPKIT_CHECK(x.n >= 1 && x.h >= 1 && x.w >= 1 && x.c >= 1, op, ": input shape ", x,
+               " has an empty dimension");
   // As PyTorch: the unbiased running variance needs at least two values per channel.
-  AMPKIT_CHECK(!training || x.n * x.h * x.w > 1, op, ": training needs more than 1 value per channel, input is ", x);
+  AMPKIT_CHECK(!training || x.n * x.h * x.w > 1, op,
+               ": training needs more than 1 value per channel, input is ", x);
 }
 
 inline const char* bn_forward_name(BatchNormEpilogue e, bool training) {
   switch (e) {
-    case BatchNormEpilogue::kRelu: return training ? "batch_norm_relu_forward_training" : "batch_norm_relu_forward_inference";
+    case BatchNormEpilogue::kRelu:
+      return training ? "batch_norm_relu_forward_training" : "batch_norm_relu_forward_inference";
     case BatchNormEpilogue::kAddRelu:
       return training ? "batch_norm_add_relu_forward_training" : "batch_norm_add_relu_forward_inference";
-    default: return training ? "batch_norm_forward_training" : "batch_norm_forward_inference";
+    default:
+      return training ? "batch_norm_forward_training" : "batch_norm_forward_inference";
   }
 }
 
 inline const char* bn_backward_name(BatchNormEpilogue e) {
   switch (e) {
-    case BatchNormEpilogue::kRelu: return "batch_norm_relu_backward";
-    case BatchNormEpilogue::kAddRelu: return "batch_norm_add_relu_backward";
-    default: return "batch_norm_backward";
+    case BatchNormEpilogue::kRelu:
+      return "batch_norm_relu_backward";
+    case BatchNormEpilogue::kAddRelu:
+      return "batch_norm_add_relu_backward";
+    default:
+      return "batch_norm_backward";
   }
 }
 

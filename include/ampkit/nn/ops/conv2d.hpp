@@ -45,19 +45,21 @@ inline Shape conv2d_output_shape(Shape x, Shape w, const Conv2dParams& p, const 
                p.stride_w, ")");
   AMPKIT_CHECK(p.dilation_h >= 1 && p.dilation_w >= 1, op, ": dilation must be >= 1, given (", p.dilation_h,
                ",", p.dilation_w, ")");
-  AMPKIT_CHECK(p.pad_h >= 0 && p.pad_w >= 0, op, ": padding must be >= 0, given (", p.pad_h, ",", p.pad_w, ")");
+  AMPKIT_CHECK(p.pad_h >= 0 && p.pad_w >= 0, op, ": padding must be >= 0, given (", p.pad_h, ",", p.pad_w,
+               ")");
   AMPKIT_CHECK(p.groups >= 1, op, ": groups must be >= 1, given ", p.groups);
-  AMPKIT_CHECK(x.n >= 1 && x.h >= 1 && x.w >= 1 && x.c >= 1, op, ": input shape ", x, " has an empty dimension");
+  AMPKIT_CHECK(x.n >= 1 && x.h >= 1 && x.w >= 1 && x.c >= 1, op, ": input shape ", x,
+               " has an empty dimension");
   AMPKIT_CHECK(w.n >= 1 && w.h >= 1 && w.w >= 1 && w.c >= 1, op, ": weight shape ", w,
                " (K,R,S,C/groups) has an empty dimension");
   AMPKIT_CHECK(x.c % p.groups == 0, op, ": input has ", x.c, " channels, not divisible by groups=", p.groups);
-  AMPKIT_CHECK(w.n % p.groups == 0, op, ": weights have ", w.n, " output channels, not divisible by groups=",
-               p.groups);
+  AMPKIT_CHECK(w.n % p.groups == 0, op, ": weights have ", w.n,
+               " output channels, not divisible by groups=", p.groups);
   AMPKIT_CHECK(x.c == w.c * p.groups, op, ": input has ", x.c, " channels, weights ", w,
                " (K,R,S,C/groups) with groups=", p.groups, " expect ", w.c * p.groups);
   const std::int64_t ekh = (w.h - 1) * p.dilation_h + 1, ekw = (w.w - 1) * p.dilation_w + 1;
-  AMPKIT_CHECK(x.h + 2 * p.pad_h >= ekh && x.w + 2 * p.pad_w >= ekw, op, ": padded input ",
-               x.h + 2 * p.pad_h, "x", x.w + 2 * p.pad_w, " is smaller than the dilated kernel ", ekh, "x", ekw);
+  AMPKIT_CHECK(x.h + 2 * p.pad_h >= ekh && x.w + 2 * p.pad_w >= ekw, op, ": padded input ", x.h + 2 * p.pad_h,
+               "x", x.w + 2 * p.pad_w, " is smaller than the dilated kernel ", ekh, "x", ekw);
   return {x.n, (x.h + 2 * p.pad_h - ekh) / p.stride_h + 1, (x.w + 2 * p.pad_w - ekw) / p.stride_w + 1, w.n};
 }
 
@@ -66,10 +68,11 @@ namespace detail {
 /// Full validation at a conv entry point. `x`, `w` and `y` are the shapes of the input (or its
 /// gradient), weights (or their gradient) and output (or its gradient); `bias` may be empty.
 template <class TB>
-void check_conv2d(const char* op, Shape x, Shape w, Shape y, const TensorView<TB>* bias, const Conv2dParams& p) {
+void check_conv2d(const char* op, Shape x, Shape w, Shape y, const TensorView<TB>* bias,
+                  const Conv2dParams& p) {
   const Shape expect = conv2d_output_shape(x, w, p, op);
-  AMPKIT_CHECK(y == expect, op, ": output has shape ", y, ", expected ", expect, " for input ", x, " and weights ",
-               w, " (N,H,W,C)");
+  AMPKIT_CHECK(y == expect, op, ": output has shape ", y, ", expected ", expect, " for input ", x,
+               " and weights ", w, " (N,H,W,C)");
   if (bias && bias->data)
     AMPKIT_CHECK(bias->shape == (Shape{1, 1, 1, w.n}), op, ": bias has shape ", bias->shape, ", expected ",
                  Shape{1, 1, 1, w.n});

@@ -39,8 +39,8 @@ void check_sum_inputs(const char* op, std::span<const TensorView<const T>> xs, c
   AMPKIT_CHECK(!xs.empty() && xs.size() <= static_cast<std::size_t>(kMaxSumInputs), op, ": takes 1 to ",
                kMaxSumInputs, " inputs, given ", xs.size());
   for (std::size_t i = 0; i < xs.size(); ++i)
-    AMPKIT_CHECK(xs[i].shape == y.shape && (xs[i].data || xs[i].numel() == 0), op, ": input ", i, " has shape ",
-                 xs[i].shape, ", output has ", y.shape, " (N,H,W,C); they must match");
+    AMPKIT_CHECK(xs[i].shape == y.shape && (xs[i].data || xs[i].numel() == 0), op, ": input ", i,
+                 " has shape ", xs[i].shape, ", output has ", y.shape, " (N,H,W,C); they must match");
   AMPKIT_CHECK(y.data != nullptr || y.numel() == 0, op, ": y has no data");
 }
 
