@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "ampkit/core/error.hpp"
+#include "ampkit/core/safetensors.hpp"
 
 namespace ampkit::eval {
 
@@ -48,6 +49,47 @@ class RescoreNet {
     n.w3_ = get("l3.weight", kHidden);
     n.b3_ = get("l3.bias", 1);
     return n;
+  }
+
+  /// Tensor names of the net in a DEKR state dict (mmpose's DEKRHead.rescore_net); also accepted:
+  /// `rescore_net.` and no prefix (the bare `kpt_rescore_coco` file's own keys).
+  static constexpr const char* kStateDictPrefix = "head.rescore_net.";
+
+  /// Load from a safetensors file (tools/convert_rescore.py writes one from mmpose's
+  /// `kpt_rescore_coco-33d58c5c.pth`; a full DEKR checkpoint with the head's rescore net works
+  /// too). Any floating dtype; shapes are checked: l1 (256, 3*19+K), l2 (256, 256), l3 (1, 256).
+  static RescoreNet from_safetensors(const safetensors::File& f, int n_keypoints = 17) {
+    std::string prefix;
+    bool found = false;
+    for (const char* p : {kStateDictPrefix, "rescore_net.", ""})
+      if (f.contains(std::string(p) + "l1.weight")) {
+        prefix = p;
+        found = true;
+        break;
+      }
+    AMPKIT_CHECK(found, "rescore net: '", f.origin(), "' has no '", kStateDictPrefix,
+                 "l1.weight' (nor 'rescore_net.l1.weight' or 'l1.weight'); convert mmpose's "
+                 "kpt_rescore_coco .pth with tools/convert_rescore.py");
+    const int in = 3 * static_cast<int>(kCocoSkeletonLinks.size()) + n_keypoints;
+    std::map<std::string, std::vector<float>> t;
+    auto take = [&](const char* name, std::vector<std::int64_t> shape) {
+      const std::string full = prefix + name;
+      AMPKIT_CHECK(f.contains(full), "rescore net: '", f.origin(), "' has no tensor '", full, "'");
+      const auto& info = f.info(full);
+      AMPKIT_CHECK(info.shape == shape, "rescore net: '", full, "' in '", f.origin(), "' has shape ",
+                   safetensors::detail::shape_str(info.shape), ", expected ", safetensors::detail::shape_str(shape));
+      t[name] = f.read_as<float>(full);
+    };
+    take("l1.weight", {kHidden, in});
+    take("l1.bias", {kHidden});
+    take("l2.weight", {kHidden, kHidden});
+    take("l2.bias", {kHidden});
+    take("l3.weight", {1, kHidden});
+    take("l3.bias", {1});
+    return from_tensors(t, n_keypoints);
+  }
+  static RescoreNet from_safetensors(const std::string& path, int n_keypoints = 17) {
+    return from_safetensors(safetensors::File::load(path), n_keypoints);
   }
 
   bool loaded() const { return !w1_.empty(); }

@@ -13,7 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "ampkit/backend/host/context.hpp"
+#include "ampkit/core/safetensors.hpp"
 #include "ampkit/eval/coco_eval.hpp"
+#include "ampkit/eval/dekr_evaluate.hpp"
 #include "ampkit/eval/dekr_decode.hpp"
 #include "ampkit/eval/rescore_net.hpp"
 #include "support/testing.hpp"
@@ -334,4 +337,130 @@ TEST_CASE("dekr decode: nearby-joints pose NMS, by hand") {
   REQUIRE(keep.size() == 1);
   CHECK(keep[0] == 1);
   CHECK_THROWS_AS(nearby_joints_nms(kp, sc, 3, 0.05, 3, 30), Error);  // threshold must be < K
+}
+
+TEST_CASE("rescore net: loads mmpose's names from safetensors (our writer), equals the in-memory net") {
+  Rng rng{2024};
+  std::map<std::string, std::vector<float>> t;
+  const std::pair<const char*, std::vector<std::int64_t>> shapes[] = {
+      {"l1.weight", {256, 74}}, {"l1.bias", {256}}, {"l2.weight", {256, 256}},
+      {"l2.bias", {256}},       {"l3.weight", {1, 256}}, {"l3.bias", {1}}};
+  for (const auto& [name, shape] : shapes) {
+    std::int64_t n = 1;
+    for (auto d : shape) n *= d;
+    auto& v = t[name];
+    for (std::int64_t i = 0; i < n; ++i) v.push_back(static_cast<float>((rng.u12() - 0.5) * 0.125));
+  }
+  const auto ref = RescoreNet::from_tensors(t);
+  // A pose and its scores to run both nets on.
+  std::vector<float> kp, sc;
+  for (int k = 0; k < K; ++k) {
+    kp.push_back(static_cast<float>(100 + rng.u12() * 80));
+    kp.push_back(static_cast<float>(50 + rng.u12() * 160));
+    sc.push_back(static_cast<float>(rng.u12()));
+  }
+  const float want = ref(kp, sc);
+  CHECK(want != 0.0f);  // the random net is not degenerate (else the comparison proves little)
+  for (const std::string prefix : {"head.rescore_net.", "rescore_net.", ""}) {
+    CAPTURE(prefix);
+    safetensors::Writer w;
+    w.add<std::int64_t>("head.other.num_batches_tracked", std::vector<std::int64_t>{3}, {1});  // unrelated tensors are ignored
+    for (const auto& [name, shape] : shapes) w.add<float>(prefix + name, t[name], shape);
+    const auto net = RescoreNet::from_safetensors(safetensors::File::from_bytes(w.serialize(), "synthetic"));
+    REQUIRE(net.loaded());
+    CHECK(net(kp, sc) == want);  // same floats, same arithmetic: exact
+  }
+  // Wrong shapes and missing tensors are named.
+  safetensors::Writer bad;
+  for (const auto& [name, shape] : shapes) {
+    if (std::string(name) == "l2.weight") {
+      bad.add<float>(std::string("head.rescore_net.") + name, std::span<const float>(t[name]).first(256 * 255), {256, 255});
+      continue;
+    }
+    bad.add<float>(std::string("head.rescore_net.") + name, t[name], shape);
+  }
+  CHECK_THROWS_WITH_AS(RescoreNet::from_safetensors(safetensors::File::from_bytes(bad.serialize(), "bad.safetensors")),
+                       doctest::Contains("'head.rescore_net.l2.weight' in 'bad.safetensors' has shape [256,255], expected [256,256]"),
+                       Error);
+  safetensors::Writer none;
+  none.add<float>("head.heatmap.weight", std::vector<float>{1.0f}, {1});
+  CHECK_THROWS_WITH_AS(RescoreNet::from_safetensors(safetensors::File::from_bytes(none.serialize(), "none.safetensors")),
+                       doctest::Contains("tools/convert_rescore.py"), Error);
+}
+
+TEST_CASE_TEMPLATE("dekr evaluate: outputs of the sample (from ground truth, with flip) -> results file -> AP >= 0.99",
+                   T, float, ampkit::half) {
+  const auto gt = CocoKeypointDataset::load(testing::source_path("data/coco_sample/annotations/person_keypoints_sample.json"));
+  const auto images = read("data/coco_sample/annotations/person_keypoints_sample.json")["images"];
+  Host host(1);
+  // Network-like outputs in the storage type for a BottomupResize-like geometry that is not the
+  // identity: the image is shrunk 1.5x into a padded input (input = 4 x map) and centred, so
+  // image = input / input_size * input_scale + input_center - input_scale / 2 with
+  // input_scale = 1.5 x input_size, input_center = image centre.
+  constexpr double kShrink = 1.5;
+  struct Stored {
+    HostTensor<T> hm, disp, hmf, dispf;
+  };
+  std::vector<Stored> store;
+  std::vector<DekrImageOutputs<T>> outs;
+  store.reserve(images.size());
+  for (const auto& im : images) {
+    const auto id = im["id"].get<std::int64_t>();
+    const double iw = im["width"].get<double>(), ih = im["height"].get<double>();
+    const auto W = static_cast<std::int64_t>(std::ceil(iw / (4 * kShrink))) + 2;
+    const auto H = static_cast<std::int64_t>(std::ceil(ih / (4 * kShrink))) + 2;
+    struct Geometry {  // the fields of data::ResizeGeometry that matter
+      double input_w, input_h, center_x, center_y, scale_w, scale_h;
+    } g{4.0 * W, 4.0 * H, iw / 2, ih / 2, kShrink * 4.0 * W, kShrink * 4.0 * H};
+    auto to_map = [&](double x, double y) {  // image -> heatmap coordinates
+      return std::array<double, 2>{((x - g.center_x) / kShrink + g.input_w / 2) / 4,
+                                   ((y - g.center_y) / kShrink + g.input_h / 2) / 4};
+    };
+    std::vector<Person> people;
+    for (const auto& a : gt.annotations) {
+      if (a.image_id != id || a.num_keypoints == 0) continue;
+      double sx = 0, sy = 0;
+      int n = 0;
+      for (int k = 0; k < K; ++k)
+        if (a.keypoints[3 * k + 2] > 0) {
+          const auto m = to_map(a.keypoints[3 * k], a.keypoints[3 * k + 1]);
+          sx += m[0], sy += m[1], ++n;
+        }
+      Person p;
+      p.rx = std::clamp<std::int64_t>(std::lround(sx / n), 0, W - 1);
+      p.ry = std::clamp<std::int64_t>(std::lround(sy / n), 0, H - 1);
+      for (int k = 0; k < K; ++k)
+        p.kp.push_back(a.keypoints[3 * k + 2] > 0 ? to_map(a.keypoints[3 * k], a.keypoints[3 * k + 1])
+                                                   : std::array<double, 2>{double(p.rx), double(p.ry)});
+      people.push_back(std::move(p));
+    }
+    HostTensor<float> hm, disp, hmf, dispf;
+    ideal_maps(people, H, W, hm, disp);
+    ideal_maps(mirror(people, W), H, W, hmf, dispf);
+    auto cast = [](const HostTensor<float>& f) {
+      HostTensor<T> t(f.shape());
+      for (std::size_t i = 0; i < t.span().size(); ++i) t.span()[i] = convert<T>(f.span()[i]);
+      return t;
+    };
+    store.push_back({cast(hm), cast(disp), cast(hmf), cast(dispf)});
+    const auto& s = store.back();
+    outs.push_back({{id, input_transform_of(g)}, s.hm.cview(), s.disp.cview(), s.hmf.cview(), s.dispf.cview()});
+  }
+  const std::string path = "dekr_evaluate_results_test.json";
+  const auto report = evaluate_dekr_outputs<Host, T>(host, gt, std::span<const DekrImageOutputs<T>>(outs), {}, {}, path);
+  std::printf("%s", report.summary.c_str());
+  CHECK(report.n_images == outs.size());
+  CHECK(report.n_results > 0);
+  CHECK(report.stats[0] >= 0.99);
+  // The written file evaluates to the same numbers (what `dekr_amp cocoeval` would print).
+  const auto from_file = evaluate_coco_keypoints(gt, load_results(path, gt));
+  for (std::size_t i = 0; i < 10; ++i) CHECK(from_file[i] == report.stats[i]);
+  CHECK(report.to_json()["coco/AP"].template get<double>() == report.stats[0]);
+  std::remove(path.c_str());
+
+  // The same outputs with a wrong transform (no shrink) must not score: the mapping is used.
+  auto wrong = outs;
+  for (auto& o : wrong) o.meta.transform.scale_w = o.meta.transform.input_w, o.meta.transform.scale_h = o.meta.transform.input_h;
+  const auto bad = evaluate_dekr_outputs<Host, T>(host, gt, std::span<const DekrImageOutputs<T>>(wrong));
+  CHECK(bad.stats[0] < 0.5);
 }
