@@ -268,7 +268,7 @@ TEST_CASE("dist gpu: ProcessGroup::create bootstraps over the TCP rendezvous") {
     e.master_port = e.rendezvous_port = port;
     e.timeout = 30s;
     auto pg = ProcessGroup::create(e);
-    REQUIRE(pg->timeout() == 30s);
+    AMPKIT_CHECK(pg->timeout() == 30s, "timeout not taken from the launch environment");
     cudaStream_t st;
     AMPKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     float* d = nullptr;

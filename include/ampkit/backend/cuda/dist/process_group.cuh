@@ -299,7 +299,7 @@ class ProcessGroup {
     check();
     auto ev = events_.acquire();
     AMPKIT_CUDA_CHECK(cudaEventRecord(ev.get(), stream));
-    watchdog_->watch(std::string(what), [ev] { return detail::event_done(ev.get()); });
+    watch(what, ev);
     // Spin briefly (a collective usually finishes in microseconds), then back off.
     for (int i = 0; !detail::event_done(ev.get()); ++i) {
       check();
@@ -386,7 +386,16 @@ class ProcessGroup {
     check();
     auto ev = events_.acquire();
     AMPKIT_CUDA_CHECK(cudaEventRecord(ev.get(), stream));
-    watchdog_->watch(std::string(what), [ev] { return detail::event_done(ev.get()); });
+    watch(what, std::move(ev));
+  }
+
+  /// Hand an event recorded after `what` to the watchdog (polled from its thread, where this
+  /// rank's device must be made current first).
+  void watch(std::string_view what, std::shared_ptr<CUevent_st> ev) {
+    watchdog_->watch(std::string(what), [ev, device = device_] {
+      AMPKIT_CUDA_CHECK(cudaSetDevice(device));
+      return detail::event_done(ev.get());
+    });
   }
 
   void reserve_scratch(std::size_t bytes) {
