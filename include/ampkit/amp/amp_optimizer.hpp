@@ -9,7 +9,8 @@
 ///   backward (dL_dw += into store.weight_grad / fp32_grad)
 ///   accum.count_backward();
 ///   if (accum.should_update()) opt.step(); else opt.end_micro_batch();
-///   schedule.after_iteration(...); occasionally: opt.request_stats(); if (auto s = opt.poll_stats()) log(*s);
+///   schedule.after_iteration(...); occasionally: opt.request_stats(); if (auto s = opt.poll_stats())
+///   log(*s);
 ///
 /// Include the backend's ops before instantiating: ampkit/backend/host/amp_step.hpp (Host) or
 /// ampkit/backend/cuda/amp_step.cuh (Cuda); the calls below find them by argument-dependent lookup.
@@ -43,11 +44,12 @@ class AmpOptimizer {
 
   /// @param accumulative_counts  > 1 allocates the fp32 micro-batch accumulator (storage-type
   ///                             policies; fp32 gradients accumulate in place).
-  AmpOptimizer(Ctx& ctx, nn::ParameterStore<P, Ctx>& store, Rule rule, Scaler scaler = {}, StepOptions options = {},
-               std::int64_t accumulative_counts = 1)
+  AmpOptimizer(Ctx& ctx, nn::ParameterStore<P, Ctx>& store, Rule rule, Scaler scaler = {},
+               StepOptions options = {}, std::int64_t accumulative_counts = 1)
       : ctx_(&ctx), store_(&store), rule_(rule), scaler_(scaler), options_(options), readout_(ctx) {
     AMPKIT_CHECK(store.allocated(), "AmpOptimizer: the parameter store must be allocated first");
-    AMPKIT_CHECK(accumulative_counts >= 1, "AmpOptimizer: accumulative_counts must be >= 1, got ", accumulative_counts);
+    AMPKIT_CHECK(accumulative_counts >= 1, "AmpOptimizer: accumulative_counts must be >= 1, got ",
+                 accumulative_counts);
     if constexpr (Scaler::kScales) scaler_.config.validate();
     rule_.config.validate();
     const std::int64_t n = store.n_compute_slots() + store.n_fp32_slots();
@@ -98,7 +100,9 @@ class AmpOptimizer {
   }
 
   // ---- access --------------------------------------------------------------------------------
-  optim::FlatParams<T> flat() const { return optim::flat_params(*store_, accum_.numel() ? accum_.data() : nullptr); }
+  optim::FlatParams<T> flat() const {
+    return optim::flat_params(*store_, accum_.numel() ? accum_.data() : nullptr);
+  }
   StepState* state() const { return state_.data(); }
   float* optimizer_state() const { return slots_.data(); }
   const Rule& rule() const { return rule_; }

@@ -38,8 +38,8 @@ struct StepOptions {
 /// Decide the step from the reduced check (sum of squares of unscaled gradients, any inf/NaN):
 /// torch GradScaler.unscale_ + clip_grad_norm_ + step's skip + update, in that order.
 template <optim::OptimizerRule Rule, LossScalerType Scaler>
-AMPKIT_HOST_DEVICE void finalize_step(StepState& s, double sumsq, bool nonfinite, const Rule& rule, const Scaler& scaler,
-                                      const StepOptions& opt) {
+AMPKIT_HOST_DEVICE void finalize_step(StepState& s, double sumsq, bool nonfinite, const Rule& rule,
+                                      const Scaler& scaler, const StepOptions& opt) {
   s.inv_scale = Scaler::kScales ? inv_scale_of(s.scale) : 1.f;
 #if defined(__CUDA_ARCH__)
   s.grad_norm = static_cast<float>(::sqrt(sumsq));
@@ -74,8 +74,9 @@ struct StepStats {
   /// One log line: "scale 65536 skipped 3/1200 (last step skipped) grad_norm 0.82 lr 0.001".
   std::string summary() const {
     char buf[160];
-    std::snprintf(buf, sizeof buf, "scale %g skipped %lld/%lld%s grad_norm %.4g lr %.6g", static_cast<double>(state.scale),
-                  static_cast<long long>(state.n_skipped), static_cast<long long>(state.n_steps),
+    std::snprintf(buf, sizeof buf, "scale %g skipped %lld/%lld%s grad_norm %.4g lr %.6g",
+                  static_cast<double>(state.scale), static_cast<long long>(state.n_skipped),
+                  static_cast<long long>(state.n_steps),
                   state.found_inf ? " (last step skipped: inf/NaN gradients)" : "",
                   static_cast<double>(state.grad_norm), state.lr);
     return buf;
@@ -91,10 +92,10 @@ class StepReadout;
 /// (almost) no scaling, so every step is skipped or trains on garbage. Called where the host
 /// reads the state back, never inside the step.
 inline void check_scale_floor(const StepStats& st, float min_scale) {
-  AMPKIT_CHECK(!(st.state.scale < min_scale),
-               "loss scale collapsed to ", st.state.scale, " (below the floor ", min_scale, ") after ",
-               st.state.n_skipped, " of ", st.state.n_steps, " optimizer steps were skipped for inf/NaN gradients (",
-               st.state.n_skipped_in_row, " in a row). The fp16 gradients overflow even without scaling: lower "
+  AMPKIT_CHECK(!(st.state.scale < min_scale), "loss scale collapsed to ", st.state.scale,
+               " (below the floor ", min_scale, ") after ", st.state.n_skipped, " of ", st.state.n_steps,
+               " optimizer steps were skipped for inf/NaN gradients (", st.state.n_skipped_in_row,
+               " in a row). The fp16 gradients overflow even without scaling: lower "
                "the learning rate, check the data for NaN/inf inputs, or train with bf16 (--precision bf16) "
                "or fp32. (Set amp.min_loss_scale lower to continue anyway.)");
 }

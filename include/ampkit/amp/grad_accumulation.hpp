@@ -25,7 +25,9 @@ namespace ampkit::amp {
 
 /// Where warnings go (the trainer passes its logger); default: stderr with a "WARNING" tag.
 using WarningSink = std::function<void(std::string_view)>;
-inline void warn_to_stderr(std::string_view msg) { std::cerr << "WARNING: " << msg << '\n'; }
+inline void warn_to_stderr(std::string_view msg) {
+  std::cerr << "WARNING: " << msg << '\n';
+}
 
 /// The text of mmengine's two accumulation warnings, in our words with the same meaning.
 inline constexpr std::string_view kBatchNormAccumulationWarning =
@@ -48,7 +50,8 @@ class GradAccumulation {
   void initialize(std::int64_t init_counts, std::int64_t max_counts, bool model_has_batch_norm,
                   const WarningSink& warn = warn_to_stderr) {
     AMPKIT_CHECK(max_counts > 0 && init_counts >= 0 && init_counts <= max_counts,
-                 "gradient accumulation: iteration ", init_counts, " outside the run's ", max_counts, " iterations");
+                 "gradient accumulation: iteration ", init_counts, " outside the run's ", max_counts,
+                 " iterations");
     inner_ = init_counts;
     max_ = max_counts;
     remainder_ = max_counts % acc_;

@@ -24,7 +24,7 @@ enum class ScaleMode {
 /// Settings of the fp16 loss scaler (torch GradScaler's defaults).
 struct LossScalerConfig {
   ScaleMode mode = ScaleMode::kDynamic;
-  float init_scale = 65536.f;      ///< 2^16
+  float init_scale = 65536.f;  ///< 2^16
   double growth_factor = 2.0;
   double backoff_factor = 0.5;
   std::int32_t growth_interval = 2000;
@@ -33,10 +33,13 @@ struct LossScalerConfig {
   float min_scale = 1.f;
 
   void validate() const {
-    AMPKIT_CHECK(init_scale > 0.f && std::isfinite(init_scale), "loss scaler: init_scale must be positive and finite, got ", init_scale);
+    AMPKIT_CHECK(init_scale > 0.f && std::isfinite(init_scale),
+                 "loss scaler: init_scale must be positive and finite, got ", init_scale);
     if (mode == ScaleMode::kDynamic) {
-      AMPKIT_CHECK(growth_factor > 1.0, "loss scaler: growth_factor must be > 1 (torch asserts the same), got ", growth_factor);
-      AMPKIT_CHECK(backoff_factor < 1.0 && backoff_factor > 0.0, "loss scaler: backoff_factor must be in (0, 1), got ", backoff_factor);
+      AMPKIT_CHECK(growth_factor > 1.0,
+                   "loss scaler: growth_factor must be > 1 (torch asserts the same), got ", growth_factor);
+      AMPKIT_CHECK(backoff_factor < 1.0 && backoff_factor > 0.0,
+                   "loss scaler: backoff_factor must be in (0, 1), got ", backoff_factor);
       AMPKIT_CHECK(growth_interval >= 1, "loss scaler: growth_interval must be >= 1, got ", growth_interval);
     }
   }
@@ -44,7 +47,7 @@ struct LossScalerConfig {
 
 /// The fp16 policy's scaler: skips the step on inf/NaN; dynamic or static scale.
 struct LossScaler {
-  static constexpr bool kScales = true;   ///< multiplies the loss; gradients must be unscaled
+  static constexpr bool kScales = true;  ///< multiplies the loss; gradients must be unscaled
   static constexpr bool kSkipsNonFinite = true;
   LossScalerConfig config{};
 

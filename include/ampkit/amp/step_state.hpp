@@ -18,23 +18,23 @@ namespace ampkit::amp {
 /// Device-resident state of the AMP step. Plain data: copied bytewise to pinned memory for logs.
 struct StepState {
   // ---- loss scaler (torch GradScaler's _scale and _growth_tracker) ----
-  float scale = 1.f;               ///< the loss scale the next backward multiplies by
-  std::int32_t growth_tracker = 0; ///< consecutive finite steps since the last growth/backoff
+  float scale = 1.f;                ///< the loss scale the next backward multiplies by
+  std::int32_t growth_tracker = 0;  ///< consecutive finite steps since the last growth/backoff
   // ---- the latest step's decision (written by finalize, read by the update pass) ----
-  std::int32_t found_inf = 0;      ///< 1: this step's gradients had an inf/NaN; the update is skipped
-  float inv_scale = 1.f;           ///< 1/scale used to unscale this step's gradients
-  float clip_coef = 1.f;           ///< min(max_norm / (norm + 1e-6), 1) when clipping, else 1
-  float grad_norm = 0.f;           ///< global L2 norm of the unscaled gradients (inf/NaN if found_inf)
+  std::int32_t found_inf = 0;  ///< 1: this step's gradients had an inf/NaN; the update is skipped
+  float inv_scale = 1.f;       ///< 1/scale used to unscale this step's gradients
+  float clip_coef = 1.f;       ///< min(max_norm / (norm + 1e-6), 1) when clipping, else 1
+  float grad_norm = 0.f;       ///< global L2 norm of the unscaled gradients (inf/NaN if found_inf)
   std::int32_t pad0 = 0;
   // ---- counters ----
-  std::int64_t n_steps = 0;        ///< optimizer steps attempted (update iterations)
-  std::int64_t n_skipped = 0;      ///< of which skipped for inf/NaN
+  std::int64_t n_steps = 0;           ///< optimizer steps attempted (update iterations)
+  std::int64_t n_skipped = 0;         ///< of which skipped for inf/NaN
   std::int64_t n_skipped_in_row = 0;  ///< consecutive skipped steps up to now
   // ---- optimizer ----
-  double lr = 0.0;                 ///< written by the host's schedule before each step
-  std::int64_t opt_step = 0;       ///< applied updates: torch's state['step'] (skips don't count)
-  double beta1_pow = 1.0;          ///< beta1^opt_step (Adam), by repeated fp64 multiplication
-  double beta2_pow = 1.0;          ///< beta2^opt_step
+  double lr = 0.0;                    ///< written by the host's schedule before each step
+  std::int64_t opt_step = 0;          ///< applied updates: torch's state['step'] (skips don't count)
+  double beta1_pow = 1.0;             ///< beta1^opt_step (Adam), by repeated fp64 multiplication
+  double beta2_pow = 1.0;             ///< beta2^opt_step
   float k[4] = {0.f, 0.f, 0.f, 0.f};  ///< per-step fp32 constants prepared by the optimizer rule
 };
 

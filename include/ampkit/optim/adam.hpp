@@ -58,11 +58,14 @@ struct Adam {
   }
 
   /// slots[0] = m[i], slots[stride] = v[i].
-  AMPKIT_HOST_DEVICE void update(float& p, float g, float* slots, std::int64_t stride, const amp::StepState& s) const {
+  AMPKIT_HOST_DEVICE void update(float& p, float g, float* slots, std::int64_t stride,
+                                 const amp::StepState& s) const {
     using namespace detail;
     if (config.weight_decay != 0.0) {
-      if (config.decoupled) p = mul(p, s.k[2]);
-      else g = add(g, mul(p, s.k[2]));
+      if (config.decoupled)
+        p = mul(p, s.k[2]);
+      else
+        g = add(g, mul(p, s.k[2]));
     }
     float& m = slots[0];
     float& v = slots[stride];

@@ -50,17 +50,21 @@ enum class IterStepping {
 
 class LrSchedule {
  public:
-  LrSchedule(double base_lr, std::vector<SchedulerSpec> specs, IterStepping stepping = IterStepping::kEveryIteration)
+  LrSchedule(double base_lr, std::vector<SchedulerSpec> specs,
+             IterStepping stepping = IterStepping::kEveryIteration)
       : lr_(base_lr), stepping_(stepping) {
     AMPKIT_CHECK(base_lr >= 0.0, "lr schedule: base lr must be >= 0, got ", base_lr);
     for (auto& s : specs) {
       Entry e{std::move(s)};
-      std::visit([&](const auto& x) {
-        AMPKIT_CHECK(x.end > x.begin, "lr schedule: end (", x.end, ") must be larger than begin (", x.begin, ")");
-        e.by_epoch = x.by_epoch;
-        e.begin = x.begin;
-        e.end = x.end;
-      }, e.spec);
+      std::visit(
+          [&](const auto& x) {
+            AMPKIT_CHECK(x.end > x.begin, "lr schedule: end (", x.end, ") must be larger than begin (",
+                         x.begin, ")");
+            e.by_epoch = x.by_epoch;
+            e.begin = x.begin;
+            e.end = x.end;
+          },
+          e.spec);
       if (const auto* l = std::get_if<LinearLR>(&e.spec))
         AMPKIT_CHECK(l->start_factor >= 0 && l->start_factor <= 1 && l->end_factor >= 0 && l->end_factor <= 1,
                      "LinearLR: factors must be in [0, 1], got ", l->start_factor, " and ", l->end_factor);

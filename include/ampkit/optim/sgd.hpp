@@ -43,7 +43,8 @@ struct Sgd {
     s.k[3] = 0.f;
   }
 
-  AMPKIT_HOST_DEVICE void update(float& p, float g, float* slots, std::int64_t, const amp::StepState& s) const {
+  AMPKIT_HOST_DEVICE void update(float& p, float g, float* slots, std::int64_t,
+                                 const amp::StepState& s) const {
     using namespace detail;
     if (config.weight_decay != 0.0) g = add(g, mul(p, static_cast<float>(config.weight_decay)));
     if (config.momentum != 0.0) {

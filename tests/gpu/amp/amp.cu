@@ -57,8 +57,8 @@ struct Run {
 
 // Compare state, masters, copies and optimizer state of a host and a device run.
 template <ak::PrecisionPolicy P, class Rule>
-void compare_runs(ak::Host& h, Run<P, Rule, ak::Host>& hr, ak::Cuda& d, Run<P, Rule, ak::Cuda>& dr, double sum_lr,
-                  const char* what) {
+void compare_runs(ak::Host& h, Run<P, Rule, ak::Host>& hr, ak::Cuda& d, Run<P, Rule, ak::Cuda>& dr,
+                  double sum_lr, const char* what) {
   using T = ak::storage_t<P>;
   const auto sh = *hr.opt.state();
   const auto sd = read_state(d, dr.opt.state());
@@ -71,25 +71,31 @@ void compare_runs(ak::Host& h, Run<P, Rule, ak::Host>& hr, ak::Cuda& d, Run<P, R
   CHECK(sd.lr == sh.lr);
   // The sum of squares is reduced in a different order (blocks vs. one loop): fp64, so the
   // norms agree to ~1e-12; rounded to fp32 they may differ by one ulp.
-  if (std::isfinite(sh.grad_norm)) CHECK(sd.grad_norm == doctest::Approx(sh.grad_norm).epsilon(2 * ak::epsilon_v<float>));
-  else CHECK_FALSE(std::isfinite(sd.grad_norm));
+  if (std::isfinite(sh.grad_norm))
+    CHECK(sd.grad_norm == doctest::Approx(sh.grad_norm).epsilon(2 * ak::epsilon_v<float>));
+  else
+    CHECK_FALSE(std::isfinite(sd.grad_norm));
   // The elementwise math is the same code with single roundings on both sides (no FMA
   // contraction), so without clipping the masters are bit-identical; with clipping the clip
   // coefficient may differ by an ulp (from the norm): a few fp32 ulps of each size-lr update.
   const double atol = 4 * ak::epsilon_v<float> * sum_lr, rtol = 2 * ak::epsilon_v<float>;
   const auto mh = hr.fx.master(h), md = dr.fx.master(d);
   CHECK(ak::testing::compare((std::string(what) + " master").c_str(), std::span<const float>(md),
-                             std::span<const float>(mh), rtol, atol).ok);
+                             std::span<const float>(mh), rtol, atol)
+            .ok);
   const auto wh = hr.fx.weights(h), wd = dr.fx.weights(d);
   // copies: the rounding of (nearly) identical masters: at most one ulp of T apart
-  CHECK(ak::testing::compare((std::string(what) + " copies").c_str(), std::span<const T>(wd), std::span<const T>(wh),
-                             ak::epsilon_v<T>, 0.0).ok);
-  const std::int64_t n_state = hr.opt.rule().n_slots() * (hr.fx.store.n_compute_slots() + hr.fx.store.n_fp32_slots());
+  CHECK(ak::testing::compare((std::string(what) + " copies").c_str(), std::span<const T>(wd),
+                             std::span<const T>(wh), ak::epsilon_v<T>, 0.0)
+            .ok);
+  const std::int64_t n_state =
+      hr.opt.rule().n_slots() * (hr.fx.store.n_compute_slots() + hr.fx.store.n_fp32_slots());
   if (n_state) {
     const auto oh = read_floats(h, hr.opt.optimizer_state(), n_state);
     const auto od = read_floats(d, dr.opt.optimizer_state(), n_state);
     CHECK(ak::testing::compare((std::string(what) + " optimizer state").c_str(), std::span<const float>(od),
-                               std::span<const float>(oh), 4 * ak::epsilon_v<float>, 1e-30).ok);
+                               std::span<const float>(oh), 4 * ak::epsilon_v<float>, 1e-30)
+              .ok);
   }
 }
 
@@ -118,7 +124,7 @@ void host_vs_cuda(Rule rule, bool clip, std::int64_t acc, const char* what) {
     for (std::int64_t k = 0; k < acc; ++k) {
       auto g = random_grads(n_c + n_f, 100 * s + k);
       if (Scaler::kSkipsNonFinite && s == 2 && k == acc - 1) {
-        g[n_c - 1] = std::numeric_limits<float>::infinity();  // last compute element
+        g[n_c - 1] = std::numeric_limits<float>::infinity();    // last compute element
         g[n_c + 17] = std::numeric_limits<float>::quiet_NaN();  // an fp32-segment element
       }
       hr.fx.set_grads(h, g, scale / static_cast<float>(acc));
@@ -145,16 +151,16 @@ void host_vs_cuda(Rule rule, bool clip, std::int64_t acc, const char* what) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("AMP step: CUDA equals the host backend (Adam, AdamW, SGD; clip; accumulation)", P, ak::Fp32,
-                   ak::AmpFp16, ak::AmpBf16) {
+TEST_CASE_TEMPLATE("AMP step: CUDA equals the host backend (Adam, AdamW, SGD; clip; accumulation)", P,
+                   ak::Fp32, ak::AmpFp16, ak::AmpBf16) {
   host_vs_cuda<P>(ak::optim::Adam{}, false, 1, "adam");
   host_vs_cuda<P>(ak::optim::make_adamw({0.9, 0.999, 1e-8, 1e-2, true}), true, 1, "adamw+clip");
   host_vs_cuda<P>(ak::optim::Sgd{{0.9, 0.0, true, 1e-4}}, false, 3, "sgd-nesterov, 3 micro-batches");
   host_vs_cuda<P>(ak::optim::Adam{{0.8, 0.99, 1e-6, 1e-2, false}}, true, 4, "adam-l2+clip, 4 micro-batches");
 }
 
-TEST_CASE_TEMPLATE("gradient check: norm and inf/NaN detection over many blocks (grid-stride tail)", P, ak::Fp32,
-                   ak::AmpFp16, ak::AmpBf16) {
+TEST_CASE_TEMPLATE("gradient check: norm and inf/NaN detection over many blocks (grid-stride tail)", P,
+                   ak::Fp32, ak::AmpFp16, ak::AmpBf16) {
   using T = ak::storage_t<P>;
   constexpr std::int64_t n_c = 3000001, n_f = 333;  // > 1024 * 2048: the check grid is clamped
   ak::Host h(1);
@@ -171,7 +177,9 @@ TEST_CASE_TEMPLATE("gradient check: norm and inf/NaN detection over many blocks 
   for (int where : {-1, 0, int(n_c - 1), int(n_c + n_f - 1)}) {
     CAPTURE(where);
     auto g = random_grads(n_c + n_f, 77);
-    if (where >= 0) g[where] = where % 2 ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
+    if (where >= 0)
+      g[where] =
+          where % 2 ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
     fh.set_grads(h, g, 1024.f);
     fd.set_grads(d, g, 1024.f);
     ak::amp::GradPartial ph{};

@@ -25,7 +25,8 @@ static_assert(std::is_same_v<ak::amp::loss_scaler_t<ak::AmpFp16>, ak::amp::LossS
 static_assert(std::is_same_v<ak::amp::loss_scaler_t<ak::AmpBf16>, ak::amp::NoLossScaler>);
 static_assert(std::is_same_v<ak::amp::loss_scaler_t<ak::Fp32>, ak::amp::NoLossScaler>);
 
-TEST_CASE("GradScaler: scale / skip / growth-tracker sequence and Adam trajectory equal torch's (fp16 grads)") {
+TEST_CASE(
+    "GradScaler: scale / skip / growth-tracker sequence and Adam trajectory equal torch's (fp16 grads)") {
   // torch side (gen_amp.py): GradScaler(growth_interval=3) or static 512, Adam lr 1e-3, optional
   // clip_grad_norm_ after unscale_ (mmengine AmpOptimWrapper), with grads = fp16(true * scale).
   // Ours: the same fp16 gradients written into the half gradient buffer at OUR current scale, so
@@ -43,7 +44,8 @@ TEST_CASE("GradScaler: scale / skip / growth-tracker sequence and Adam trajector
     const auto tracker = g.read<std::int32_t>(pre + "tracker_after");
     const auto grad_norm = g.read<float>(pre + "grad_norm");
     const auto params = g.read<float>(pre + "params");
-    const std::int64_t n = static_cast<std::int64_t>(p0.size()), steps = static_cast<std::int64_t>(scale_before.size());
+    const std::int64_t n = static_cast<std::int64_t>(p0.size()),
+                       steps = static_cast<std::int64_t>(scale_before.size());
 
     ak::Host ctx(1);
     ak::testing::FlatFixture<ak::AmpFp16, ak::Host> fx(ctx, n, 0);  // all fp16 grads, as torch's
@@ -60,7 +62,8 @@ TEST_CASE("GradScaler: scale / skip / growth-tracker sequence and Adam trajector
     }
     ak::amp::StepOptions opt;
     if (!m.at("clip_max_norm").is_null()) opt.clip = ak::optim::ClipGradConfig::norm(m.at("clip_max_norm"));
-    ak::amp::AmpOptimizer<ak::AmpFp16, ak::optim::Adam, ak::Host> o(ctx, fx.store, ak::optim::Adam{}, scaler, opt);
+    ak::amp::AmpOptimizer<ak::AmpFp16, ak::optim::Adam, ak::Host> o(ctx, fx.store, ak::optim::Adam{}, scaler,
+                                                                    opt);
     int n_skipped = 0;
     for (std::int64_t s = 0; s < steps; ++s) {
       CAPTURE(s);
@@ -73,14 +76,17 @@ TEST_CASE("GradScaler: scale / skip / growth-tracker sequence and Adam trajector
       CHECK(st.found_inf == static_cast<int>(found_inf[s]));
       CHECK(st.scale == scale_after[s]);
       if (m.at("static_scale").is_null()) CHECK(st.growth_tracker == tracker[s]);
-      if (std::isfinite(grad_norm[s])) CHECK(st.grad_norm == doctest::Approx(grad_norm[s]).epsilon(8 * ak::epsilon_v<float>));
-      else CHECK_FALSE(std::isfinite(st.grad_norm));
+      if (std::isfinite(grad_norm[s]))
+        CHECK(st.grad_norm == doctest::Approx(grad_norm[s]).epsilon(8 * ak::epsilon_v<float>));
+      else
+        CHECK_FALSE(std::isfinite(st.grad_norm));
       n_skipped += st.found_inf;
       // Adam on identical unscaled gradients: a few fp32 ulps per step (see tests/unit/optim).
       const auto got = fx.master(ctx);
       const auto want = golden_row(params, n, s);
-      const auto r = ak::testing::compare("params", std::span<const float>(got), std::span<const float>(want),
-                                          8 * ak::epsilon_v<float>, 8 * ak::epsilon_v<float> * 1e-3 * double(s + 1), 4);
+      const auto r =
+          ak::testing::compare("params", std::span<const float>(got), std::span<const float>(want),
+                               8 * ak::epsilon_v<float>, 8 * ak::epsilon_v<float> * 1e-3 * double(s + 1), 4);
       CHECK(r.ok);
       // the fp16 copies the kernels read are the rounded masters
       const auto w = fx.weights(ctx);
@@ -147,7 +153,8 @@ TEST_CASE("a run whose loss scale collapses below the floor stops at the readout
     REQUIRE(o.request_stats());
     if (s < 16) CHECK_NOTHROW(o.poll_stats());
   }
-  CHECK_THROWS_WITH_AS(o.poll_stats(), doctest::Contains("loss scale collapsed to 0.5 (below the floor 1) after 17 of 17"),
+  CHECK_THROWS_WITH_AS(o.poll_stats(),
+                       doctest::Contains("loss scale collapsed to 0.5 (below the floor 1) after 17 of 17"),
                        ak::Error);
 }
 
@@ -205,7 +212,8 @@ TEST_CASE("mmengine accumulation counters: hand-derived table and the generated 
     ak::amp::GradAccumulation a(m.at("accumulative_counts"));
     warnings.clear();
     a.initialize(m.at("init_counts"), m.at("max_counts"), true, sink);
-    const bool resumed_mid_window = std::int64_t(m.at("init_counts")) % std::int64_t(m.at("accumulative_counts")) != 0;
+    const bool resumed_mid_window =
+        std::int64_t(m.at("init_counts")) % std::int64_t(m.at("accumulative_counts")) != 0;
     CHECK(warnings.size() == std::size_t(resumed_mid_window) + std::size_t(a.accumulative_counts() > 1));
     for (std::size_t r = 0; r < t.size() / 4; ++r) {
       CAPTURE(key);
@@ -251,7 +259,8 @@ std::vector<float> train_step(const Regression& reg, const std::vector<float>& p
   ak::Host ctx(1);
   ak::testing::FlatFixture<P, ak::Host> fx(ctx, Regression::kDim, 1);
   fx.set_master(ctx, p0);
-  ak::amp::AmpOptimizer<P, ak::optim::Sgd, ak::Host> o(ctx, fx.store, ak::optim::Sgd{}, {}, {}, micro_batches);
+  ak::amp::AmpOptimizer<P, ak::optim::Sgd, ak::Host> o(ctx, fx.store, ak::optim::Sgd{}, {}, {},
+                                                       micro_batches);
   ak::amp::GradAccumulation acc(micro_batches);
   acc.initialize(0, micro_batches, false, [](std::string_view) {});
   o.set_lr(0.5);
@@ -262,8 +271,10 @@ std::vector<float> train_step(const Regression& reg, const std::vector<float>& p
     CHECK(o.state()->scale == scale0);        // constant inside the window
     fx.set_grads(ctx, g, o.state()->scale / static_cast<float>(acc.loss_factor()));
     acc.count_backward();
-    if (acc.should_update()) o.step();
-    else o.end_micro_batch();
+    if (acc.should_update())
+      o.step();
+    else
+      o.end_micro_batch();
   }
   CHECK(o.state()->opt_step == 1);
   return fx.master(ctx);
@@ -282,15 +293,18 @@ TEST_CASE("4 micro-batches of 2 give the update of one batch of 8 (fp32 tight, f
   // fp32: the mean of 8 vs the sum of four means of 2 (each / 4): a few fp32 roundings of g,
   // times lr 0.5.
   CHECK(ak::testing::compare("fp32 4x2 vs 1x8", std::span<const float>(four), std::span<const float>(one), 0,
-                             0.5 * gmax * 8 * ak::epsilon_v<float>).ok);
+                             0.5 * gmax * 8 * ak::epsilon_v<float>)
+            .ok);
   // fp16 / bf16: every micro-batch gradient is rounded once to the storage type (relative
   // eps_T / 2), and the fp32 sum is not rounded again: error <= lr * gmax * eps_T.
   const auto four16 = train_step<ak::AmpFp16>(reg, p0, 4);
-  CHECK(ak::testing::compare("fp16 4x2 vs fp32 1x8", std::span<const float>(four16), std::span<const float>(one), 0,
-                             0.5 * gmax * ak::epsilon_v<ak::half>).ok);
+  CHECK(ak::testing::compare("fp16 4x2 vs fp32 1x8", std::span<const float>(four16),
+                             std::span<const float>(one), 0, 0.5 * gmax * ak::epsilon_v<ak::half>)
+            .ok);
   const auto four_bf = train_step<ak::AmpBf16>(reg, p0, 4);
-  CHECK(ak::testing::compare("bf16 4x2 vs fp32 1x8", std::span<const float>(four_bf), std::span<const float>(one), 0,
-                             0.5 * gmax * ak::epsilon_v<ak::bfloat16>).ok);
+  CHECK(ak::testing::compare("bf16 4x2 vs fp32 1x8", std::span<const float>(four_bf),
+                             std::span<const float>(one), 0, 0.5 * gmax * ak::epsilon_v<ak::bfloat16>)
+            .ok);
   // and the update is not trivially small: it moved the parameters
   double moved = 0;
   for (std::size_t i = 0; i < p0.size(); ++i) moved = std::max(moved, double(std::abs(one[i] - p0[i])));

@@ -71,7 +71,8 @@ struct FlatFixture {
 
 /// The golden file of areas optim and amp (tests/golden/gen_amp.py).
 inline const safetensors::File& amp_golden() {
-  static const safetensors::File f = safetensors::File::load(source_path("tests/golden/data/amp_optim.safetensors"));
+  static const safetensors::File f =
+      safetensors::File::load(source_path("tests/golden/data/amp_optim.safetensors"));
   return f;
 }
 

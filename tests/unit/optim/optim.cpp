@@ -22,10 +22,12 @@ using ak::testing::golden_row;
 
 namespace {
 
-const std::vector<std::string> kCases = {"adam",         "adam_l2",          "adamw",       "sgd_momentum",
-                                         "sgd_dampening_wd", "sgd_nesterov", "sgd_plain"};
+const std::vector<std::string> kCases = {
+    "adam", "adam_l2", "adamw", "sgd_momentum", "sgd_dampening_wd", "sgd_nesterov", "sgd_plain"};
 
-nlohmann::json case_meta(const std::string& key) { return nlohmann::json::parse(amp_golden().metadata().at(key)); }
+nlohmann::json case_meta(const std::string& key) {
+  return nlohmann::json::parse(amp_golden().metadata().at(key));
+}
 
 // Run one golden trajectory through AmpOptimizer<P, Rule, Host>; returns the max abs error per
 // step relative to the allowed error, after checking every step.
@@ -71,8 +73,8 @@ void run_trajectory(const std::string& name, Rule rule, double rtol, double atol
   }
   const auto got = fx.master(ctx);
   const auto w = golden_row(want, n, steps - 1);
-  const auto r = ak::testing::compare((name + " final").c_str(), std::span<const float>(got), std::span<const float>(w),
-                                      rtol, atol_per_lr * sum_lr);
+  const auto r = ak::testing::compare((name + " final").c_str(), std::span<const float>(got),
+                                      std::span<const float>(w), rtol, atol_per_lr * sum_lr);
   CHECK_MESSAGE(n_bad_steps == 0, name, ": ", n_bad_steps, " of ", steps, " steps outside tolerance");
   CHECK(r.ok);
   CHECK(optimizer.state()->opt_step == steps);
@@ -86,7 +88,8 @@ void run_case(const std::string& name, double rtol, double atol_per_lr) {
     ak::optim::Sgd rule{{m.at("momentum"), m.at("dampening"), m.at("nesterov"), m.at("weight_decay")}};
     run_trajectory<P>(name, rule, rtol, atol_per_lr);
   } else {
-    ak::optim::AdamConfig c{m.at("betas")[0], m.at("betas")[1], m.at("eps"), m.at("weight_decay"), type == "AdamW"};
+    ak::optim::AdamConfig c{m.at("betas")[0], m.at("betas")[1], m.at("eps"), m.at("weight_decay"),
+                            type == "AdamW"};
     run_trajectory<P>(name, ak::optim::Adam{c}, rtol, atol_per_lr);
   }
 }
@@ -127,7 +130,8 @@ TEST_CASE("lr schedule: DEKR warmup + multi-step decay equals torch LinearLR + M
     for (std::int64_t e = 0; e < epochs; ++e) {
       for (std::int64_t i = 0; i < ipe; ++i, ++it) {
         if (sched.lr() != want[static_cast<std::size_t>(it)] && bad++ < 5)
-          MESSAGE(name, " iteration ", it, ": lr ", sched.lr(), " torch ", want[static_cast<std::size_t>(it)]);
+          MESSAGE(name, " iteration ", it, ": lr ", sched.lr(), " torch ",
+                  want[static_cast<std::size_t>(it)]);
         sched.after_iteration();
       }
       sched.after_epoch();
@@ -196,8 +200,8 @@ TEST_CASE("gradient clipping by global norm matches torch.nn.utils.clip_grad_nor
     CHECK(o.state()->grad_norm == doctest::Approx(want_norm).epsilon(8 * ak::epsilon_v<float>));
     auto got = fx.master(ctx);
     for (auto& x : got) x = -x;
-    const auto r = ak::testing::compare(name.c_str(), std::span<const float>(got), std::span<const float>(want),
-                                        8 * ak::epsilon_v<float>, 0.0);
+    const auto r = ak::testing::compare(name.c_str(), std::span<const float>(got),
+                                        std::span<const float>(want), 8 * ak::epsilon_v<float>, 0.0);
     CHECK(r.ok);
   }
   CHECK_THROWS_AS(ak::optim::ClipGradConfig::norm(0.0), ak::Error);
@@ -207,7 +211,8 @@ TEST_CASE("optimizer settings are validated with the numbers in the message") {
   ak::Host ctx(1);
   ak::testing::FlatFixture<ak::Fp32, ak::Host> fx(ctx, 8, 0);
   using Opt = ak::amp::AmpOptimizer<ak::Fp32, ak::optim::Sgd, ak::Host>;
-  CHECK_THROWS_WITH_AS(Opt(ctx, fx.store, ak::optim::Sgd{{0.0, 0.0, true, 0.0}}), doctest::Contains("Nesterov"), ak::Error);
+  CHECK_THROWS_WITH_AS(Opt(ctx, fx.store, ak::optim::Sgd{{0.0, 0.0, true, 0.0}}),
+                       doctest::Contains("Nesterov"), ak::Error);
   using AdamOpt = ak::amp::AmpOptimizer<ak::Fp32, ak::optim::Adam, ak::Host>;
   CHECK_THROWS_WITH_AS(AdamOpt(ctx, fx.store, ak::optim::Adam{{1.0, 0.999, 1e-8, 0.0, false}}),
                        doctest::Contains("beta1 must be in [0, 1), got 1"), ak::Error);

@@ -23,8 +23,8 @@
 #include "ampkit/amp/step_state.hpp"
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
-#include "ampkit/backend/cuda/memory.cuh"
 #include "ampkit/backend/cuda/fill.cuh"
+#include "ampkit/backend/cuda/memory.cuh"
 #include "ampkit/optim/optimizer.hpp"
 #include "ampkit/precision.hpp"
 
@@ -46,15 +46,21 @@ inline int update_blocks(std::int64_t n) {
 // Storage element <-> fp32 on the hardware units (bit-identical to ampkit::convert).
 template <class T>
 __device__ __forceinline__ float widen(T x) {
-  if constexpr (std::is_same_v<T, float>) return x;
-  else if constexpr (std::is_same_v<T, half>) return __half2float(__ushort_as_half(x.bits));
-  else return __bfloat162float(__ushort_as_bfloat16(x.bits));
+  if constexpr (std::is_same_v<T, float>)
+    return x;
+  else if constexpr (std::is_same_v<T, half>)
+    return __half2float(__ushort_as_half(x.bits));
+  else
+    return __bfloat162float(__ushort_as_bfloat16(x.bits));
 }
 template <class T>
 __device__ __forceinline__ T narrow(float x) {
-  if constexpr (std::is_same_v<T, float>) return x;
-  else if constexpr (std::is_same_v<T, half>) return half::from_bits(__half_as_ushort(__float2half_rn(x)));
-  else return bfloat16::from_bits(__bfloat16_as_ushort(__float2bfloat16_rn(x)));
+  if constexpr (std::is_same_v<T, float>)
+    return x;
+  else if constexpr (std::is_same_v<T, half>)
+    return half::from_bits(__half_as_ushort(__float2half_rn(x)));
+  else
+    return bfloat16::from_bits(__bfloat16_as_ushort(__float2bfloat16_rn(x)));
 }
 /// FlatParams::load_grad with hardware conversions (same value, same summation order).
 template <class T>
@@ -92,7 +98,8 @@ __device__ __forceinline__ void block_reduce(double& sum, int& flag) {
 
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    grad_check(optim::FlatParams<T> f, const amp::StepState* __restrict__ g_state, amp::GradPartial* __restrict__ g_partials) {
+    grad_check(optim::FlatParams<T> f, const amp::StepState* __restrict__ g_state,
+               amp::GradPartial* __restrict__ g_partials) {
   const float inv = amp::inv_scale_of(g_state->scale);
   double sum = 0.0;
   int bad = 0;
@@ -110,8 +117,8 @@ __global__ void __launch_bounds__(kThreads)
 
 template <class Rule, class Scaler>
 __global__ void __launch_bounds__(kThreads)
-    finalize(amp::StepState* __restrict__ g_state, const amp::GradPartial* __restrict__ g_partials, int n_partials,
-             Rule rule, Scaler scaler, amp::StepOptions opt) {
+    finalize(amp::StepState* __restrict__ g_state, const amp::GradPartial* __restrict__ g_partials,
+             int n_partials, Rule rule, Scaler scaler, amp::StepOptions opt) {
   double sum = 0.0;
   int bad = 0;
   for (int b = threadIdx.x; b < n_partials; b += kThreads) {
@@ -124,7 +131,8 @@ __global__ void __launch_bounds__(kThreads)
 
 template <class T, class Rule>
 __global__ void __launch_bounds__(kThreads)
-    apply_update(optim::FlatParams<T> f, float* __restrict__ g_slots, Rule rule, const amp::StepState* __restrict__ g_state) {
+    apply_update(optim::FlatParams<T> f, float* __restrict__ g_slots, Rule rule,
+                 const amp::StepState* __restrict__ g_state) {
   const amp::StepState s = *g_state;
   const std::int64_t n = f.n_total();
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(kThreads) + threadIdx.x; i < n;
@@ -155,41 +163,48 @@ __global__ void __launch_bounds__(kThreads) accumulate(optim::FlatParams<T> f) {
   }
 }
 
-__global__ void set_lr(amp::StepState* g_state, double lr) { g_state->lr = lr; }
+__global__ void set_lr(amp::StepState* g_state, double lr) {
+  g_state->lr = lr;
+}
 
 }  // namespace cuda::amp_kernels
 
 /// Number of GradPartial slots the check pass writes for `n` gradients.
-inline int amp_check_partials(const Cuda&, std::int64_t n) { return cuda::amp_kernels::check_blocks(n); }
+inline int amp_check_partials(const Cuda&, std::int64_t n) {
+  return cuda::amp_kernels::check_blocks(n);
+}
 
 /// Pass 1 (see backend/host/amp_step.hpp).
 template <StorageScalar T>
-void amp_grad_check(Cuda& ctx, optim::FlatParams<T> f, const amp::StepState* state, amp::GradPartial* partials,
-                    int n_partials) {
+void amp_grad_check(Cuda& ctx, optim::FlatParams<T> f, const amp::StepState* state,
+                    amp::GradPartial* partials, int n_partials) {
   const int blocks = cuda::amp_kernels::check_blocks(f.n_total());
   AMPKIT_CHECK(n_partials >= blocks, "amp_grad_check: ", f.n_total(), " gradients need ", blocks,
                " partial slots, given ", n_partials, " (size them with amp_check_partials)");
-  cuda::amp_kernels::grad_check<T><<<blocks, cuda::amp_kernels::kThreads, 0, ctx.stream()>>>(f, state, partials);
+  cuda::amp_kernels::grad_check<T>
+      <<<blocks, cuda::amp_kernels::kThreads, 0, ctx.stream()>>>(f, state, partials);
   AMPKIT_CUDA_CHECK_LAUNCH();
 }
 
 /// Pass 2: one block reduces the partials and decides.
 template <optim::OptimizerRule Rule, amp::LossScalerType Scaler>
-void amp_finalize(Cuda& ctx, amp::StepState* state, const amp::GradPartial* partials, int n_partials, const Rule& rule,
-                  const Scaler& scaler, const amp::StepOptions& opt) {
+void amp_finalize(Cuda& ctx, amp::StepState* state, const amp::GradPartial* partials, int n_partials,
+                  const Rule& rule, const Scaler& scaler, const amp::StepOptions& opt) {
   // n_partials == 0: no check ran (bf16/fp32 without norm tracking): a finite step, norm 0.
-  cuda::amp_kernels::finalize<Rule, Scaler><<<1, cuda::amp_kernels::kThreads, 0, ctx.stream()>>>(
-      state, partials, n_partials, rule, scaler, opt);
+  cuda::amp_kernels::finalize<Rule, Scaler>
+      <<<1, cuda::amp_kernels::kThreads, 0, ctx.stream()>>>(state, partials, n_partials, rule, scaler, opt);
   AMPKIT_CUDA_CHECK_LAUNCH();
 }
 
 /// Pass 3: unscale, clip, optimizer rule, storage-type copy, zero gradients.
 template <StorageScalar T, optim::OptimizerRule Rule>
-void amp_apply_update(Cuda& ctx, optim::FlatParams<T> f, float* slots, const Rule& rule, const amp::StepState* state) {
+void amp_apply_update(Cuda& ctx, optim::FlatParams<T> f, float* slots, const Rule& rule,
+                      const amp::StepState* state) {
   const std::int64_t n = f.n_total();
   if (!n) return;
   cuda::amp_kernels::apply_update<T, Rule>
-      <<<cuda::amp_kernels::update_blocks(n), cuda::amp_kernels::kThreads, 0, ctx.stream()>>>(f, slots, rule, state);
+      <<<cuda::amp_kernels::update_blocks(n), cuda::amp_kernels::kThreads, 0, ctx.stream()>>>(f, slots, rule,
+                                                                                              state);
   AMPKIT_CUDA_CHECK_LAUNCH();
 }
 
@@ -242,7 +257,8 @@ class StepReadout<Cuda> {
   /// Enqueue the copy; false (and nothing enqueued) if the previous one has not landed yet.
   bool request(Cuda& ctx, const StepState* state) {
     if (pending_ && !done()) return false;
-    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(host_.data(), state, sizeof(StepState), cudaMemcpyDeviceToHost, ctx.stream()));
+    AMPKIT_CUDA_CHECK(
+        cudaMemcpyAsync(host_.data(), state, sizeof(StepState), cudaMemcpyDeviceToHost, ctx.stream()));
     AMPKIT_CUDA_CHECK(cudaEventRecord(event_, ctx.stream()));
     pending_ = true;
     return true;

@@ -19,7 +19,9 @@
 namespace ampkit {
 
 /// Number of GradPartial slots the check pass writes for `n` gradients (the host uses one).
-inline int amp_check_partials(const Host&, std::int64_t) { return 1; }
+inline int amp_check_partials(const Host&, std::int64_t) {
+  return 1;
+}
 
 /// Pass 1: partials[0] = {sum of (g * inv_scale)^2, any scaled g not finite} over every gradient.
 template <StorageScalar T>
@@ -41,8 +43,8 @@ void amp_grad_check(Host&, optim::FlatParams<T> f, const amp::StepState* state, 
 
 /// Pass 2: reduce the partials and decide (one thread on the device).
 template <optim::OptimizerRule Rule, amp::LossScalerType Scaler>
-void amp_finalize(Host&, amp::StepState* state, const amp::GradPartial* partials, int n_partials, const Rule& rule,
-                  const Scaler& scaler, const amp::StepOptions& opt) {
+void amp_finalize(Host&, amp::StepState* state, const amp::GradPartial* partials, int n_partials,
+                  const Rule& rule, const Scaler& scaler, const amp::StepOptions& opt) {
   double sumsq = 0.0;
   bool bad = false;
   for (int b = 0; b < n_partials; ++b) {
@@ -64,7 +66,8 @@ void amp_zero_grads(Host&, optim::FlatParams<T> f) {
 /// state, write the storage-type copy; then zero every gradient (mmengine zero_grad after step).
 /// `slots`: n_slots * n_total fp32 optimizer state (slot k of element i at slots[k * n_total + i]).
 template <StorageScalar T, optim::OptimizerRule Rule>
-void amp_apply_update(Host& ctx, optim::FlatParams<T> f, float* slots, const Rule& rule, const amp::StepState* state) {
+void amp_apply_update(Host& ctx, optim::FlatParams<T> f, float* slots, const Rule& rule,
+                      const amp::StepState* state) {
   const amp::StepState s = *state;
   const std::int64_t n = f.n_total();
   if (!s.found_inf) {
@@ -91,7 +94,9 @@ void amp_accumulate_grads(Host&, optim::FlatParams<T> f) {
 }
 
 /// Write the lr the next step uses (from the host's schedule).
-inline void amp_set_lr(Host&, amp::StepState* state, double lr) { state->lr = lr; }
+inline void amp_set_lr(Host&, amp::StepState* state, double lr) {
+  state->lr = lr;
+}
 
 }  // namespace ampkit
 
