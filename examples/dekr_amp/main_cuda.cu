@@ -1,0 +1,34 @@
+// dekr_amp's CUDA part: instantiates the trainer for the three policies on ampkit::Cuda. The
+// flag -> type dispatch happens here and in main.cpp's host twin, nowhere else.
+#include "ampkit/backend/cuda/amp_step.cuh"
+#include "ampkit/backend/cuda/dekr.cuh"
+#include "ampkit/backend/cuda/device.cuh"
+#include "ampkit/core/device_info.hpp"
+#include "app.hpp"
+
+namespace dekr_amp {
+
+int cuda_device_count() { return ampkit::cuda::device_count(); }
+
+int run_cuda(const Request& req, ampkit::train::RunLogger& log, int local_rank) {
+  ampkit::Cuda ctx(local_rank);
+  const auto& dev = ctx.device();
+  log.info("GPU " + std::to_string(dev.index) + ": " + dev.name + ", compute capability " +
+           std::to_string(dev.cc_major) + "." + std::to_string(dev.cc_minor) + ", " +
+           std::to_string(dev.total_bytes >> 20) + " MiB");
+  return ampkit::dispatch_precision(req.precision, [&]<ampkit::PrecisionPolicy P>() -> int {
+    ampkit::check_device_supports<P>(dev);  // refuse AMP without tensor cores, with advice
+    log.info(ampkit::train::policy_banner<P>(req.run.config.config.amp));
+    if (req.command == "test") {
+      // TODO(train-integration): evaluation (see include/ampkit/train/trainer.hpp).
+      AMPKIT_FAIL("dekr_amp test: evaluation is not wired into the trainer yet "
+                  "(TODO(train-integration) in include/ampkit/train/trainer.hpp)");
+    }
+    const auto r = ampkit::train::run_training<P>(ctx, req.run, log);
+    log.info("done: " + std::to_string(r.iterations) + " iterations, last loss " + std::to_string(r.last_loss) +
+             (r.last_checkpoint.empty() ? std::string() : ", checkpoint " + r.last_checkpoint));
+    return 0;
+  });
+}
+
+}  // namespace dekr_amp

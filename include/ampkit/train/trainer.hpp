@@ -1,0 +1,460 @@
+/// @brief The DEKR training loop, written once for every policy and both backends:
+/// `run_training<P, Backend>(ctx, run)`. Epochs -> iterations -> one micro-batch each, with
+/// mmengine's accumulation, schedule, logging, checkpoint and validation points.
+///
+/// Include the backend's ops before this header is instantiated (as for amp::AmpOptimizer):
+///   host: ampkit/backend/host/dekr.hpp + ampkit/backend/host/amp_step.hpp
+///   CUDA: ampkit/backend/cuda/dekr.cuh + ampkit/backend/cuda/amp_step.cuh
+/// The calls below find the ops by argument-dependent lookup on the context.
+///
+/// One iteration, spelled out (DESIGN.md "one training step"):
+///   batch -> backend tensors (image converted to the storage type)
+///   forward (training BN) -> loss (fp32) -> dL/dpred = dL * scale / loss_factor (device scale)
+///   backward (parameter gradients +=) -> count -> step (window end) or fold into fp32 accum
+///   lr schedule after every iteration (mmengine ParamSchedulerHook), after every epoch
+/// Nothing in the iteration waits for the host except the log points (every logger.interval
+/// iterations the loss values and the scaler state are read back).
+///
+/// What is not wired yet is marked `TODO(train-integration)` below and fails with a clear
+/// message at run time; nothing returns a made-up number.
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ampkit/amp/amp_optimizer.hpp"
+#include "ampkit/amp/grad_accumulation.hpp"
+#include "ampkit/amp/loss_scaler.hpp"
+#include "ampkit/core/error.hpp"
+#include "ampkit/data/bottomup_dataset.hpp"
+#include "ampkit/data/coco.hpp"
+#include "ampkit/data/loader.hpp"
+#include "ampkit/data/sampler.hpp"
+#include "ampkit/loss/dekr_loss.hpp"
+#include "ampkit/models/dekr.hpp"
+#include "ampkit/nn/checkpoint.hpp"
+#include "ampkit/optim/adam.hpp"
+#include "ampkit/optim/lr_schedule.hpp"
+#include "ampkit/precision.hpp"
+#include "ampkit/train/checkpoint_manager.hpp"
+#include "ampkit/train/config.hpp"
+#include "ampkit/train/launch.hpp"
+#include "ampkit/train/progress.hpp"
+#include "ampkit/train/run_logger.hpp"
+
+namespace ampkit::train {
+
+/// What the application decided before entering the loop.
+struct RunOptions {
+  LoadedConfig config;
+  std::string work_dir;
+  bool resume = false;
+  std::string resume_from;  ///< empty with resume: the latest valid checkpoint in the work dir
+  int rank = 0, world_size = 1;
+};
+
+/// What a run did (for the demo's summary and tests).
+struct TrainResult {
+  std::int64_t iterations = 0;   ///< completed iterations (global)
+  std::int64_t epochs = 0;       ///< completed epochs
+  float last_loss = 0.f;
+  std::int64_t skipped_steps = 0;
+  std::string last_checkpoint;
+};
+
+// ---- config -> library settings ----------------------------------------------------------------
+namespace detail {
+template <class Range>
+std::string value_text_of(const Range& r) {
+  std::string s = "[";
+  for (auto it = std::begin(r); it != std::end(r); ++it) s += (it == std::begin(r) ? "" : ", ") + std::to_string(*it);
+  return s + "]";
+}
+}  // namespace detail
+
+/// The model the config describes; the variant's widths must match `model.backbone_channels`.
+inline models::DekrConfig dekr_config(const TrainConfig& c) {
+  models::DekrConfig m = models::DekrConfig::by_name(c.model.variant);
+  const auto& ch = m.backbone.stage4.channels;
+  AMPKIT_CHECK(std::vector<std::int64_t>(ch.begin(), ch.end()) == c.model.backbone_channels, "config: model.variant '",
+               c.model.variant, "' has stage-4 widths ", detail::value_text_of(ch), " but model.backbone_channels is ",
+               detail::value_text_of(c.model.backbone_channels));
+  m.n_keypoints = static_cast<int>(c.model.num_keypoints);
+  m.heatmap_filters = c.model.num_heatmap_filters;
+  m.displacement_filters_per_kpt = c.model.num_displacement_filters_per_keypoint;
+  return m;
+}
+
+inline data::BottomupTrainConfig data_config(const TrainConfig& c) {
+  data::BottomupTrainConfig d;
+  d.affine.input_w = static_cast<int>(c.codec.input_size[0]);
+  d.affine.input_h = static_cast<int>(c.codec.input_size[1]);
+  d.affine.shift_factor = static_cast<float>(c.pipeline.shift_factor);
+  d.affine.scale_min = static_cast<float>(c.pipeline.scale_factor[0]);
+  d.affine.scale_max = static_cast<float>(c.pipeline.scale_factor[1]);
+  d.affine.rotate_factor = static_cast<float>(c.pipeline.rotate_factor);
+  d.affine.flip_prob = static_cast<float>(c.pipeline.flip_prob);
+  d.spr.n_keypoints = static_cast<int>(c.model.num_keypoints);
+  d.spr.sigma_root = static_cast<int>(c.codec.sigma[0]);
+  d.spr.sigma_keypoint = static_cast<int>(c.codec.sigma[1]);
+  AMPKIT_CHECK(d.spr.sigma_root == c.codec.sigma[0] && d.spr.sigma_keypoint == c.codec.sigma[1],
+               "config: codec.sigma must be whole heatmap pixels (the SPR codec truncates at 3 sigma), given ",
+               c.codec.sigma[0], ", ", c.codec.sigma[1]);
+  d.spr.minimal_diagonal = static_cast<float>(c.codec.minimal_diagonal_length);
+  d.spr.background_weight = static_cast<float>(c.codec.background_weight);
+  return d;
+}
+
+inline optim::Adam adam_rule(const OptimizerConfig& o) {
+  AMPKIT_CHECK(o.type == "Adam" || o.type == "AdamW", "optimizer.type '", o.type,
+               "': dekr_amp trains with Adam or AdamW (optim::Sgd exists in the library; "
+               "TODO(train-integration): dispatch the rule type here)");
+  optim::AdamConfig a{o.betas[0], o.betas[1], o.eps, o.weight_decay, o.type == "AdamW"};
+  return optim::Adam{a};
+}
+
+template <PrecisionPolicy P>
+amp::loss_scaler_t<P> loss_scaler(const AmpConfig& a) {
+  amp::loss_scaler_t<P> s{};
+  if constexpr (amp::loss_scaler_t<P>::kScales) {
+    s.config.mode = a.loss_scale.dynamic ? amp::ScaleMode::kDynamic : amp::ScaleMode::kStatic;
+    s.config.init_scale = static_cast<float>(a.loss_scale.dynamic ? a.init_scale : a.loss_scale.value);
+    s.config.growth_factor = a.growth_factor;
+    s.config.backoff_factor = a.backoff_factor;
+    s.config.growth_interval = static_cast<std::int32_t>(a.growth_interval);
+    s.config.min_scale = static_cast<float>(a.min_loss_scale);
+  }
+  return s;
+}
+
+inline optim::LrSchedule lr_schedule(const TrainConfig& c) {
+  std::vector<optim::SchedulerSpec> specs;
+  if (c.param_scheduler.warmup_iters > 0)
+    specs.push_back(optim::LinearLR{c.param_scheduler.warmup_start_factor, 1.0, 0, c.param_scheduler.warmup_iters, false});
+  if (!c.param_scheduler.milestones.empty())
+    specs.push_back(optim::MultiStepLR{c.param_scheduler.milestones, c.param_scheduler.gamma, 0, c.train_cfg.max_epochs, true});
+  return optim::LrSchedule(c.optimizer.lr, std::move(specs),
+                           c.param_scheduler.warmup_stepping == "update" ? optim::IterStepping::kEveryUpdate
+                                                                          : optim::IterStepping::kEveryIteration);
+}
+
+// ---- stop requests (SIGINT / SIGTERM save a checkpoint, then exit) ------------------------------
+namespace detail {
+inline volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" inline void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+/// Device memory high-water mark when the backend keeps one (CUDA caching allocator).
+template <class Backend>
+std::optional<double> peak_memory_mib(Backend& ctx) {
+  if constexpr (requires { ctx.allocator().stats().peak_allocated; })
+    return static_cast<double>(ctx.allocator().stats().peak_allocated) / (1024.0 * 1024.0);
+  else
+    return std::nullopt;
+}
+}  // namespace detail
+
+/// Train DEKR as `run.config` says, on `ctx`, with policy P. Rank 0 writes the logs and the
+/// checkpoints. Throws ampkit::Error with one clear line on bad input.
+/// @tparam P        precision policy (chosen by the binary's top level: dispatch_precision)
+/// @tparam Backend  ampkit::Host or ampkit::Cuda
+template <PrecisionPolicy P, class Backend>
+TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
+  using T = storage_t<P>;
+  const TrainConfig& cfg = run.config.config;
+  const bool main_rank = run.rank == 0;
+
+  // ---- data ----
+  const std::string ann = cfg.data.data_root + cfg.data.train_ann_file;
+  const std::string img_root = cfg.data.data_root + cfg.data.train_img_prefix;
+  AMPKIT_CHECK(std::filesystem::exists(ann), "data: annotation file '", ann,
+               "' not found (set data.data_root / data.train_ann_file, e.g. --cfg-options data.data_root=/data/coco/)");
+  auto dataset = std::make_shared<data::BottomupCocoDataset>(data::CocoKeypoints::load(ann, img_root), data_config(cfg));
+  AMPKIT_CHECK(dataset->size() > 0, "data: '", ann, "' has no image with a person annotation");
+  const data::DistributedSampler sampler(dataset->size(), run.world_size, run.rank, true,
+                                         static_cast<std::uint64_t>(cfg.randomness.seed));
+  data::LoaderConfig lcfg;
+  lcfg.batch_size = static_cast<int>(cfg.train_cfg.batch_size);
+  lcfg.n_workers = static_cast<int>(cfg.train_cfg.num_workers);
+  lcfg.prefetch = static_cast<int>(cfg.train_cfg.prefetch);
+  lcfg.seed = static_cast<std::uint64_t>(cfg.randomness.seed);
+  lcfg.bad_sample = cfg.data.bad_sample == "skip" ? data::BadSamplePolicy::kSkip : data::BadSamplePolicy::kThrow;
+  // Field order: image, heatmaps, heatmap weights, displacements, displacement weights, mask.
+  const std::vector<Shape> shapes = {dataset->image_shape(), dataset->heatmap_shape(), dataset->heatmap_shape(),
+                                     dataset->displacement_shape(), dataset->displacement_shape(),
+                                     dataset->mask_shape()};
+  data::Loader<> loader(lcfg, shapes, [dataset](std::size_t i, data::SampleRng& rng, std::span<const TensorView<float>> v) {
+    dataset->train_sample(i, rng, {v[0], {v[1], v[2], v[3], v[4]}, v[5]});
+  });
+  const std::int64_t B = cfg.train_cfg.batch_size;
+  const std::int64_t iters_per_epoch = (static_cast<std::int64_t>(sampler.num_samples()) + B - 1) / B;
+  std::int64_t max_iters = cfg.train_cfg.max_epochs * iters_per_epoch;
+  if (cfg.train_cfg.max_iters > 0) max_iters = std::min(max_iters, cfg.train_cfg.max_iters);
+
+  // ---- model, loss, optimizer, schedule ----
+  models::Dekr<P, Backend> model(ctx, dekr_config(cfg), static_cast<std::uint64_t>(cfg.randomness.seed));
+  if (!cfg.model.pretrained.empty()) {
+    const auto f = nn::load_checkpoint(cfg.model.pretrained, model.store(), ctx, /*strict=*/false);
+    log.info("loaded pretrained weights from " + cfg.model.pretrained + " (" + std::to_string(f.size()) + " tensors)");
+  }
+  DekrLoss<P, Backend> loss(ctx, {static_cast<float>(cfg.loss.heatmap_weight),
+                                  static_cast<float>(cfg.loss.displacement_weight), static_cast<float>(cfg.loss.beta)});
+  amp::StepOptions step_opts;
+  if (cfg.optim_wrapper.clip_grad_max_norm > 0) step_opts.clip = optim::ClipGradConfig::norm(cfg.optim_wrapper.clip_grad_max_norm);
+  amp::AmpOptimizer<P, optim::Adam, Backend> opt(ctx, model.store(), adam_rule(cfg.optimizer), loss_scaler<P>(cfg.amp),
+                                                 step_opts, cfg.optim_wrapper.accumulative_counts);
+  optim::LrSchedule schedule = lr_schedule(cfg);
+  amp::GradAccumulation accum(cfg.optim_wrapper.accumulative_counts);
+  const std::int64_t n_slot_floats = opt.rule().n_slots() * (model.store().n_compute_slots() + model.store().n_fp32_slots());
+
+  // ---- checkpoints and resume ----
+  CheckpointManager ckpts(run.work_dir, cfg.checkpoint.max_keep_ckpts);
+  const std::string config_text = to_toml(cfg);
+  std::int64_t start_iter = 0;
+  if (run.resume) {
+    std::string path = run.resume_from;
+    if (path.empty()) {
+      const auto found = ckpts.find_resume([&](const std::string& s) { log.warn(s); });
+      AMPKIT_CHECK(found.has_value(), "--resume: no complete checkpoint in '", run.work_dir,
+                   "' (train without --resume to start a new run)");
+      path = *found;
+    }
+    const std::string why = checkpoint_problem(path);
+    AMPKIT_CHECK(why.empty(), "--resume '", path, "': ", why);
+    const auto f = nn::load_checkpoint(path, model.store(), ctx, /*strict=*/true);
+    const auto& meta = f.metadata();
+    // fp32 <-> AMP share fp32 master weights, so a checkpoint of another policy converts exactly;
+    // the optimizer state is fp32 under every policy. Another model is refused.
+    AMPKIT_CHECK(!meta.contains("ampkit.model") || meta.at("ampkit.model") == cfg.model.variant, "--resume '", path,
+                 "' holds a DEKR-", meta.at("ampkit.model"), " but the config builds DEKR-", cfg.model.variant);
+    if (meta.contains("ampkit.policy") && meta.at("ampkit.policy") != policy_name_v<P>)
+      log.info("resume: converting a " + meta.at("ampkit.policy") + " checkpoint to " +
+               std::string(policy_name_v<P>) + " (the fp32 master weights and optimizer state carry over exactly)");
+    const auto slots = f.template read<float>("optimizer.state");
+    AMPKIT_CHECK(static_cast<std::int64_t>(slots.size()) == n_slot_floats, "--resume '", path, "': optimizer state has ",
+                 slots.size(), " values, this model needs ", n_slot_floats);
+    ctx.copy_to_device(TensorView<float>(opt.optimizer_state(), Shape{1, 1, 1, n_slot_floats}), std::span<const float>(slots));
+    const auto state_bytes = f.template read<std::uint8_t>("amp.step_state");
+    AMPKIT_CHECK(state_bytes.size() == sizeof(amp::StepState), "--resume '", path, "': step state has ",
+                 state_bytes.size(), " bytes, expected ", sizeof(amp::StepState));
+    amp::StepState st;
+    std::memcpy(&st, state_bytes.data(), sizeof st);
+    ctx.copy_to_device(TensorView<amp::StepState>(opt.state(), Shape{1, 1, 1, 1}), std::span<const amp::StepState>(&st, 1));
+    start_iter = std::stoll(meta.at("ampkit.iter"));
+    // Replay which iterations stepped (the accumulation pattern is a pure function of the count).
+    amp::GradAccumulation replay(cfg.optim_wrapper.accumulative_counts);
+    replay.initialize(0, max_iters, false, [](std::string_view) {});
+    schedule.fast_forward(start_iter, iters_per_epoch, [&](std::int64_t) {
+      replay.count_backward();
+      return replay.should_update();
+    });
+    log.info("resumed from " + path + " at iteration " + std::to_string(start_iter) + " (epoch " +
+             std::to_string(start_iter / iters_per_epoch + 1) + "), lr " + std::to_string(schedule.lr()));
+  }
+  accum.initialize(start_iter, max_iters, /*model_has_batch_norm=*/true, [&](std::string_view w) { log.warn(std::string(w)); });
+  model.store().zero_grad(ctx);
+
+  const auto save = [&](const std::string& path, std::int64_t epoch, std::int64_t iter) -> std::string {
+    safetensors::Writer w;
+    nn::write_state(model.store(), ctx, w);
+    const auto slots = ctx.to_host(TensorView<const float>(opt.optimizer_state(), Shape{1, 1, 1, n_slot_floats}));
+    w.add<float>("optimizer.state", std::span<const float>(slots.data(), static_cast<std::size_t>(n_slot_floats)),
+                 {n_slot_floats});
+    const auto st = ctx.to_host(TensorView<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(opt.state()),
+                                                                Shape{1, 1, 1, sizeof(amp::StepState)}));
+    w.add<std::uint8_t>("amp.step_state", std::span<const std::uint8_t>(st.data(), sizeof(amp::StepState)),
+                        {static_cast<std::int64_t>(sizeof(amp::StepState))});
+    w.metadata("ampkit.policy", std::string(policy_name_v<P>));
+    w.metadata("ampkit.model", cfg.model.variant);
+    w.metadata("ampkit.config", config_text);
+    for (const auto& r : ckpts.save(w, path, epoch, iter)) log.info("removed old checkpoint " + r);
+    log.info("saved checkpoint " + path);
+    return path;
+  };
+
+  // ---- backend tensors of one batch ----
+  const Shape img_s = dataset->image_shape(), hm_s = dataset->heatmap_shape(), ds_s = dataset->displacement_shape(),
+              mk_s = dataset->mask_shape();
+  const auto batched = [&](Shape s, std::int64_t n) { return Shape{n, s.h, s.w, s.c}; };
+  auto image_f = ctx.template tensor<float>(batched(img_s, B));
+  auto image = ctx.template tensor<T>(batched(img_s, B));
+  auto gt_hm = ctx.template tensor<float>(batched(hm_s, B));
+  auto gt_hmw = ctx.template tensor<float>(batched(hm_s, B));
+  auto gt_ds = ctx.template tensor<float>(batched(ds_s, B));
+  auto gt_dsw = ctx.template tensor<float>(batched(ds_s, B));
+  auto mask = ctx.template tensor<float>(batched(mk_s, B));
+  auto dL_dhm = ctx.template tensor<T>(batched(hm_s, B));
+  auto dL_dds = ctx.template tensor<T>(batched(ds_s, B));
+  const auto first_n = [&](auto& t, Shape s, std::int64_t n) { return TensorView<std::remove_cvref_t<decltype(*t.data())>>(t.data(), batched(s, n)); };
+
+  // ---- the loop ----
+  std::signal(SIGINT, detail::on_stop_signal);
+  std::signal(SIGTERM, detail::on_stop_signal);
+  TrainResult result;
+  EtaEstimator eta;
+  std::int64_t iter = start_iter;
+  std::int64_t interval_images = 0;
+  double interval_data = 0.0;
+  auto interval_start = std::chrono::steady_clock::now();
+  bool warned_no_eval = false;
+  std::optional<amp::StepStats> last_stats;
+  const std::int64_t start_epoch = start_iter / iters_per_epoch;
+  const std::int64_t max_epochs = (max_iters + iters_per_epoch - 1) / iters_per_epoch;
+  if (main_rank)
+    log.info("training: " + std::to_string(dataset->size()) + " images, " + std::to_string(iters_per_epoch) +
+             " iterations per epoch, " + std::to_string(max_iters) + " iterations, batch " + std::to_string(B) +
+             " x " + std::to_string(run.world_size) + " process(es) x accumulation " +
+             std::to_string(cfg.optim_wrapper.accumulative_counts) + " = effective batch " +
+             std::to_string(B * run.world_size * cfg.optim_wrapper.accumulative_counts));
+
+  for (std::int64_t epoch = start_epoch; epoch < max_epochs && iter < max_iters; ++epoch) {
+    loader.begin_epoch(static_cast<std::uint64_t>(epoch), sampler.indices(static_cast<std::uint64_t>(epoch)));
+    std::int64_t in_epoch = 0;
+    auto t_wait = std::chrono::steady_clock::now();
+    while (auto batch = loader.next()) {
+      if (epoch * iters_per_epoch + in_epoch < start_iter) {  // resume inside an epoch: skip done batches
+        ++in_epoch;
+        continue;
+      }
+      const auto t_got = std::chrono::steady_clock::now();
+      interval_data += std::chrono::duration<double>(t_got - t_wait).count();
+      const std::int64_t n = batch->n;
+
+      // batch -> backend: targets stay fp32; the image becomes the storage type.
+      const auto up = [&](auto& dst, Shape s, int field) {
+        ctx.copy_to_device(first_n(dst, s, n),
+                           std::span<const float>(batch->fields[static_cast<std::size_t>(field)].data,
+                                                  static_cast<std::size_t>(batched(s, n).numel())));
+      };
+      up(image_f, img_s, 0);
+      up(gt_hm, hm_s, 1);
+      up(gt_hmw, hm_s, 2);
+      up(gt_ds, ds_s, 3);
+      up(gt_dsw, ds_s, 4);
+      up(mask, mk_s, 5);
+      convert_copy(ctx, TensorView<const float>(first_n(image_f, img_s, n)), first_n(image, img_s, n));
+
+      // forward, loss, backward: one micro-batch
+      const double lr_used = schedule.lr();  // logged: the lr this iteration trained with
+      opt.set_lr(lr_used);
+      const auto out = model.forward(ctx, TensorView<const T>(first_n(image, img_s, n)), /*training=*/true);
+      const DekrLossInputs<T> in{out.heatmaps, out.displacements,
+                                 first_n(gt_hm, hm_s, n), first_n(gt_hmw, hm_s, n), first_n(mask, mk_s, n),
+                                 first_n(gt_ds, ds_s, n), first_n(gt_dsw, ds_s, n)};
+      loss.forward(ctx, in);
+      // The seed is scale / loss_factor (mmengine divides the loss by the accumulation count).
+      const float factor = 1.f / static_cast<float>(accum.loss_factor());
+      TensorView<const float> scale{};
+      if constexpr (PrecisionTraits<P>::needs_loss_scaling) scale = TensorView<const float>(opt.scale_ptr(), Shape{1, 1, 1, 1});
+      loss.backward(ctx, in, first_n(dL_dhm, hm_s, n), first_n(dL_dds, ds_s, n), factor, scale);
+      model.backward(ctx, TensorView<const T>(first_n(dL_dhm, hm_s, n)), TensorView<const T>(first_n(dL_dds, ds_s, n)));
+      accum.count_backward();
+      const bool updated = accum.should_update();
+      if (updated) opt.step();
+      else opt.end_micro_batch();
+      schedule.after_iteration(updated);
+      ++iter;
+      ++in_epoch;
+      interval_images += n * run.world_size;
+
+      // ---- log point (the only host synchronisation of the loop) ----
+      if (iter % cfg.logger.interval == 0 || iter == max_iters || detail::g_stop_signal) {
+        const auto v = loss.values(ctx);
+        if (updated && opt.request_stats())
+          if (auto s = opt.poll_stats()) last_stats = s;  // throws if the loss scale collapsed
+        const auto now = std::chrono::steady_clock::now();
+        const double dt = std::chrono::duration<double>(now - interval_start).count();
+        const std::int64_t n_it = std::max<std::int64_t>(1, iter % cfg.logger.interval ? iter % cfg.logger.interval
+                                                                                         : cfg.logger.interval);
+        eta.add(dt / static_cast<double>(n_it));
+        ProgressInfo p;
+        p.epoch = epoch + 1;
+        p.max_epochs = max_epochs;
+        p.iter_in_epoch = in_epoch;
+        p.iters_per_epoch = iters_per_epoch;
+        p.global_iter = iter;
+        p.max_iters = max_iters;
+        p.lr = lr_used;
+        p.losses = {{"loss", v.total}, {"heatmap", v.heatmap}, {"displacement", v.displacement}};
+        if (last_stats) {
+          if constexpr (PrecisionTraits<P>::needs_loss_scaling) {
+            p.loss_scale = last_stats->scale();
+            p.skipped = std::pair{last_stats->n_skipped(), last_stats->n_steps()};
+          }
+          p.grad_norm = last_stats->grad_norm();
+        }
+        p.step_time = dt / static_cast<double>(n_it);
+        p.data_time = interval_data / static_cast<double>(n_it);
+        p.images_per_second = dt > 0 ? static_cast<double>(interval_images) / dt : 0.0;
+        p.memory_mib = detail::peak_memory_mib(ctx);
+        p.eta_seconds = eta.eta(max_iters - iter);
+        if (main_rank) {
+          log.progress(p);
+          std::vector<std::pair<std::string, double>> sc = {{"loss", v.total}, {"loss/heatmap", v.heatmap},
+                                                            {"loss/displacement", v.displacement}, {"lr", p.lr},
+                                                            {"time", p.step_time}, {"data_time", p.data_time},
+                                                            {"img_per_s", p.images_per_second}};
+          if (p.loss_scale) sc.emplace_back("loss_scale", *p.loss_scale);
+          if (p.skipped) sc.emplace_back("skipped_steps", static_cast<double>(p.skipped->first));
+          if (p.grad_norm) sc.emplace_back("grad_norm", *p.grad_norm);
+          if (p.memory_mib) sc.emplace_back("memory_mib", *p.memory_mib);
+          log.scalars("train", iter, sc, {{"epoch", epoch + 1}, {"iter", in_epoch}});
+        }
+        AMPKIT_CHECK(std::isfinite(v.total), "the loss is ", v.total, " at iteration ", iter,
+                     ": training diverged (lower optimizer.lr, check the data, or use --precision bf16/fp32)");
+        result.last_loss = v.total;
+        if (last_stats) result.skipped_steps = last_stats->n_skipped();
+        interval_start = now;
+        interval_images = 0;
+        interval_data = 0.0;
+      }
+      if (main_rank && cfg.checkpoint.iter_interval > 0 && iter % cfg.checkpoint.iter_interval == 0)
+        result.last_checkpoint = save(ckpts.iter_path(iter), epoch, iter);
+      if (detail::g_stop_signal) {
+        if (main_rank) {
+          log.warn("signal " + std::to_string(static_cast<int>(detail::g_stop_signal)) +
+                   ": saving a checkpoint before exit (resume with --resume)");
+          result.last_checkpoint = save(ckpts.iter_path(iter), epoch, iter);
+        }
+        AMPKIT_FAIL("stopped by signal ", static_cast<int>(detail::g_stop_signal), " at iteration ", iter,
+                    "; resume with --resume");
+      }
+      if (iter >= max_iters) break;
+      t_wait = std::chrono::steady_clock::now();
+    }
+    if (const auto rep = loader.report(); rep.n_skipped > 0 && main_rank)
+      log.warn("epoch " + std::to_string(epoch + 1) + ": " + std::to_string(rep.n_skipped) +
+               " bad samples replaced (data.bad_sample = skip); first: " +
+               (rep.messages.empty() ? std::string("?") : rep.messages.front()));
+    schedule.after_epoch();
+    const bool epoch_done = in_epoch == iters_per_epoch || iter >= max_iters;
+    if (!epoch_done) break;
+    result.epochs = epoch + 1;
+    const bool last = iter >= max_iters;
+    if (main_rank && ((epoch + 1) % cfg.checkpoint.interval == 0 || last))
+      result.last_checkpoint = save(ckpts.epoch_path(epoch + 1), epoch + 1, iter);
+    if (cfg.train_cfg.val_interval > 0 && ((epoch + 1) % cfg.train_cfg.val_interval == 0 || last) && !warned_no_eval) {
+      // TODO(train-integration): validation = BottomupResize val pipeline + forward (flip test) +
+      // eval::dekr decode + eval::CocoEvaluator, logged as "val/coco/AP" etc. The pieces exist in
+      // include/ampkit/eval and include/ampkit/data; they are not connected here yet.
+      log.warn("validation is not wired into the trainer yet (TODO(train-integration) in "
+               "include/ampkit/train/trainer.hpp): no AP is reported during training");
+      warned_no_eval = true;
+    }
+  }
+  result.iterations = iter;
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  return result;
+}
+
+}  // namespace ampkit::train
