@@ -160,8 +160,11 @@ TEST_CASE("dist child: one rank of the two-process test") {
   }
   std::printf("rank %d: caught: %s\n", env.rank, err.c_str());
   CHECK(contains(err, "rank 0: all-reduce of 1.0M gradients"));
+  // Which way the failure shows depends on the transport: a kernel spinning on a peer that is gone
+  // (timeout), NCCL noticing the closed connection (async error), or a fault when the dead peer's
+  // memory is unmapped (the event query fails). Each names the rank and the operation.
   CHECK((contains(err, "did not complete in " + std::to_string(kChildTimeoutS) + " s") ||
-         contains(err, "the communicator reported")));
+         contains(err, "the communicator reported") || contains(err, "gradients failed: ")));
   (void)cudaFree(d);
   (void)cudaStreamDestroy(st);
 }
