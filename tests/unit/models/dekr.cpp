@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <set>
@@ -306,4 +308,29 @@ TEST_CASE("DEKR loss: scale and factor multiply the storage-type gradient, per-e
   }
   CHECK(mismatched == 0);
   CHECK(nonzero > 0);
+}
+
+// Driven by tests/python/test_models_checkpoint.py: write the golden tiny model (fp16 policy,
+// fp32 masters) plus extras to $AMPKIT_CHECKPOINT_OUT; Python then loads it with `safetensors`.
+TEST_CASE("DEKR checkpoint for Python") {
+  const char* out = std::getenv("AMPKIT_CHECKPOINT_OUT");
+  if (!out) {
+    MESSAGE("AMPKIT_CHECKPOINT_OUT not set: run through tests/python/test_models_checkpoint.py");
+    return;
+  }
+  Host ctx;
+  const auto f = safetensors::File::load(testing::source_path(kGolden));
+  models::Dekr<AmpFp16, Host> m(ctx, models::DekrConfig::tiny(), 1);
+  nn::read_state(m.store(), ctx, f);
+  const std::vector<std::int64_t> step{4242};
+  const std::vector<float> scale{32768.f};
+  nn::save_checkpoint(out, m.store(), ctx, [&](safetensors::Writer& w) {
+    w.add<std::int64_t>("state.step", step, {1});
+    w.add<float>("scaler.scale", scale, {1});
+  }, {{"config", "tiny"}});
+  // and it reads back into a fresh model bit-exactly
+  models::Dekr<AmpFp16, Host> b(ctx, models::DekrConfig::tiny(), 2);
+  nn::load_checkpoint(out, b.store(), ctx);
+  const auto ma = m.store().master_all(), mb = b.store().master_all();
+  CHECK(std::equal(ma.data, ma.data + ma.numel(), mb.data));
 }
