@@ -41,19 +41,17 @@ class Host;  // backend/host/context.hpp; only passed through here
 /// (or eval::dekr_decode without flip views) per image with its own transform.
 /// @tparam T storage type of the network outputs
 template <StorageScalar T>
-std::vector<std::vector<eval::DekrPose>> dekr_decode(Host&, TensorView<const T> heatmaps,
-                                                     TensorView<const T> displacements,
-                                                     TensorView<const T> heatmaps_flip,
-                                                     TensorView<const T> displacements_flip,
-                                                     std::span<const eval::InputTransform> transforms,
-                                                     const eval::DekrDecodeConfig& cfg = {},
-                                                     const eval::RescoreNet* rescore = nullptr) {
+std::vector<std::vector<eval::DekrPose>> dekr_decode(
+    Host&, TensorView<const T> heatmaps, TensorView<const T> displacements, TensorView<const T> heatmaps_flip,
+    TensorView<const T> displacements_flip, std::span<const eval::InputTransform> transforms,
+    const eval::DekrDecodeConfig& cfg = {}, const eval::RescoreNet* rescore = nullptr) {
   const Shape hs = heatmaps.shape, ds = displacements.shape;
-  AMPKIT_CHECK(static_cast<std::int64_t>(transforms.size()) == hs.n, "dekr_decode (host): ", transforms.size(),
-               " input transforms for a batch of ", hs.n);
+  AMPKIT_CHECK(static_cast<std::int64_t>(transforms.size()) == hs.n,
+               "dekr_decode (host): ", transforms.size(), " input transforms for a batch of ", hs.n);
   check_shape("dekr_decode", "displacements", displacements, {hs.n, hs.h, hs.w, 2 * (hs.c - 1)});
   const bool flip = heatmaps_flip.data != nullptr;
-  AMPKIT_CHECK(flip == (displacements_flip.data != nullptr), "dekr_decode (host): give both flipped-pass maps or neither");
+  AMPKIT_CHECK(flip == (displacements_flip.data != nullptr),
+               "dekr_decode (host): give both flipped-pass maps or neither");
   if (flip) {
     check_shape("dekr_decode", "heatmaps_flip", heatmaps_flip, hs);
     check_shape("dekr_decode", "displacements_flip", displacements_flip, ds);
@@ -71,7 +69,8 @@ std::vector<std::vector<eval::DekrPose>> dekr_decode(Host&, TensorView<const T> 
     const auto hm = image(heatmaps, b, h1), disp = image(displacements, b, d1);
     if (flip) {
       const auto hmf = image(heatmaps_flip, b, h1), dispf = image(displacements_flip, b, d1);
-      out.push_back(eval::dekr_decode_flip(hm.cview(), disp.cview(), hmf.cview(), dispf.cview(), tf, cfg, rescore));
+      out.push_back(
+          eval::dekr_decode_flip(hm.cview(), disp.cview(), hmf.cview(), dispf.cview(), tf, cfg, rescore));
     } else {
       out.push_back(eval::dekr_decode(hm.cview(), disp.cview(), tf, cfg, rescore));
     }
@@ -90,9 +89,16 @@ struct DekrImageMeta {
 /// The InputTransform of a BottomupResize geometry (data::ResizeGeometry, or anything with its
 /// input_w/h, center_x/y, scale_w/h members: mmpose's input_size, input_center, input_scale).
 template <class Geometry>
-  requires requires(const Geometry& g) { g.input_w; g.input_h; g.center_x; g.center_y; g.scale_w; g.scale_h; }
+requires requires(const Geometry& g) {
+  g.input_w;
+  g.input_h;
+  g.center_x;
+  g.center_y;
+  g.scale_w;
+  g.scale_h;
+}
 InputTransform input_transform_of(const Geometry& g) {
-  return {static_cast<double>(g.input_w), static_cast<double>(g.input_h), static_cast<double>(g.center_x),
+  return {static_cast<double>(g.input_w),  static_cast<double>(g.input_h), static_cast<double>(g.center_x),
           static_cast<double>(g.center_y), static_cast<double>(g.scale_w), static_cast<double>(g.scale_h)};
 }
 
@@ -133,13 +139,14 @@ class DekrEvaluator {
   void add(Backend& ctx, std::span<const DekrImageMeta> images, TensorView<const T> heatmaps,
            TensorView<const T> displacements, TensorView<const T> heatmaps_flip = {},
            TensorView<const T> displacements_flip = {}) {
-    AMPKIT_CHECK(static_cast<std::int64_t>(images.size()) == heatmaps.shape.n, "DekrEvaluator: ", images.size(),
-                 " image records for a batch of ", heatmaps.shape.n);
+    AMPKIT_CHECK(static_cast<std::int64_t>(images.size()) == heatmaps.shape.n,
+                 "DekrEvaluator: ", images.size(), " image records for a batch of ", heatmaps.shape.n);
     std::vector<InputTransform> tfs;
     for (const auto& m : images) tfs.push_back(m.transform);
     // Unqualified: the backend's overload (ampkit::dekr_decode(Host&|Cuda&, ...)) is found by ADL.
-    const auto poses = dekr_decode(ctx, heatmaps, displacements, heatmaps_flip, displacements_flip,
-                                   std::span<const InputTransform>(tfs), cfg_, rescore_.loaded() ? &rescore_ : nullptr);
+    const auto poses =
+        dekr_decode(ctx, heatmaps, displacements, heatmaps_flip, displacements_flip,
+                    std::span<const InputTransform>(tfs), cfg_, rescore_.loaded() ? &rescore_ : nullptr);
     for (std::size_t b = 0; b < images.size(); ++b) add_poses(images[b].image_id, poses[b]);
   }
 
@@ -182,7 +189,7 @@ class DekrEvaluator {
 template <StorageScalar T>
 struct DekrImageOutputs {
   DekrImageMeta meta;
-  TensorView<const T> heatmaps, displacements;            ///< (1,H,W,K+1), (1,H,W,2K)
+  TensorView<const T> heatmaps, displacements;                ///< (1,H,W,K+1), (1,H,W,2K)
   TensorView<const T> heatmaps_flip{}, displacements_flip{};  ///< empty: no flip test
 };
 
@@ -190,8 +197,9 @@ struct DekrImageOutputs {
 /// and evaluate against `gt`.
 template <class Backend, StorageScalar T>
 DekrEvalReport evaluate_dekr_outputs(Backend& ctx, const CocoKeypointDataset& gt,
-                                     std::span<const DekrImageOutputs<T>> outputs, const DekrDecodeConfig& cfg = {},
-                                     const RescoreNet& rescore = {}, const std::string& results_path = "") {
+                                     std::span<const DekrImageOutputs<T>> outputs,
+                                     const DekrDecodeConfig& cfg = {}, const RescoreNet& rescore = {},
+                                     const std::string& results_path = "") {
   DekrEvaluator ev(cfg, rescore);
   for (const auto& o : outputs)
     ev.add(ctx, std::span<const DekrImageMeta>(&o.meta, 1), o.heatmaps, o.displacements, o.heatmaps_flip,

@@ -36,8 +36,8 @@ namespace ampkit {
 
 namespace cuda::dekr {
 
-inline constexpr int kMaxKeypoints = 64;   ///< K limit of the by-value channel table
-inline constexpr int kMaxInstances = 1024; ///< top-k limit (one block round per root)
+inline constexpr int kMaxKeypoints = 64;    ///< K limit of the by-value channel table
+inline constexpr int kMaxInstances = 1024;  ///< top-k limit (one block round per root)
 inline constexpr int kTopkThreads = 1024;
 
 /// Everything the kernels need to read the (possibly flip-combined) maps of a batch.
@@ -49,8 +49,8 @@ struct Maps {
   const T* displacements_flip;
   int n, h, w, k;
   bool shift_heatmap;
-  float amend;                    // (s - 1) / s, s = input_w / W: the flip coordinate amendment
-  int src[kMaxKeypoints + 1];     // flipped-pass channel feeding channel c (root maps to itself)
+  float amend;                 // (s - 1) / s, s = input_w / W: the flip coordinate amendment
+  int src[kMaxKeypoints + 1];  // flipped-pass channel feeding channel c (root maps to itself)
 };
 
 /// Heatmap channel c at (y, x) of image b, flip-combined as eval::dekr_flip_combine does it.
@@ -107,8 +107,8 @@ __global__ void root_map_kernel(Maps<T> m, float* __restrict__ g_root) {
 /// not strictly above the threshold), else (ordered score bits << 32) | ~index. Keeping only
 /// candidates above the threshold before the top-k gives the host's "top-k, then > threshold":
 /// those above the threshold are a prefix of the score order.
-__global__ void nms_key_kernel(const float* __restrict__ g_root, int n, int h, int w, int radius, float threshold,
-                               unsigned long long* __restrict__ g_key) {
+__global__ void nms_key_kernel(const float* __restrict__ g_root, int n, int h, int w, int radius,
+                               float threshold, unsigned long long* __restrict__ g_key) {
   const std::int64_t n_px = static_cast<std::int64_t>(n) * h * w;
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n_px;
        i += std::int64_t{gridDim.x} * blockDim.x) {
@@ -176,7 +176,8 @@ __global__ void topk_kernel(const unsigned long long* __restrict__ g_key, int n_
     const unsigned long long win = block_max(mine, s_red);
     if (win == 0) break;  // no candidates left
     if (threadIdx.x == 0) {
-      g_index[blockIdx.x * max_k + count] = static_cast<std::int32_t>(0xFFFFFFFFu - static_cast<std::uint32_t>(win));
+      g_index[blockIdx.x * max_k + count] =
+          static_cast<std::int32_t>(0xFFFFFFFFu - static_cast<std::uint32_t>(win));
       g_score[blockIdx.x * max_k + count] = from_ordered_bits(static_cast<std::uint32_t>(win >> 32));
     }
     if (mine == win) mine = best_below(win);
@@ -189,16 +190,17 @@ __global__ void topk_kernel(const unsigned long long* __restrict__ g_key, int n_
 __device__ __forceinline__ float sample_source(float p, int size) {
   const float n = __fsub_rn(__fmul_rn(__fdiv_rn(p, static_cast<float>(size - 1)), 2.0f), 1.0f);
   const float u = __fsub_rn(__fmul_rn(__fadd_rn(n, 1.0f), __fdiv_rn(static_cast<float>(size), 2.0f)), 0.5f);
-  const float lo = u < 0.0f ? 0.0f : u;                              // std::max(u, 0)
+  const float lo = u < 0.0f ? 0.0f : u;  // std::max(u, 0)
   const float hi = static_cast<float>(size - 1);
-  return lo < hi ? lo : hi;                                          // std::min(size-1, .)
+  return lo < hi ? lo : hi;  // std::min(size-1, .)
 }
 
 /// One thread per (image, root, keypoint): the keypoint from the displacement at the root, its
 /// bilinear heat score from the combined keypoint map. Writes (x, y) in input-image coordinates
 /// and the score.
 template <class T>
-__global__ void pose_kernel(Maps<T> m, int max_k, float sx, float sy, const std::int32_t* __restrict__ g_count,
+__global__ void pose_kernel(Maps<T> m, int max_k, float sx, float sy,
+                            const std::int32_t* __restrict__ g_count,
                             const std::int32_t* __restrict__ g_index, float* __restrict__ g_pose) {
   const std::int64_t total = static_cast<std::int64_t>(m.n) * max_k * m.k;
   for (std::int64_t t = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; t < total;
@@ -262,27 +264,36 @@ std::vector<eval::DekrCandidates> dekr_candidates(Cuda& ctx, TensorView<const T>
   if (flip) {
     check_shape("dekr_decode", "heatmaps_flip", heatmaps_flip, hs);
     check_shape("dekr_decode", "displacements_flip", displacements_flip, displacements.shape);
-    AMPKIT_CHECK(static_cast<std::int64_t>(cfg.flip_indices.size()) == K, "dekr_decode (cuda): ",
-                 cfg.flip_indices.size(), " flip indices for ", K, " keypoints");
+    AMPKIT_CHECK(static_cast<std::int64_t>(cfg.flip_indices.size()) == K,
+                 "dekr_decode (cuda): ", cfg.flip_indices.size(), " flip indices for ", K, " keypoints");
   }
-  AMPKIT_CHECK(cfg.nms_kernel > 0 && cfg.nms_kernel % 2 == 1, "dekr decode: the center NMS kernel must be odd, got ",
-               cfg.nms_kernel);
-  AMPKIT_CHECK(cfg.max_instances >= 0 && cfg.max_instances <= dk::kMaxInstances, "dekr_decode (cuda): max_instances ",
-               cfg.max_instances, " outside [0, ", dk::kMaxInstances, "]");
+  AMPKIT_CHECK(cfg.nms_kernel > 0 && cfg.nms_kernel % 2 == 1,
+               "dekr decode: the center NMS kernel must be odd, got ", cfg.nms_kernel);
+  AMPKIT_CHECK(cfg.max_instances >= 0 && cfg.max_instances <= dk::kMaxInstances,
+               "dekr_decode (cuda): max_instances ", cfg.max_instances, " outside [0, ", dk::kMaxInstances,
+               "]");
   AMPKIT_CHECK(input_w > 0 && input_h > 0, "dekr_decode: the input transform has no input size");
   AMPKIT_CHECK(H * W < (std::int64_t{1} << 31), "dekr_decode (cuda): ", H, "x", W, " maps are too large");
   std::vector<eval::DekrCandidates> out(static_cast<std::size_t>(N));
   if (N == 0 || cfg.max_instances == 0) return out;
 
-  dk::Maps<T> m{heatmaps.data, displacements.data, flip ? heatmaps_flip.data : nullptr,
+  dk::Maps<T> m{heatmaps.data,
+                displacements.data,
+                flip ? heatmaps_flip.data : nullptr,
                 flip ? displacements_flip.data : nullptr,
-                static_cast<int>(N), static_cast<int>(H), static_cast<int>(W), static_cast<int>(K),
-                cfg.shift_heatmap, 0.0f, {}};
+                static_cast<int>(N),
+                static_cast<int>(H),
+                static_cast<int>(W),
+                static_cast<int>(K),
+                cfg.shift_heatmap,
+                0.0f,
+                {}};
   const double s = input_w / static_cast<double>(W);
   m.amend = static_cast<float>((s - 1) / s);  // the host computes it in double too
   for (std::int64_t c = 0; c < K; ++c) {
     const int f = flip ? cfg.flip_indices[static_cast<std::size_t>(c)] : static_cast<int>(c);
-    AMPKIT_CHECK(f >= 0 && f < K, "dekr_decode (cuda): flip index ", f, " of keypoint ", c, " outside [0, ", K, ")");
+    AMPKIT_CHECK(f >= 0 && f < K, "dekr_decode (cuda): flip index ", f, " of keypoint ", c, " outside [0, ",
+                 K, ")");
     m.src[c] = f;
   }
   m.src[K] = static_cast<int>(K);
@@ -316,14 +327,15 @@ std::vector<eval::DekrCandidates> dekr_candidates(Cuda& ctx, TensorView<const T>
   AMPKIT_CUDA_CHECK_LAUNCH();
 
   std::vector<std::uint32_t> host(n_words);
-  AMPKIT_CUDA_CHECK(cudaMemcpyAsync(host.data(), res.data(), n_words * sizeof(std::uint32_t), cudaMemcpyDeviceToHost,
-                                    ctx.stream()));
+  AMPKIT_CUDA_CHECK(cudaMemcpyAsync(host.data(), res.data(), n_words * sizeof(std::uint32_t),
+                                    cudaMemcpyDeviceToHost, ctx.stream()));
   ctx.synchronize();
 
   const auto word_i = [&](std::size_t w) { return static_cast<std::int32_t>(host[w]); };
   const auto word_f = [&](std::size_t w) { return std::bit_cast<float>(host[w]); };
   const auto Ku = static_cast<std::size_t>(K), ku = static_cast<std::size_t>(max_k);
-  const std::size_t index_at = static_cast<std::size_t>(N), score_at = index_at + static_cast<std::size_t>(N) * ku,
+  const std::size_t index_at = static_cast<std::size_t>(N),
+                    score_at = index_at + static_cast<std::size_t>(N) * ku,
                     pose_at = score_at + static_cast<std::size_t>(N) * ku;
   for (std::size_t b = 0; b < static_cast<std::size_t>(N); ++b) {
     auto& c = out[b];
@@ -347,8 +359,8 @@ std::vector<eval::DekrCandidates> dekr_candidates(Cuda& ctx, TensorView<const T>
 /// Without flip test.
 template <StorageScalar T>
 std::vector<eval::DekrCandidates> dekr_candidates(Cuda& ctx, TensorView<const T> heatmaps,
-                                                  TensorView<const T> displacements, double input_w, double input_h,
-                                                  const eval::DekrDecodeConfig& cfg = {}) {
+                                                  TensorView<const T> displacements, double input_w,
+                                                  double input_h, const eval::DekrDecodeConfig& cfg = {}) {
   return dekr_candidates<T>(ctx, heatmaps, displacements, {}, {}, input_w, input_h, cfg);
 }
 
@@ -363,8 +375,9 @@ std::vector<std::vector<eval::DekrPose>> dekr_decode(Cuda& ctx, TensorView<const
                                                      std::span<const eval::InputTransform> transforms,
                                                      const eval::DekrDecodeConfig& cfg = {},
                                                      const eval::RescoreNet* rescore = nullptr) {
-  AMPKIT_CHECK(static_cast<std::int64_t>(transforms.size()) == heatmaps.shape.n, "dekr_decode (cuda): ",
-               transforms.size(), " input transforms for a batch of ", heatmaps.shape.n);
+  AMPKIT_CHECK(static_cast<std::int64_t>(transforms.size()) == heatmaps.shape.n,
+               "dekr_decode (cuda): ", transforms.size(), " input transforms for a batch of ",
+               heatmaps.shape.n);
   if (transforms.empty()) return {};
   for (const auto& tf : transforms)
     AMPKIT_CHECK(tf.input_w == transforms[0].input_w && tf.input_h == transforms[0].input_h,
@@ -374,8 +387,8 @@ std::vector<std::vector<eval::DekrPose>> dekr_decode(Cuda& ctx, TensorView<const
   std::vector<std::vector<eval::DekrPose>> out;
   out.reserve(cands.size());
   for (std::size_t b = 0; b < cands.size(); ++b)
-    out.push_back(eval::dekr_finish(cands[b], static_cast<std::size_t>(heatmaps.shape.c - 1), transforms[b], cfg,
-                                    rescore));
+    out.push_back(eval::dekr_finish(cands[b], static_cast<std::size_t>(heatmaps.shape.c - 1), transforms[b],
+                                    cfg, rescore));
   return out;
 }
 
