@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <numbers>
+#include <type_traits>
 #include <vector>
 
 #include "ampkit/core/error.hpp"
@@ -166,44 +167,106 @@ void for_each_warp_sample(const Affine& dst_from_src, int out_w, int out_h, F&& 
   }
 }
 
-}  // namespace detail
+/// The per-row fixed-point source coordinates of cv2.warpAffine: for output row y and column x,
+/// X = (x0(y) + adelta[x]) >> 5 and Y = (y0(y) + bdelta[x]) >> 5 are the source position in
+/// 1/32 pixels. Any subset of rows and columns gives the same values as the full loop above.
+struct WarpCoords {
+  std::vector<int> adelta, bdelta;
+  std::array<double, 6> M{};
+  explicit WarpCoords(const Affine& dst_from_src, int out_w) : adelta(out_w), bdelta(out_w) {
+    M = dst_from_src.inverse().m;
+    for (int x = 0; x < out_w; ++x) {
+      adelta[x] = cv_round(M[0] * x * kAbScale);
+      bdelta[x] = cv_round(M[3] * x * kAbScale);
+    }
+  }
+  int x0(int y) const { return cv_round((M[1] * y + M[2]) * kAbScale) + kAbScale / kInterTab / 2; }
+  int y0(int y) const { return cv_round((M[4] * y + M[5]) * kAbScale) + kAbScale / kInterTab / 2; }
+};
 
-/// cv2.warpAffine(src, M, (out_w, out_h), flags=INTER_LINEAR, borderValue=0) for 8-bit images
-/// with any number of channels.
-inline Image warp_affine(const Image& src, const Affine& m, int out_w, int out_h) {
-  Image dst(out_h, out_w, src.c);
-  const int W = src.w, H = src.h, C = src.c;
+/// One output row of the 8-bit warp, `row` gets out_w * C bytes.
+///
+/// OpenCV blends with weights w_i = 32 * a_i (a_i the products of the 1/32 fractions, ≤ 1024) and
+/// rounds (Σ p_i w_i + 2^14) >> 15. Since 32 divides both terms that equals (t + 512) >> 10 with
+/// t = Σ p_i a_i, and t factors exactly (integer arithmetic) into
+/// t = 32 h0 + ay (h1 - h0), h0 = 32 p0 + ax (p1 - p0), h1 = 32 p2 + ax (p3 - p2): three
+/// multiplies per channel instead of four, no clamp (t ≤ 255 * 1024), same bytes.
+template <int C>
+inline void warp_affine_row_u8(const Image& src, const WarpCoords& wc, int y, int out_w,
+                               std::uint8_t* row) {
+  const int W = src.w, H = src.h;
   const std::size_t stride = static_cast<std::size_t>(W) * C;
-  constexpr int kRound = 1 << (detail::kCoefBits - 1);
-  detail::for_each_warp_sample(m, out_w, out_h, [&](int x, int y, int sx, int sy, int ax, int ay) {
-    std::uint8_t* d = dst.row(y) + static_cast<std::size_t>(x) * C;
-    // Integer weights: the float table entries are multiples of 1/1024, so x32768 is exact.
-    const int w0 = (detail::kInterTab - ax) * (detail::kInterTab - ay) * 32,
-              w1 = ax * (detail::kInterTab - ay) * 32, w2 = (detail::kInterTab - ax) * ay * 32,
-              w3 = ax * ay * 32;
+  const std::uint8_t* base = src.pixels.data();
+  const int x0 = wc.x0(y), y0 = wc.y0(y);
+  const int* ad = wc.adelta.data();
+  const int* bd = wc.bdelta.data();
+  for (int x = 0; x < out_w; ++x) {
+    const int X = (x0 + ad[x]) >> (kAbBits - kInterBits);
+    const int Y = (y0 + bd[x]) >> (kAbBits - kInterBits);
+    const int sx = std::clamp(X >> kInterBits, -32768, 32767);  // saturate_cast<short>
+    const int sy = std::clamp(Y >> kInterBits, -32768, 32767);
+    const int ax = X & (kInterTab - 1), ay = Y & (kInterTab - 1);
+    std::uint8_t* d = row + static_cast<std::size_t>(x) * C;
     if (static_cast<unsigned>(sx) < static_cast<unsigned>(W - 1) &&
         static_cast<unsigned>(sy) < static_cast<unsigned>(H - 1)) {  // all four inside
-      const std::uint8_t* p = src.pixels.data() + sy * stride + static_cast<std::size_t>(sx) * C;
+      const std::uint8_t* p = base + sy * stride + static_cast<std::size_t>(sx) * C;
+      const std::uint8_t* q = p + stride;
       for (int k = 0; k < C; ++k) {
-        const int s = p[k] * w0 + p[k + C] * w1 + p[stride + k] * w2 + p[stride + k + C] * w3;
-        d[k] = static_cast<std::uint8_t>(std::min((s + kRound) >> detail::kCoefBits, 255));
+        const int h0 = (p[k] << kInterBits) + ax * (p[k + C] - p[k]);
+        const int h1 = (q[k] << kInterBits) + ax * (q[k + C] - q[k]);
+        const int t = (h0 << kInterBits) + ay * (h1 - h0);
+        d[k] = static_cast<std::uint8_t>((t + (1 << (kAbBits - 1))) >> kAbBits);
       }
-      return;
+      continue;
     }
     const bool x0in = sx >= 0 && sx < W, x1in = sx + 1 >= 0 && sx + 1 < W;
     const bool y0in = sy >= 0 && sy < H, y1in = sy + 1 >= 0 && sy + 1 < H;
-    if (!(x0in || x1in) || !(y0in || y1in)) return;  // fully outside: border value 0
+    if (!(x0in || x1in) || !(y0in || y1in)) {  // fully outside: border value 0
+      for (int k = 0; k < C; ++k) d[k] = 0;
+      continue;
+    }
     const std::uint8_t* r0 = y0in ? src.row(sy) : nullptr;
     const std::uint8_t* r1 = y1in ? src.row(sy + 1) : nullptr;
+    const int w0 = (kInterTab - ax) * (kInterTab - ay), w1 = ax * (kInterTab - ay),
+              w2 = (kInterTab - ax) * ay, w3 = ax * ay;
     for (int k = 0; k < C; ++k) {
       const int v0 = (r0 && x0in) ? r0[sx * C + k] : 0;
       const int v1 = (r0 && x1in) ? r0[(sx + 1) * C + k] : 0;
       const int v2 = (r1 && x0in) ? r1[sx * C + k] : 0;
       const int v3 = (r1 && x1in) ? r1[(sx + 1) * C + k] : 0;
-      const int s = v0 * w0 + v1 * w1 + v2 * w2 + v3 * w3;
-      d[k] = static_cast<std::uint8_t>(std::clamp((s + kRound) >> detail::kCoefBits, 0, 255));
+      const int t = v0 * w0 + v1 * w1 + v2 * w2 + v3 * w3;
+      d[k] = static_cast<std::uint8_t>((t + (1 << (kAbBits - 1))) >> kAbBits);
     }
+  }
+}
+
+/// Runtime channel count -> the row kernel (1, 3 and 4 channels specialised).
+template <class F>
+void with_channels(int c, F&& f) {
+  switch (c) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    default: AMPKIT_FAIL("warp_affine: ", c, " channels (1, 3 or 4 supported)");
+  }
+}
+
+}  // namespace detail
+
+/// cv2.warpAffine(src, M, (out_w, out_h), flags=INTER_LINEAR, borderValue=0) for 8-bit images
+/// with 1, 3 or 4 channels, into `dst` (its buffer is reused when the size allows).
+inline void warp_affine_into(const Image& src, const Affine& m, int out_w, int out_h, Image& dst) {
+  dst.h = out_h, dst.w = out_w, dst.c = src.c;
+  dst.pixels.resize(static_cast<std::size_t>(out_h) * out_w * src.c);
+  const detail::WarpCoords wc(m, out_w);
+  detail::with_channels(src.c, [&](auto c) {
+    for (int y = 0; y < out_h; ++y) detail::warp_affine_row_u8<decltype(c)::value>(src, wc, y, out_w, dst.row(y));
   });
+}
+
+inline Image warp_affine(const Image& src, const Affine& m, int out_w, int out_h) {
+  Image dst;
+  warp_affine_into(src, m, out_w, out_h, dst);
   return dst;
 }
 
@@ -279,6 +342,103 @@ inline FloatImage resize_bilinear(const FloatImage& src, int out_w, int out_h) {
     for (int dx = 0; dx < out_w; ++dx) dst.at(dy, dx) = r0[dx] * b0 + r1[dx] * b1;
   }
   return dst;
+}
+
+/// resize_bilinear(flip?(warp_affine(FloatImage(src), m, warp_w, warp_h)), out_w, out_h), computed
+/// only at the warped pixels the resize reads: same arithmetic, same floats, a fraction of the
+/// work (a 4× downscale reads 2 of every 4 rows and columns, so a quarter of the warp).
+///
+/// @param src  (src_h, src_w) values as float (0/1 for a mask), or nullptr for "all ones"
+/// @param out  out_h * out_w floats, row-major
+template <class T>
+void warp_flip_resize(const T* src, int src_h, int src_w, const Affine& m, int warp_w, int warp_h,
+                      bool flip, int out_w, int out_h, float* out) {
+  AMPKIT_CHECK(src_w > 0 && src_h > 0 && warp_w > 0 && warp_h > 0 && out_w > 0 && out_h > 0,
+               "warp_flip_resize: empty image");
+  // The resize's taps, exactly as resize_bilinear computes them.
+  const double scale_x = 1. / (static_cast<double>(out_w) / warp_w);
+  const double scale_y = 1. / (static_cast<double>(out_h) / warp_h);
+  std::vector<int> xofs(out_w), ysrc(out_h);
+  std::vector<float> xa(2 * out_w), yb(2 * out_h);
+  for (int dx = 0; dx < out_w; ++dx) {
+    float fx = static_cast<float>((dx + 0.5) * scale_x - 0.5);
+    int sx = static_cast<int>(std::floor(fx));
+    fx -= static_cast<float>(sx);
+    if (sx < 0) fx = 0, sx = 0;
+    if (sx >= warp_w - 1) fx = 0, sx = warp_w - 1;
+    xofs[dx] = sx;
+    xa[2 * dx] = 1.f - fx;
+    xa[2 * dx + 1] = fx;
+  }
+  for (int dy = 0; dy < out_h; ++dy) {
+    float fy = static_cast<float>((dy + 0.5) * scale_y - 0.5);
+    ysrc[dy] = static_cast<int>(std::floor(fy));
+    fy -= static_cast<float>(ysrc[dy]);
+    yb[2 * dy] = 1.f - fy;
+    yb[2 * dy + 1] = fy;
+  }
+  // Which warped rows / columns are read, and their slot in the compact grid (-1: unused).
+  std::vector<int> col_slot(warp_w, -1), row_slot(warp_h, -1), cols, rows;
+  for (int dx = 0; dx < out_w; ++dx)
+    for (int j = 0; j < 2; ++j) {
+      const int c = xofs[dx] + j;
+      if (c < warp_w && col_slot[c] < 0) col_slot[c] = 0;
+    }
+  for (int dy = 0; dy < out_h; ++dy)
+    for (int j = 0; j < 2; ++j) row_slot[std::clamp(ysrc[dy] + j, 0, warp_h - 1)] = 0;
+  for (int c = 0; c < warp_w; ++c)
+    if (col_slot[c] == 0) col_slot[c] = static_cast<int>(cols.size()), cols.push_back(c);
+  for (int r = 0; r < warp_h; ++r)
+    if (row_slot[r] == 0) row_slot[r] = static_cast<int>(rows.size()), rows.push_back(r);
+
+  // The warp at those pixels (column c of the flipped image is column warp_w - 1 - c).
+  const detail::WarpCoords wc(m, warp_w);
+  const std::size_t nc = cols.size();
+  std::vector<float> grid(rows.size() * nc, 0.f);
+  auto value = [&](int y, int x) -> float {
+    return src ? static_cast<float>(src[static_cast<std::size_t>(y) * src_w + x]) : 1.f;
+  };
+  for (std::size_t ri = 0; ri < rows.size(); ++ri) {
+    const int y = rows[ri];
+    const int x0 = wc.x0(y), y0 = wc.y0(y);
+    float* g = &grid[ri * nc];
+    for (std::size_t ci = 0; ci < nc; ++ci) {
+      const int x = flip ? warp_w - 1 - cols[ci] : cols[ci];
+      const int X = (x0 + wc.adelta[x]) >> (detail::kAbBits - detail::kInterBits);
+      const int Y = (y0 + wc.bdelta[x]) >> (detail::kAbBits - detail::kInterBits);
+      const int sx = std::clamp(X >> detail::kInterBits, -32768, 32767);
+      const int sy = std::clamp(Y >> detail::kInterBits, -32768, 32767);
+      const float fx = static_cast<float>(X & (detail::kInterTab - 1)) * (1.f / detail::kInterTab),
+                  fy = static_cast<float>(Y & (detail::kInterTab - 1)) * (1.f / detail::kInterTab);
+      const float w0 = (1.f - fy) * (1.f - fx), w1 = (1.f - fy) * fx, w2 = fy * (1.f - fx),
+                  w3 = fy * fx;
+      const bool x0in = sx >= 0 && sx < src_w, x1in = sx + 1 >= 0 && sx + 1 < src_w;
+      const bool y0in = sy >= 0 && sy < src_h, y1in = sy + 1 >= 0 && sy + 1 < src_h;
+      if (!(x0in || x1in) || !(y0in || y1in)) continue;  // stays 0
+      const float v0 = (y0in && x0in) ? value(sy, sx) : 0.f;
+      const float v1 = (y0in && x1in) ? value(sy, sx + 1) : 0.f;
+      const float v2 = (y1in && x0in) ? value(sy + 1, sx) : 0.f;
+      const float v3 = (y1in && x1in) ? value(sy + 1, sx + 1) : 0.f;
+      g[ci] = v0 * w0 + v1 * w1 + v2 * w2 + v3 * w3;
+    }
+  }
+  // The resize over the compact grid.
+  std::vector<float> r0(out_w), r1(out_w);
+  auto hrow = [&](int sy, std::vector<float>& o) {
+    const float* g = &grid[static_cast<std::size_t>(row_slot[std::clamp(sy, 0, warp_h - 1)]) * nc];
+    for (int dx = 0; dx < out_w; ++dx) {
+      const int sx = xofs[dx];
+      o[dx] = sx + 1 < warp_w ? g[col_slot[sx]] * xa[2 * dx] + g[col_slot[sx + 1]] * xa[2 * dx + 1]
+                              : g[col_slot[sx]];
+    }
+  };
+  for (int dy = 0; dy < out_h; ++dy) {
+    hrow(ysrc[dy], r0);
+    hrow(ysrc[dy] + 1, r1);
+    const float b0 = yb[2 * dy], b1 = yb[2 * dy + 1];
+    float* o = out + static_cast<std::size_t>(dy) * out_w;
+    for (int dx = 0; dx < out_w; ++dx) o[dx] = r0[dx] * b0 + r1[dx] * b1;
+  }
 }
 
 /// Mirror left-right in place (x -> w - 1 - x), as cv2.flip / mmcv.imflip('horizontal').

@@ -9,7 +9,9 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <span>
+#include <vector>
 
 #include "ampkit/core/error.hpp"
 #include "ampkit/data/affine.hpp"
@@ -101,17 +103,66 @@ inline void transform_keypoints(const Affine& m, bool flip, int out_w, std::span
   }
 }
 
+/// (x - mean) / std of every 8-bit value per channel: a 3×256 table holding exactly the floats
+/// the per-pixel expression gives (so a lookup replaces a subtract and a divide per value).
+struct NormalizeTable {
+  std::array<std::array<float, 256>, 3> v;
+  NormalizeTable(const std::array<float, 3>& mean, const std::array<float, 3>& std) {
+    for (int k = 0; k < 3; ++k)
+      for (int i = 0; i < 256; ++i) v[k][i] = (static_cast<float>(i) - mean[k]) / std[k];
+  }
+};
+
+namespace detail {
+/// The ImageNet table is built once; other statistics build theirs in `own` (768 divides).
+inline const NormalizeTable& normalize_table(const std::array<float, 3>& mean,
+                                             const std::array<float, 3>& std,
+                                             std::optional<NormalizeTable>& own) {
+  static const NormalizeTable imagenet(kImageNetMean, kImageNetStd);
+  if (mean == kImageNetMean && std == kImageNetStd) return imagenet;
+  return own.emplace(mean, std);
+}
+
+/// One row of 3-channel bytes -> normalised values, mirrored when `flip`.
+template <class T>
+void normalize_row(const NormalizeTable& t, const std::uint8_t* p, int w, bool flip, T* out) {
+  for (int x = 0; x < w; ++x) {
+    const std::uint8_t* q = p + 3 * (flip ? w - 1 - x : x);
+    out[3 * x + 0] = static_cast<T>(t.v[0][q[0]]);
+    out[3 * x + 1] = static_cast<T>(t.v[1][q[1]]);
+    out[3 * x + 2] = static_cast<T>(t.v[2][q[2]]);
+  }
+}
+}  // namespace detail
+
 /// (x - mean) / std per channel, in float32 as the data preprocessor does on the GPU.
 /// `out` receives h*w*3 values, (H,W,C).
 template <class T = float>
 void normalize_image(const Image& img, T* out, const std::array<float, 3>& mean = kImageNetMean,
                      const std::array<float, 3>& std = kImageNetStd) {
   AMPKIT_CHECK(img.c == 3, "normalize_image: expected 3 channels, got ", img.c);
-  const std::size_t n = static_cast<std::size_t>(img.h) * img.w;
-  const std::uint8_t* p = img.pixels.data();
-  for (std::size_t i = 0; i < n; ++i)
-    for (int k = 0; k < 3; ++k)
-      out[3 * i + k] = static_cast<T>((static_cast<float>(p[3 * i + k]) - mean[k]) / std[k]);
+  std::optional<NormalizeTable> own;
+  const NormalizeTable& t = detail::normalize_table(mean, std, own);
+  for (int y = 0; y < img.h; ++y)
+    detail::normalize_row(t, img.row(y), img.w, false, out + static_cast<std::size_t>(y) * img.w * 3);
+}
+
+/// warp_affine, then flip_horizontal when `flip`, then normalize_image, fused row by row (no
+/// intermediate image): the same values as the three steps, in one pass.
+/// `out` receives out_h*out_w*3 values, (H,W,C).
+template <class T = float>
+void warp_flip_normalize(const Image& src, const Affine& m, int out_w, int out_h, bool flip, T* out,
+                         const std::array<float, 3>& mean = kImageNetMean,
+                         const std::array<float, 3>& std = kImageNetStd) {
+  AMPKIT_CHECK(src.c == 3, "warp_flip_normalize: expected 3 channels, got ", src.c);
+  std::optional<NormalizeTable> own;
+  const NormalizeTable& t = detail::normalize_table(mean, std, own);
+  const detail::WarpCoords wc(m, out_w);
+  std::vector<std::uint8_t> row(static_cast<std::size_t>(out_w) * 3);
+  for (int y = 0; y < out_h; ++y) {
+    detail::warp_affine_row_u8<3>(src, wc, y, out_w, row.data());
+    detail::normalize_row(t, row.data(), out_w, flip, out + static_cast<std::size_t>(y) * out_w * 3);
+  }
 }
 
 /// Geometry of the test-time BottomupResize (resize_mode='expand', size_factor 32): the short

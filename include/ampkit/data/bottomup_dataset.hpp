@@ -98,7 +98,10 @@ class BottomupCocoDataset {
     check_shape("train_sample", "image", out.image, image_shape());
     check_shape("train_sample", "heatmap_mask", out.heatmap_mask, mask_shape());
 
-    Image img = load_image(path);
+    // Per-thread buffers: a sample would otherwise allocate (and page-fault in) ~2 MB.
+    thread_local Scratch scratch;
+    Image& img = scratch.image;
+    load_image_into(path, scratch.file, img);
     AMPKIT_CHECK(img.w == meta.width && img.h == meta.height, "the image is ", img.w, "x", img.h,
                  " but the annotation says ", meta.width, "x", meta.height);
 
@@ -107,15 +110,16 @@ class BottomupCocoDataset {
     info.params = p;
     info.warp = bottomup_affine_matrix(img.w, img.h, p, in_w, in_h);
 
-    // Image: warp, flip, normalise straight into the output.
-    Image warped = warp_affine(img, info.warp, in_w, in_h);
-    if (p.flip) flip_horizontal(warped);
-    normalize_image(warped, out.image.data);
+    // Image: warp, flip, normalise straight into the output (one fused pass).
+    warp_flip_normalize(img, info.warp, in_w, in_h, p.flip, out.image.data);
 
     // Keypoints (N, K, 2) and visibility min(1, v), warped and flipped like the image.
     const int K = cfg_.spr.n_keypoints, N = static_cast<int>(meta.persons.size());
     AMPKIT_CHECK(K == kCocoKeypoints, "train_sample: SprConfig has ", K, " keypoints, COCO 17");
-    std::vector<float> kpts(static_cast<std::size_t>(N) * K * 2), vis(static_cast<std::size_t>(N) * K);
+    std::vector<float>& kpts = scratch.kpts;
+    std::vector<float>& vis = scratch.vis;
+    kpts.resize(static_cast<std::size_t>(N) * K * 2);
+    vis.resize(static_cast<std::size_t>(N) * K);
     for (int n = 0; n < N; ++n)
       for (int k = 0; k < K; ++k) {
         const auto& a = meta.persons[n].keypoints;
@@ -132,17 +136,34 @@ class BottomupCocoDataset {
     info.n_instances = N;
 
     // Heatmap mask: valid region, warped like the image (outside the image is 0, i.e. ignored),
-    // flipped, resized bilinearly to the heatmap and thresholded at 0.5.
-    const Mask valid = valid_mask(meta);
-    FloatImage fm(meta.height, meta.width);
-    for (std::size_t i = 0; i < valid.bits.size(); ++i) fm.v[i] = valid.bits[i];
-    FloatImage wm = warp_affine(fm, info.warp, in_w, in_h);
-    if (p.flip) flip_horizontal(wm);
-    const FloatImage small = resize_bilinear(wm, hm_w, hm_h);
-    for (std::size_t i = 0; i < small.v.size(); ++i)
-      out.heatmap_mask.data[i] = small.v[i] > 0.5f ? 1.f : 0.f;
+    // flipped, resized bilinearly to the heatmap and thresholded at 0.5. Only the warped pixels
+    // the resize reads are computed (warp_flip_resize); without ignored persons the valid region
+    // is the whole image and is not rasterised at all.
+    const std::uint8_t* valid = nullptr;
+    if (!meta.ignore_segs.empty()) {
+      Mask& m = scratch.valid;
+      m.h = meta.height, m.w = meta.width;
+      m.bits.assign(static_cast<std::size_t>(m.h) * m.w, 0);
+      for (const auto& seg : meta.ignore_segs)
+        add_segmentation(seg, m, "image " + std::to_string(meta.id) + " ignore segments");
+      for (auto& bit : m.bits) bit = bit ? 0 : 1;
+      valid = m.bits.data();
+    }
+    float* hm_mask = out.heatmap_mask.data;
+    warp_flip_resize(valid, meta.height, meta.width, info.warp, in_w, in_h, p.flip, hm_w, hm_h,
+                     hm_mask);
+    for (std::size_t i = 0; i < static_cast<std::size_t>(hm_w) * hm_h; ++i)
+      hm_mask[i] = hm_mask[i] > 0.5f ? 1.f : 0.f;
     return info;
   }
+
+  /// What one worker thread reuses from sample to sample.
+  struct Scratch {
+    std::vector<std::uint8_t> file;  // the encoded image
+    Image image;                     // decoded RGB
+    Mask valid;                      // valid region at image resolution
+    std::vector<float> kpts, vis;    // (N, K, 2), (N, K)
+  };
 
   CocoKeypoints coco_;
   BottomupTrainConfig cfg_;

@@ -54,9 +54,10 @@ struct Image {
   const std::uint8_t* row(int y) const { return pixels.data() + static_cast<std::size_t>(y) * w * c; }
 };
 
-/// Decode an encoded image held in memory into RGB (grayscale is replicated to 3 channels).
-/// `name` is used in error messages.
-inline Image decode_image(const std::uint8_t* data, std::size_t n, const std::string& name) {
+/// Decode an encoded image held in memory into RGB (grayscale is replicated to 3 channels), into
+/// `img` (its buffer is reused when large enough). `name` is used in error messages.
+inline void decode_image_into(const std::uint8_t* data, std::size_t n, const std::string& name,
+                              Image& img) {
   AMPKIT_CHECK(n > 0, "image '", name, "': the file is empty");
   AMPKIT_CHECK(n < (std::size_t{1} << 31), "image '", name, "': file too large (", n, " bytes)");
   if (n >= 2 && data[0] == 0xFF && data[1] == 0xD8) {
@@ -78,24 +79,48 @@ inline Image decode_image(const std::uint8_t* data, std::size_t n, const std::st
   if (p == nullptr)
     AMPKIT_FAIL("image '", name, "': cannot decode (", stbi_failure_reason(),
                 "); the file is corrupt, truncated or not a JPEG/PNG/BMP");
-  Image img(h, w, 3);
+  img.h = h, img.w = w, img.c = 3;
+  img.pixels.resize(static_cast<std::size_t>(h) * w * 3);
   std::memcpy(img.pixels.data(), p, img.pixels.size());
   stbi_image_free(p);
+}
+
+inline Image decode_image(const std::uint8_t* data, std::size_t n, const std::string& name) {
+  Image img;
+  decode_image_into(data, n, name, img);
   return img;
+}
+
+/// Read a whole file into `bytes` (reused). Errors name the file.
+inline void read_file_into(const std::string& path, std::vector<std::uint8_t>& bytes) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  AMPKIT_CHECK(f != nullptr, "image '", path, "': cannot open (", std::strerror(errno), ")");
+  // One read of the size the file has now (then read on in case it grew).
+  long size = -1;
+  if (std::fseek(f, 0, SEEK_END) == 0) size = std::ftell(f);
+  std::rewind(f);
+  bytes.resize(size > 0 ? static_cast<std::size_t>(size) : 0);
+  std::size_t got = bytes.empty() ? 0 : std::fread(bytes.data(), 1, bytes.size(), f);
+  bytes.resize(got);
+  std::uint8_t buf[1 << 12];
+  for (std::size_t r; (r = std::fread(buf, 1, sizeof buf, f)) > 0;) bytes.insert(bytes.end(), buf, buf + r);
+  const bool err = std::ferror(f);
+  std::fclose(f);
+  AMPKIT_CHECK(!err, "image '", path, "': read error");
+}
+
+/// Read and decode an image file into RGB, reusing `bytes` and `img`.
+inline void load_image_into(const std::string& path, std::vector<std::uint8_t>& bytes, Image& img) {
+  read_file_into(path, bytes);
+  decode_image_into(bytes.data(), bytes.size(), path, img);
 }
 
 /// Read and decode an image file into RGB.
 inline Image load_image(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  AMPKIT_CHECK(f != nullptr, "image '", path, "': cannot open (", std::strerror(errno), ")");
   std::vector<std::uint8_t> bytes;
-  std::uint8_t buf[1 << 16];
-  std::size_t r;
-  while ((r = std::fread(buf, 1, sizeof buf, f)) > 0) bytes.insert(bytes.end(), buf, buf + r);
-  const bool err = std::ferror(f);
-  std::fclose(f);
-  AMPKIT_CHECK(!err, "image '", path, "': read error");
-  return decode_image(bytes.data(), bytes.size(), path);
+  Image img;
+  load_image_into(path, bytes, img);
+  return img;
 }
 
 }  // namespace ampkit::data
