@@ -21,9 +21,16 @@ What it reproduces, and from where (open-mmlab/mmpose, 1.x; read, not copied):
                                      mmpose/structures/keypoint/transforms.py
   * COCO masks                       pycocotools.mask (frPyObjects, merge, decode): the reference
   * warps                            cv2.warpAffine / cv2.resize (INTER_LINEAR): the reference
+  * BottomupResize (test time)       mmpose/datasets/transforms/bottomup_transforms.py
+      resize_mode='expand', size_factor 32: the input size ceiled to x32, then
+      actual = max(padded, padded_other * aspect) per side, ceiled to x32 again;
+      input_center = (w/2, h/2), input_scale = (w, h) * padded / actual (float32);
+      get_warp_matrix(center, scale, 0, padded) + cv2.warpAffine; then the data preprocessor's
+      (x - mean) / std in float32 (mmpose/models/data_preprocessors, ImageNet mean/std, RGB)
 
 Run from the repository root (needs numpy, pycocotools, opencv-python-headless):
     python3 tests/python/spr_peer.py            # rewrites tests/unit/data/golden/*
+    python3 tests/python/spr_peer.py resize     # only golden/resize.bin.z
 The C++ tests (tests/unit/data/) read the golden files; they never run this script.
 """
 import json
@@ -297,6 +304,42 @@ def warp_golden():
     return arrays
 
 
+def ceil_to(size, base):
+    return tuple(int(np.ceil(v / base) * base) for v in size)
+
+
+def bottomup_resize(img, input_size, size_factor=32):
+    """BottomupResize(resize_mode='expand', use_udp=False) on an (H, W, 3) uint8 RGB image, then
+    normalisation. Returns (normalised (H, W, 3) float32, padded (w, h), center, scale, M)."""
+    import cv2
+    img_h, img_w = img.shape[:2]
+    ratio = img_w / img_h
+    pw, ph = ceil_to(input_size, size_factor)
+    actual = (max(pw, ph * ratio), max(ph, pw / ratio))
+    padded = ceil_to(actual, size_factor)
+    center = np.array([img_w / 2, img_h / 2], np.float32)
+    scale = np.array([img_w * padded[0] / actual[0], img_h * padded[1] / actual[1]], np.float32)
+    M = get_warp_matrix(center, scale[0], 0, padded[0], padded[1])
+    warped = cv2.warpAffine(img, M, padded, flags=cv2.INTER_LINEAR)
+    mean = np.array([123.675, 116.28, 103.53], np.float32)
+    std = np.array([58.395, 57.12, 57.375], np.float32)
+    norm = ((warped.astype(np.float32) - mean) / std).astype(np.float32)
+    return norm, padded, center, scale, M
+
+
+def resize_golden():
+    """Test-time inputs of seeded random images of several shapes (input size 32 keeps it small)."""
+    rng = np.random.default_rng(13)
+    arrays = []
+    for j, (w, h) in enumerate([(50, 37), (23, 41), (40, 40), (70, 21), (31, 64)]):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        norm, padded, center, scale, M = bottomup_resize(img, (32, 32))
+        p = "case%d/" % j
+        arrays += [(p + "src", img), (p + "input_size", np.array(padded, np.int32)),
+                   (p + "center", center), (p + "scale", scale), (p + "warp", M), (p + "input", norm)]
+    return arrays
+
+
 def mask_golden():
     """Polygons and RLEs decoded by pycocotools, as column-major run lengths."""
     from pycocotools import mask as cocomask
@@ -353,6 +396,9 @@ def mask_golden():
 
 def main():
     os.makedirs(GOLDEN, exist_ok=True)
+    write_golden(os.path.join(GOLDEN, "resize.bin.z"), resize_golden())
+    if sys.argv[1:] == ["resize"]:
+        return 0
     arrays = []
     for name, k, v, insz, hmsz in spr_cases():
         hm, hw, dp, dw = spr_encode(k, v, insz, hmsz)

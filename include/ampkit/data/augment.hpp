@@ -204,4 +204,16 @@ inline ResizeGeometry bottomup_resize_geometry(int img_w, int img_h, int input_w
   return g;
 }
 
+/// The test-time input of one image: BottomupResize (its `g`, from bottomup_resize_geometry of the
+/// image's size) + ImageNet normalisation, as mmpose's val pipeline and data preprocessor make
+/// it. `out` receives g.input_h * g.input_w * 3 values, (H,W,C); the image sits centred, the
+/// padding is the normalised value of black (cv2.warpAffine's border 0, then normalised).
+/// The flipped view of flip test is the model's job (it mirrors this tensor), as in mmpose.
+template <class T = float>
+void bottomup_resize_normalize(const Image& img, const ResizeGeometry& g, T* out,
+                               const std::array<float, 3>& mean = kImageNetMean,
+                               const std::array<float, 3>& std = kImageNetStd) {
+  warp_flip_normalize(img, g.warp, g.input_w, g.input_h, /*flip=*/false, out, mean, std);
+}
+
 }  // namespace ampkit::data

@@ -38,6 +38,15 @@ struct SampleInfo {
   Affine warp;
 };
 
+/// What a test sample was made from: the image and the BottomupResize geometry (mmpose's
+/// input_size, input_center, input_scale) that decoding maps keypoints back with
+/// (eval::input_transform_of(geometry)).
+struct TestSampleInfo {
+  std::int64_t image_id = 0;
+  int image_w = 0, image_h = 0;
+  ResizeGeometry geometry;
+};
+
 class BottomupCocoDataset {
  public:
   BottomupCocoDataset(CocoKeypoints coco, BottomupTrainConfig cfg)
@@ -80,6 +89,43 @@ class BottomupCocoDataset {
       throw Error("sample " + std::to_string(index) + " (image id " + std::to_string(meta.id) +
                       ", '" + path + "'): " + e.what());
     }
+  }
+
+  /// The test-time geometry of sample `index` (from the annotated image size; no decode), which
+  /// gives the input shape (1, geometry.input_h, geometry.input_w, 3) before test_sample.
+  ResizeGeometry test_geometry(std::size_t index) const {
+    AMPKIT_CHECK(index < coco_.size(), "BottomupCocoDataset: sample ", index,
+                 " out of range (", coco_.size(), " images)");
+    return bottomup_resize_geometry(coco_[index].width, coco_[index].height, cfg_.affine.input_w,
+                                    cfg_.affine.input_h);
+  }
+
+  /// A test sample (mmpose's val pipeline: LoadImage, BottomupResize 'expand' to a multiple of
+  /// 32, normalisation) into `image`, which must be (1, input_h, input_w, 3) of test_geometry.
+  TestSampleInfo test_sample(std::size_t index, TensorView<float> image) const {
+    const ResizeGeometry g = test_geometry(index);
+    const CocoImage& meta = coco_[index];
+    const std::string path = coco_.image_path(index);
+    try {
+      check_shape("test_sample", "image", image, {1, g.input_h, g.input_w, 3});
+      thread_local Scratch scratch;
+      load_image_into(path, scratch.file, scratch.image);
+      AMPKIT_CHECK(scratch.image.w == meta.width && scratch.image.h == meta.height, "the image is ",
+                   scratch.image.w, "x", scratch.image.h, " but the annotation says ", meta.width,
+                   "x", meta.height);
+      bottomup_resize_normalize(scratch.image, g, image.data);
+    } catch (const Error& e) {
+      throw Error("test sample " + std::to_string(index) + " (image id " + std::to_string(meta.id) +
+                  ", '" + path + "'): " + e.what());
+    }
+    return {meta.id, meta.width, meta.height, g};
+  }
+
+  /// The same, allocating the input tensor.
+  TestSampleInfo test_sample(std::size_t index, HostTensor<float>& image) const {
+    const ResizeGeometry g = test_geometry(index);
+    image = HostTensor<float>({1, g.input_h, g.input_w, 3});
+    return test_sample(index, image.view());
   }
 
   /// The valid-region mask at image resolution: 1 except inside ignored persons' segments.

@@ -267,6 +267,102 @@ TEST_CASE("augment: BottomupResize 'expand' keeps the short side at 512, pads to
   CHECK(r.center_x == 250.f);  // np.round(250.5) = 250 (half to even)
 }
 
+TEST_CASE("augment: the fused train-image and mask paths equal the step-by-step OpenCV-exact ops") {
+  // warp_flip_normalize == normalize(flip(warpAffine)) and warp_flip_resize ==
+  // resize(flip(warpAffine(float))) byte for byte: the step-by-step ops are the ones checked
+  // against OpenCV above, the fused ones are what the training sample runs.
+  const Golden g("tests/unit/data/golden/warp.bin.z");
+  Image src(61, 83, 3);
+  src.pixels = g["src"].as<std::uint8_t>();
+  Mask bits(61, 83);
+  FloatImage fsrc(61, 83);
+  std::vector<float> u(bits.bits.size());
+  testing::fill_uniform<float>(u, 21, 0.f, 1.f);
+  for (std::size_t i = 0; i < u.size(); ++i) fsrc.v[i] = bits.bits[i] = u[i] < 0.6f ? 1 : 0;
+  for (int j = 0; j < 6; ++j)
+    for (const bool flip : {false, true}) {
+      CAPTURE(j);
+      CAPTURE(flip);
+      Affine m;
+      const auto gmv = g["M" + std::to_string(j)].as<double>();
+      std::copy(gmv.begin(), gmv.end(), m.m.begin());
+      Image w = warp_affine(src, m, 48, 40);
+      if (flip) flip_horizontal(w);
+      std::vector<float> want(w.pixels.size()), got(w.pixels.size());
+      for (std::size_t e = 0; e < want.size(); ++e)
+        want[e] = (static_cast<float>(w.pixels[e]) - kImageNetMean[e % 3]) / kImageNetStd[e % 3];
+      warp_flip_normalize(src, m, 48, 40, flip, got.data());
+      require_close("warp_flip_normalize", got, want, 0, 0);
+      for (const auto& [ow, oh] : {std::pair{12, 10}, std::pair{17, 13}, std::pair{60, 50}}) {
+        CAPTURE(ow);
+        FloatImage wm = warp_affine(fsrc, m, 48, 40);
+        if (flip) flip_horizontal(wm);
+        const FloatImage small = resize_bilinear(wm, ow, oh);
+        std::vector<float> fused(static_cast<std::size_t>(ow) * oh);
+        warp_flip_resize(bits.bits.data(), 61, 83, m, 48, 40, flip, ow, oh, fused.data());
+        require_close("warp_flip_resize", fused, small.v, 0, 0);
+        // nullptr source = all ones
+        const FloatImage ones(61, 83, 1.f);
+        FloatImage wo = warp_affine(ones, m, 48, 40);
+        if (flip) flip_horizontal(wo);
+        warp_flip_resize<std::uint8_t>(nullptr, 61, 83, m, 48, 40, flip, ow, oh, fused.data());
+        require_close("warp_flip_resize(ones)", fused, resize_bilinear(wo, ow, oh).v, 0, 0);
+      }
+    }
+}
+
+TEST_CASE("augment: test-time BottomupResize + normalisation equals the mmpose peer's") {
+  const Golden g("tests/unit/data/golden/resize.bin.z");
+  for (int j = 0; j < 5; ++j) {
+    CAPTURE(j);
+    const std::string p = "case" + std::to_string(j) + "/";
+    const auto& a = g[p + "src"];
+    Image img(static_cast<int>(a.dims[0]), static_cast<int>(a.dims[1]), 3);
+    img.pixels = a.as<std::uint8_t>();
+    const ResizeGeometry geo = bottomup_resize_geometry(img.w, img.h, 32, 32);
+    const auto size = g[p + "input_size"].as<std::int32_t>();
+    CHECK(geo.input_w == size[0]);
+    CHECK(geo.input_h == size[1]);
+    // center and scale are float32 on both sides, from the same double arithmetic: exact.
+    require_close("center", std::vector<float>{geo.center_x, geo.center_y}, g[p + "center"].as<float>(), 0, 0);
+    require_close("scale", std::vector<float>{geo.scale_w, geo.scale_h}, g[p + "scale"].as<float>(), 0, 0);
+    require_close("warp", std::vector<double>(geo.warp.m.begin(), geo.warp.m.end()), g[p + "warp"].as<double>(),
+                  1e-12, 1e-12);
+    std::vector<float> input(static_cast<std::size_t>(geo.input_w) * geo.input_h * 3);
+    bottomup_resize_normalize(img, geo, input.data());
+    require_close("input", input, g[p + "input"].as<float>(), 0, 0);
+    // The meta decoding uses maps input points back onto the image:
+    // image = input / input_size * input_scale + input_center - input_scale / 2.
+    for (const auto& [x, y] : {std::pair{0.f, 0.f}, std::pair{float(img.w), float(img.h)}, std::pair{3.25f, 7.5f}}) {
+      float ix = x, iy = y;
+      transform_point(geo.warp, ix, iy);
+      const double bx = ix / double(geo.input_w) * geo.scale_w + geo.center_x - geo.scale_w / 2.0;
+      const double by = iy / double(geo.input_h) * geo.scale_h + geo.center_y - geo.scale_h / 2.0;
+      CHECK(std::abs(bx - x) < 1e-4);
+      CHECK(std::abs(by - y) < 1e-4);
+    }
+  }
+  // The dataset's test sample: expand mode on the bundled 640x~425 images gives 800x512 inputs.
+  BottomupCocoDataset ds(CocoKeypoints::load(kAnn, kImages), {});
+  for (std::size_t i = 0; i < ds.size(); ++i) {
+    CAPTURE(i);
+    HostTensor<float> in;
+    const TestSampleInfo info = ds.test_sample(i, in);
+    const CocoImage& meta = ds.coco()[i];
+    CHECK(info.image_id == meta.id);
+    CHECK(std::min(info.geometry.input_w, info.geometry.input_h) == 512);
+    CHECK(info.geometry.input_w % 32 == 0);
+    CHECK(info.geometry.input_h % 32 == 0);
+    CHECK(in.shape() == Shape{1, info.geometry.input_h, info.geometry.input_w, 3});
+    // The input is the normalised warp of the decoded image (stb decode: not OpenCV's, so no golden).
+    std::vector<float> want(static_cast<std::size_t>(in.numel()));
+    bottomup_resize_normalize(load_image(ds.coco().image_path(i)), info.geometry, want.data());
+    require_close("test_sample", vec(in), want, 0, 0);
+  }
+  HostTensor<float> wrong({1, 32, 32, 3});
+  CHECK_THROWS_WITH_AS(ds.test_sample(0, wrong.view()), doctest::Contains("test sample 0"), Error);
+}
+
 TEST_CASE("sampler: mmengine DefaultSampler shares, round-up and per-epoch shuffle") {
   const std::size_t n = 10;
   std::multiset<std::size_t> all;
