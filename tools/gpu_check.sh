@@ -28,7 +28,9 @@ echo "cmake build: $(( $(date +%s) - t0 )) s"
 tail -15 "$out/ctest.log"
 if [ "${SKIP_MESON:-0}" != 1 ]; then
   t0=$(date +%s)
-  margs=(-Dampkit_cuda_architectures=90 -Dbuildtype=release)
+  # The GPU image's g++ 13.3 raises -O3 -Wstringop-overflow false positives inside std::string that
+  # g++ 12 (CI) does not; warnings stay visible but do not stop the device build.
+  margs=(-Dampkit_cuda_architectures=90 -Dbuildtype=release -Dwarnings_as_errors=false)
   [ -n "${CUDNN_ROOT:-}" ] && margs+=(-Dcudnn_root="$CUDNN_ROOT" -Dnccl_root="$NCCL_ROOT")
   [ -n "${AMPKIT_EXTRA_INCLUDE:-}" ] && margs+=(-Dextra_include="$AMPKIT_EXTRA_INCLUDE")
   meson setup "$B/meson" "${margs[@]}" > "$out/meson-setup.log" 2>&1 || { tail -30 "$out/meson-setup.log"; rc=1; }
