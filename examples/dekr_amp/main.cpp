@@ -16,6 +16,7 @@
 #include "ampkit/backend/host/dekr.hpp"
 #include "ampkit/dist/launch_env.hpp"
 #include "ampkit/eval/cocoeval_command.hpp"
+#include "ampkit/train/config.hpp"
 #include "ampkit/train/launch.hpp"
 #include "app.hpp"
 #include "cli.hpp"

@@ -23,7 +23,7 @@
 
 #include "ampkit/core/error.hpp"
 #include "ampkit/precision.hpp"
-#include "ampkit/train/config.hpp"
+#include "ampkit/train/config_schema.hpp"
 
 namespace ampkit::train {
 

@@ -47,7 +47,7 @@
 #include "ampkit/optim/lr_schedule.hpp"
 #include "ampkit/precision.hpp"
 #include "ampkit/train/checkpoint_manager.hpp"
-#include "ampkit/train/config.hpp"
+#include "ampkit/train/config_schema.hpp"
 #include "ampkit/train/launch.hpp"
 #include "ampkit/train/progress.hpp"
 #include "ampkit/train/run_logger.hpp"

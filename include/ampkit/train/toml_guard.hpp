@@ -1,0 +1,81 @@
+/// @brief A pre-parse check for TOML text that keeps toml++ 3.3 (Debian 12's) away from an input
+/// it cannot handle: a table header whose key starts with a character that cannot start a key.
+///
+/// Why: toml++ 3.3.0's table-header parser skips `[` (and `[[`) and whitespace, then calls its
+/// key parser with the *assumption* (TOML_ASSERT_ASSUME) that the next character starts a bare or
+/// quoted key. `[# x]`, `[=]` or `[{` break it: with assertions on, the process aborts; with
+/// NDEBUG the assumption becomes `__builtin_assume`, i.e. undefined behaviour (found by
+/// tests/fuzz/fuzz_config). Such text is invalid TOML anyway, so rejecting it first changes no
+/// valid config. The scan tracks comments, strings and brackets so that a `[` starting a line
+/// inside a multi-line array or string is not taken for a header.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace ampkit::train {
+
+/// Empty when `text` has no table header the parser would mishandle; else a message that names
+/// the line (1-based), in the style of the TOML syntax errors.
+inline std::string toml_table_header_problem(std::string_view text) {
+  const auto bare = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  };
+  const std::size_t n = text.size();
+  int depth = 0;  // [ ] / { } nesting of values (and of the header being read)
+  bool line_start = true;
+  std::size_t line = 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    const char c = text[i];
+    if (c == '\n') {
+      line_start = true;
+      ++line;
+      continue;
+    }
+    if (c == ' ' || c == '\t' || c == '\r') continue;
+    if (c == '#') {  // comment to the end of the line
+      while (i + 1 < n && text[i + 1] != '\n') ++i;
+      continue;
+    }
+    if (c == '"' || c == '\'') {  // basic / literal string, single- or multi-line
+      const bool triple = i + 2 < n && text[i + 1] == c && text[i + 2] == c;
+      std::size_t j = i + (triple ? 3 : 1);
+      for (; j < n; ++j) {
+        if (c == '"' && text[j] == '\\') {
+          ++j;
+          if (j < n && text[j] == '\n') ++line;
+          continue;
+        }
+        if (text[j] == '\n') {
+          if (!triple) break;  // unterminated single-line string: the parser reports it
+          ++line;
+        }
+        if (text[j] == c && (!triple || (j + 2 < n && text[j + 1] == c && text[j + 2] == c))) {
+          if (triple) j += 2;
+          break;
+        }
+      }
+      i = j < n && text[j] == '\n' ? j - 1 : j;
+      line_start = false;
+      continue;
+    }
+    if (line_start && depth == 0 && c == '[') {
+      std::size_t j = i + 1;
+      bool space = false;
+      while (j < n && (text[j] == ' ' || text[j] == '\t')) ++j, space = true;
+      if (j < n && text[j] == '[' && !space) {
+        ++j;
+        while (j < n && (text[j] == ' ' || text[j] == '\t')) ++j;
+      }
+      if (j < n && !bare(text[j]) && text[j] != '"' && text[j] != '\'' && text[j] != ']' && text[j] != '[')
+        return "line " + std::to_string(line) + ": a table header must start with a key";
+    }
+    line_start = false;
+    if (c == '[' || c == '{') ++depth;
+    if ((c == ']' || c == '}') && depth > 0) --depth;
+  }
+  return {};
+}
+
+}  // namespace ampkit::train
