@@ -13,7 +13,7 @@ if [ "$what" != bench ]; then
 else
   SKIP_MESON=1 timeout 300 bash tools/gpu_check.sh none 2>&1 | tail -5
 fi
-[ "$what" = tests ] && exit 0
+if [ "$what" = tests ]; then (cd "$OUT" && tar czf logs.tgz ./*.log ./*.txt 2>/dev/null && rm -f ./*.log); exit 0; fi
 date -Is > "$OUT/bench_meta.txt"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv >> "$OUT/bench_meta.txt"
 python3 -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__, "cudnn", torch.backends.cudnn.version())' >> "$OUT/bench_meta.txt"
@@ -27,4 +27,6 @@ cd - >/dev/null
   timeout 180 python3 bench/torch_ops_bench.py --dtype fp16 --batch 32 --ampkit-json "$OUT/ampkit_ops.json" --out "$OUT/ops.json"; echo rc=$?
   timeout 180 python3 bench/torch_sampling_bench.py --ampkit-json "$OUT/ampkit_sampling.json" --out "$OUT/sampling.json"; echo rc=$?
 ) 2>&1 | tail -60 | tee -a "$OUT/bench.log"
+# The device tool returns at most 8 files: pack the logs into one archive.
+(cd "$OUT" && tar czf logs.tgz ./*.log ./*.txt 2>/dev/null && rm -f ./*.log)
 exit 0
