@@ -22,11 +22,35 @@
 /// L = min(32, next power of two ≥ C/offset_groups): the lanes walk the contiguous channels of the
 /// group (coalesced NHWC reads, contiguous column writes) and share one sample point per tap.
 ///
+/// Fused path (DeformConvAlgo::kFused, the default when the shape qualifies: groups =
+/// offset_groups, C/groups <= 32, K/groups <= 32; DEKR's 3×3, 17 groups of 15 channels). The
+/// column matrix above is 9× the input (2.4 GB at DEKR batch 32) and the per-group GEMMs are tiny
+/// (K = 135, N = 15), so the op is bound by memory traffic and badly shaped GEMMs, not by FLOPs
+/// (36 GFLOP forward). The fused kernels never materialise columns:
+///   forward   one block per (group, pixel chunk), the group's weights in shared memory (fp32,
+///             [tap][c][k], rows padded by 4 floats so 16-byte reads of 8 lanes hit distinct
+///             banks). P = next power of two >= max(C/g, K/g) lanes per pixel, lane = input
+///             channel: each lane samples its channel at every tap and accumulates
+///             W[k][t][c]·sample for all k in registers, then a butterfly reduce-scatter over the
+///             P lanes leaves output channel k on lane k (P - 1 shuffles, no shared memory).
+///   backward  one block per (group, tap, pixel chunk), so a lane keeps its column of W[:, t, c]
+///             in registers and its share of dW[:, t, c] as P²/32 accumulators: per pixel
+///             dcol = W^T·dL_dy (dL_dy broadcast through 32 floats of shared memory per warp), the
+///             offset gradient reduced over the P lanes by shuffles (written, no atomics), dL_dx
+///             scattered with fp32 atomics into scratch (order-dependent rounding: dL_dx is not
+///             bitwise deterministic, as in torchvision), dW accumulated in registers, summed over
+///             the block's warps in shared memory and written as one partial per block; a final
+///             kernel adds the partials in a fixed order (dL_dw is deterministic).
+/// Samples are never rounded to T in the fused path (the product is in fp32 FMAs).
+///
 /// Gradient contract: dL_dx and dL_doffsets are written (=); dL_dw is accumulated (+=).
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
@@ -209,6 +233,420 @@ inline std::int64_t images_per_chunk(std::int64_t n_images, std::size_t bytes_pe
                                   1, std::max<std::int64_t>(n_images, 1));
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Fused path
+// ---------------------------------------------------------------------------------------------
+
+/// Which implementation the CUDA deform_conv2d runs.
+enum class DeformConvAlgo {
+  kAuto,    ///< kFused when deform_fused_supported(), otherwise kIm2col
+  kFused,   ///< fused sampling + per-group product (no column matrix); an unsupported shape is an error
+  kIm2col,  ///< column matrix + cuBLAS batched GEMM; any configuration
+};
+
+/// The algorithm every deform_conv2d call uses (process-wide switch). Starts from the environment
+/// variable AMPKIT_DEFORM_CONV_ALGO (auto | fused | im2col; unset = auto), so the fused path can be
+/// switched off without rebuilding; tests and the benchmark set it directly.
+inline DeformConvAlgo& deform_conv_algo() {
+  static DeformConvAlgo algo = [] {
+    const char* e = std::getenv("AMPKIT_DEFORM_CONV_ALGO");
+    if (e && !std::strcmp(e, "im2col")) return DeformConvAlgo::kIm2col;
+    if (e && !std::strcmp(e, "fused")) return DeformConvAlgo::kFused;
+    return DeformConvAlgo::kAuto;
+  }();
+  return algo;
+}
+
+/// Output pixels one fused block walks (forward and backward); tests lower it to get many blocks,
+/// partial tiles and many dW partials. 4096 gives DEKR batch 32 128 chunks per group.
+inline int& deform_fused_pixels_per_block() {
+  static int pixels = 4096;
+  return pixels;
+}
+
+inline constexpr int kFusedWarps = 8;
+inline constexpr int kFusedThreads = kFusedWarps * 32;
+
+/// Lanes per pixel (and padded channels/filters per group) of the fused kernels: 8, 16 or 32.
+inline int fused_lanes(std::int64_t c_per_group, std::int64_t k_per_group) {
+  return std::max<int>(8, static_cast<int>(std::bit_ceil(static_cast<std::uint64_t>(std::max(c_per_group, k_per_group)))));
+}
+
+/// Dynamic shared memory of the fused forward: weights [taps][P][P+4] fp32 + per-warp sample points.
+inline std::size_t fused_forward_smem(int lanes, int taps) {
+  const int pixels_per_lane = lanes >= 32 ? 1 : 2, units = 32 / lanes;
+  return std::size_t(taps) * lanes * (lanes + 4) * sizeof(float) +
+         std::size_t(kFusedWarps) * pixels_per_lane * units * taps * 16;
+}
+
+inline constexpr std::size_t kFusedMaxSmem = 96 * 1024;
+
+/// True when the fused kernels handle this configuration (any kernel size, stride, padding,
+/// dilation; groups = offset_groups; at most 32 input and 32 output channels per group).
+inline bool deform_fused_supported(Shape x, std::int64_t k_out, const DeformConv2dParams& p) {
+  if (p.offset_groups != p.groups) return false;
+  const std::int64_t cg = x.c / p.groups, kg = k_out / p.groups;
+  if (cg < 1 || kg < 1 || cg > 32 || kg > 32) return false;
+  return fused_forward_smem(fused_lanes(cg, kg), p.taps()) <= kFusedMaxSmem;
+}
+
+/// Whether this call runs the fused path; kFused on an unsupported shape is an error naming it.
+inline bool use_fused(Shape x, std::int64_t k_out, const DeformConv2dParams& p) {
+  const DeformConvAlgo a = deform_conv_algo();
+  if (a == DeformConvAlgo::kIm2col) return false;
+  const bool ok = deform_fused_supported(x, k_out, p);
+  AMPKIT_CHECK(ok || a == DeformConvAlgo::kAuto, "deform_conv2d: DeformConvAlgo::kFused needs groups == "
+               "offset_groups and at most 32 channels and 32 filters per group; given input ", x, ", ", k_out,
+               " filters, groups ", p.groups, ", offset_groups ", p.offset_groups, ", kernel ", p.kernel_h, "x",
+               p.kernel_w);
+  return ok;
+}
+
+/// Geometry of one fused launch (a chunk of whole images).
+struct FusedGeom {
+  int h, w, c, k, ho, wo, kw, sh, sw, ph, pw, dh, dw;
+  int taps, groups, cg, kg;      // cg/kg: input channels / filters per group
+  std::int64_t pixels;           // output pixels of the chunk (images · Ho · Wo)
+  int pixels_per_block;
+};
+
+inline FusedGeom make_fused_geom(Shape x, Shape y, const DeformConv2dParams& p, std::int64_t images,
+                                 std::int64_t& blocks) {
+  FusedGeom g{};
+  g.h = int(x.h), g.w = int(x.w), g.c = int(x.c), g.k = int(y.c), g.ho = int(y.h), g.wo = int(y.w);
+  g.kw = p.kernel_w, g.sh = p.stride_h, g.sw = p.stride_w, g.ph = p.pad_h, g.pw = p.pad_w;
+  g.dh = p.dilation_h, g.dw = p.dilation_w, g.taps = p.taps(), g.groups = p.groups;
+  g.cg = int(x.c / p.groups), g.kg = int(y.c / p.groups);
+  g.pixels = images * y.h * y.w;
+  // Grid y/z hold the chunk index: at most 65535 chunks.
+  const std::int64_t ppb = std::max<std::int64_t>({1, deform_fused_pixels_per_block(), (g.pixels + 65534) / 65535});
+  g.pixels_per_block = int(ppb);
+  blocks = (g.pixels + ppb - 1) / ppb;
+  return g;
+}
+
+/// Sample point of tap t of output pixel `pix` (chunk-relative) for group grp, packed as
+/// {ly, lx, y0 bits, x0 bits}; the corners' validity is recomputed from y0/x0 (the sentinel -4
+/// of BilinearPoint for far-away points makes every corner invalid).
+template <class T>
+__device__ __forceinline__ float4 fused_sample_point(const FusedGeom& g, const T* __restrict__ off, std::int64_t pix,
+                                                     int grp, int t) {
+  const int ow = int(pix % g.wo), oh = int((pix / g.wo) % g.ho);
+  const int i = t / g.kw, j = t - i * g.kw;
+  const T* o = off + pix * (2 * g.groups * g.taps) + (grp * g.taps + t) * 2;
+  const float py = float(oh * g.sh - g.ph + i * g.dh) + load_f(o);
+  const float px = float(ow * g.sw - g.pw + j * g.dw) + load_f(o + 1);
+  const ::ampkit::detail::BilinearPoint<float> b(py, px, g.h, g.w);
+  return make_float4(b.ly, b.lx, __int_as_float(b.y0), __int_as_float(b.x0));
+}
+
+/// The four corner values of one channel (0 outside the image). xc: image base + channel.
+struct Corners {
+  float v00, v01, v10, v11;
+};
+
+template <class T>
+__device__ __forceinline__ Corners fused_corners(const T* __restrict__ xc, int y0, int x0, const FusedGeom& g) {
+  const bool ya = unsigned(y0) < unsigned(g.h), yb = unsigned(y0 + 1) < unsigned(g.h);
+  const bool xa = unsigned(x0) < unsigned(g.w), xb = unsigned(x0 + 1) < unsigned(g.w);
+  const std::int64_t p = (std::int64_t(y0) * g.w + x0) * g.c, right = g.c, down = std::int64_t(g.w) * g.c;
+  Corners r;
+  r.v00 = ya && xa ? load_f(xc + p) : 0.f;
+  r.v01 = ya && xb ? load_f(xc + p + right) : 0.f;
+  r.v10 = yb && xa ? load_f(xc + p + down) : 0.f;
+  r.v11 = yb && xb ? load_f(xc + p + down + right) : 0.f;
+  return r;
+}
+
+/// Butterfly reduce-scatter over the N lanes of an aligned lane group, N values per lane: after it
+/// v[0] on lane l holds the group's sum of value (l mod N). Each step halves the values a lane
+/// holds: it keeps the half selected by its lane bit and adds the partner's copy of that half.
+template <int N>
+__device__ __forceinline__ void reduce_scatter(float* v, int lane) {
+  if constexpr (N > 1) {
+    constexpr int H = N / 2;
+    const bool upper = (lane & H) != 0;
+#pragma unroll
+    for (int i = 0; i < H; ++i) {
+      const float keep = upper ? v[i + H] : v[i];
+      const float send = upper ? v[i] : v[i + H];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, H);
+    }
+    reduce_scatter<H>(v, lane);
+  }
+}
+
+/// Fused forward. Grid (groups, pixel chunks), kFusedThreads threads, fused_forward_smem bytes.
+/// Lane (u, c) of a warp: pixel slot u (U = 32/P per pass, R passes interleaved per lane for
+/// independent loads and to reuse each weight read), input channel c of the group.
+template <class T, int P>
+__global__ void __launch_bounds__(kFusedThreads) deform_fused_forward_kernel(const T* __restrict__ x,
+                                                                            const T* __restrict__ off,
+                                                                            const T* __restrict__ wt,
+                                                                            T* __restrict__ y, FusedGeom g) {
+  constexpr int U = 32 / P, R = P >= 32 ? 1 : 2, kRow = P + 4;
+  extern __shared__ float4 fused_smem[];
+  float* ws = reinterpret_cast<float*>(fused_smem);  // [taps][P][kRow]: ws[t][c][k] = W[grp·kg + k][t][c]
+  float4* info = fused_smem + g.taps * P * kRow / 4;  // [warps][R·U][taps] sample points
+  const int grp = blockIdx.x;
+  for (int e = threadIdx.x; e < g.taps * P * kRow; e += blockDim.x) {
+    const int k = e % kRow, c = (e / kRow) % P, t = e / (kRow * P);
+    ws[e] = k < g.kg && c < g.cg ? load_f(wt + (std::int64_t(grp * g.kg + k) * g.taps + t) * g.cg + c) : 0.f;
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, u = lane / P, c = lane % P;
+  float4* winfo = info + warp * (R * U) * g.taps;
+  const std::int64_t pix_begin = std::int64_t(blockIdx.y) * g.pixels_per_block;
+  const std::int64_t pix_end = ::min(pix_begin + std::int64_t(g.pixels_per_block), g.pixels);
+  const std::int64_t image_pixels = std::int64_t(g.ho) * g.wo, image_elems = std::int64_t(g.h) * g.w * g.c;
+  // The loop condition depends on the warp only: all 32 lanes reach every shuffle.
+  for (std::int64_t base = pix_begin + warp * (R * U); base < pix_end; base += kFusedWarps * (R * U)) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const std::int64_t pix = base + r * U + u;
+      if (pix < pix_end)
+        for (int t = c; t < g.taps; t += P) winfo[(r * U + u) * g.taps + t] = fused_sample_point(g, off, pix, grp, t);
+    }
+    __syncwarp();
+    const T* xc[R];
+    bool live[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const std::int64_t pix = base + r * U + u;
+      live[r] = pix < pix_end && c < g.cg;
+      xc[r] = x + (live[r] ? pix / image_pixels : 0) * image_elems + grp * g.cg + c;
+    }
+    float acc[R][P];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int k = 0; k < P; ++k) acc[r][k] = 0.f;
+    for (int t = 0; t < g.taps; ++t) {
+      float v[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        v[r] = 0.f;
+        if (live[r]) {
+          const float4 s = winfo[(r * U + u) * g.taps + t];
+          const Corners q = fused_corners(xc[r], __float_as_int(s.z), __float_as_int(s.w), g);
+          const float ly = s.x, lx = s.y, hy = 1.f - ly, hx = 1.f - lx;
+          // Same terms and order as the host reference's forward sample.
+          v[r] = hy * hx * q.v00 + hy * lx * q.v01 + ly * hx * q.v10 + ly * lx * q.v11;
+        }
+      }
+      const float4* wrow = reinterpret_cast<const float4*>(ws + (t * P + c) * kRow);
+#pragma unroll
+      for (int k4 = 0; k4 < P / 4; ++k4) {
+        const float4 w4 = wrow[k4];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          acc[r][4 * k4 + 0] = fmaf(w4.x, v[r], acc[r][4 * k4 + 0]);
+          acc[r][4 * k4 + 1] = fmaf(w4.y, v[r], acc[r][4 * k4 + 1]);
+          acc[r][4 * k4 + 2] = fmaf(w4.z, v[r], acc[r][4 * k4 + 2]);
+          acc[r][4 * k4 + 3] = fmaf(w4.w, v[r], acc[r][4 * k4 + 3]);
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      reduce_scatter<P>(acc[r], lane);  // lane (u, k) now holds output channel k of pixel slot (r, u)
+      const std::int64_t pix = base + r * U + u;
+      if (pix < pix_end && c < g.kg) store_f(y + pix * g.k + grp * g.kg + c, acc[r][0]);
+    }
+    __syncwarp();  // every lane is done reading winfo before the next pass overwrites it
+  }
+}
+
+/// Fused backward. Grid (groups, taps, pixel chunks), kFusedThreads threads. Writes dL_doffsets of
+/// its (group, tap), adds into dx32 (fp32, zeroed by the caller) and writes its dW partial
+/// dw_part[chunk][K][taps][C/groups].
+template <class T, int P>
+__global__ void __launch_bounds__(kFusedThreads) deform_fused_backward_kernel(
+    const T* __restrict__ x, const T* __restrict__ off, const T* __restrict__ wt, const T* __restrict__ dy,
+    float* __restrict__ dx32, T* __restrict__ doff, float* __restrict__ dw_part, FusedGeom g) {
+  constexpr int U = 32 / P, KW = P / U;  // KW: dW accumulators per lane (filters u·KW .. u·KW+KW-1)
+  __shared__ __align__(16) float dys[kFusedWarps][32];  // dL_dy of the warp's U pixels, P per pixel
+  __shared__ float red[kFusedWarps][P][P];               // per-warp dW[k][c] for the block reduction
+  const int grp = blockIdx.x, t = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, u = lane / P, c = lane % P;
+  float wreg[P];  // W[grp·kg + k][t][c], 0 for padding
+#pragma unroll
+  for (int k = 0; k < P; ++k)
+    wreg[k] = k < g.kg && c < g.cg ? load_f(wt + (std::int64_t(grp * g.kg + k) * g.taps + t) * g.cg + c) : 0.f;
+  float accw[KW];
+#pragma unroll
+  for (int i = 0; i < KW; ++i) accw[i] = 0.f;
+  const std::int64_t pix_begin = std::int64_t(blockIdx.z) * g.pixels_per_block;
+  const std::int64_t pix_end = ::min(pix_begin + std::int64_t(g.pixels_per_block), g.pixels);
+  const std::int64_t image_pixels = std::int64_t(g.ho) * g.wo, image_elems = std::int64_t(g.h) * g.w * g.c;
+  const int ch = grp * g.cg + c;
+  for (std::int64_t base = pix_begin + warp * U; base < pix_end; base += kFusedWarps * U) {
+    const std::int64_t pix = base + u;
+    const bool active = pix < pix_end;
+    dys[warp][lane] = active && c < g.kg ? load_f(dy + pix * g.k + grp * g.kg + c) : 0.f;
+    __syncwarp();
+    // dcol = Σ_k W[k][t][c] · dL_dy[k]
+    float dcol = 0.f;
+    const float4* d4 = reinterpret_cast<const float4*>(&dys[warp][u * P]);
+#pragma unroll
+    for (int k4 = 0; k4 < P / 4; ++k4) {
+      const float4 d = d4[k4];
+      dcol = fmaf(wreg[4 * k4 + 0], d.x, dcol);
+      dcol = fmaf(wreg[4 * k4 + 1], d.y, dcol);
+      dcol = fmaf(wreg[4 * k4 + 2], d.z, dcol);
+      dcol = fmaf(wreg[4 * k4 + 3], d.w, dcol);
+    }
+    float col = 0.f, g_dy = 0.f, g_dx = 0.f;
+    if (active && c < g.cg) {
+      const float4 s = fused_sample_point(g, off, pix, grp, t);
+      const int y0 = __float_as_int(s.z), x0 = __float_as_int(s.w);
+      const float ly = s.x, lx = s.y, hy = 1.f - ly, hx = 1.f - lx;
+      const std::int64_t img = pix / image_pixels;
+      const Corners q = fused_corners(x + img * image_elems + ch, y0, x0, g);
+      col = hy * hx * q.v00 + hy * lx * q.v01 + ly * hx * q.v10 + ly * lx * q.v11;
+      g_dy = dcol * (hx * (q.v10 - q.v00) + lx * (q.v11 - q.v01));
+      g_dx = dcol * (hy * (q.v01 - q.v00) + ly * (q.v11 - q.v10));
+      const bool ya = unsigned(y0) < unsigned(g.h), yb = unsigned(y0 + 1) < unsigned(g.h);
+      const bool xa = unsigned(x0) < unsigned(g.w), xb = unsigned(x0 + 1) < unsigned(g.w);
+      float* d = dx32 + img * image_elems + ch;
+      const std::int64_t p = (std::int64_t(y0) * g.w + x0) * g.c, down = std::int64_t(g.w) * g.c;
+      if (ya && xa) atomicAdd(d + p, hy * hx * dcol);
+      if (ya && xb) atomicAdd(d + p + g.c, hy * lx * dcol);
+      if (yb && xa) atomicAdd(d + p + down, ly * hx * dcol);
+      if (yb && xb) atomicAdd(d + p + down + g.c, ly * lx * dcol);
+    }
+    // Offset gradient of (pixel, group, tap): sum over the pixel's P lanes (aligned lane group).
+#pragma unroll
+    for (int sft = P / 2; sft > 0; sft /= 2) {
+      g_dy += __shfl_xor_sync(0xffffffffu, g_dy, sft);
+      g_dx += __shfl_xor_sync(0xffffffffu, g_dx, sft);
+    }
+    if (active && c == 0) {
+      T* o = doff + pix * (2 * g.groups * g.taps) + (grp * g.taps + t) * 2;
+      store_f(o, g_dy);
+      store_f(o + 1, g_dx);
+    }
+    // dW[k][t][c] += Σ over the warp's U pixels of dL_dy[k] · col[c]; lane (u, c) owns k in [u·KW, u·KW + KW).
+#pragma unroll
+    for (int v = 0; v < U; ++v) {
+      const float colv = __shfl_sync(0xffffffffu, col, v * P + c);
+      const float* dv = &dys[warp][v * P + u * KW];
+#pragma unroll
+      for (int i = 0; i < KW; ++i) accw[i] = fmaf(dv[i], colv, accw[i]);
+    }
+    __syncwarp();  // dys is rewritten by the next pass
+  }
+#pragma unroll
+  for (int i = 0; i < KW; ++i) red[warp][u * KW + i][c] = accw[i];
+  __syncthreads();
+  for (int e = threadIdx.x; e < P * P; e += blockDim.x) {
+    const int k = e / P, cc = e % P;
+    if (k < g.kg && cc < g.cg) {
+      float sum = 0.f;
+#pragma unroll
+      for (int w = 0; w < kFusedWarps; ++w) sum += red[w][k][cc];  // fixed order: deterministic
+      dw_part[((std::int64_t(blockIdx.z) * g.k + grp * g.kg + k) * g.taps + t) * g.cg + cc] = sum;
+    }
+  }
+}
+
+/// dw32[e] += Σ_chunk part[chunk][e] in chunk order (deterministic).
+template <class A>  // A = float; a template so the header can be included by several TUs
+__global__ void deform_dw_partials_kernel(const A* __restrict__ part, int chunks, std::int64_t n, A* __restrict__ dw32) {
+  for (std::int64_t e = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; e < n;
+       e += std::int64_t(gridDim.x) * blockDim.x) {
+    A s = dw32[e];
+    for (int i = 0; i < chunks; ++i) s += part[i * n + e];
+    dw32[e] = s;
+  }
+}
+
+template <class T, int P>
+void fused_forward_launch(Cuda& ctx, const T* x, const T* off, const T* w, T* y, const FusedGeom& g,
+                          std::int64_t blocks) {
+  const std::size_t smem = fused_forward_smem(P, g.taps);
+  if (smem > 48 * 1024)
+    AMPKIT_CUDA_CHECK(cudaFuncSetAttribute(deform_fused_forward_kernel<T, P>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  deform_fused_forward_kernel<T, P><<<dim3(unsigned(g.groups), unsigned(blocks)), kFusedThreads, smem, ctx.stream()>>>(
+      x, off, w, y, g);
+  AMPKIT_CUDA_CHECK_LAUNCH();
+}
+
+template <class T, int P>
+void fused_backward_launch(Cuda& ctx, const T* x, const T* off, const T* w, const T* dy, float* dx32, T* doff,
+                           float* part, const FusedGeom& g, std::int64_t blocks) {
+  deform_fused_backward_kernel<T, P>
+      <<<dim3(unsigned(g.groups), unsigned(g.taps), unsigned(blocks)), kFusedThreads, 0, ctx.stream()>>>(
+          x, off, w, dy, dx32, doff, part, g);
+  AMPKIT_CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void fused_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> off, TensorView<const T> w, TensorView<T> y,
+                   const DeformConv2dParams& p) {
+  std::int64_t blocks = 0;
+  const FusedGeom g = make_fused_geom(x.shape, y.shape, p, x.shape.n, blocks);
+  switch (fused_lanes(g.cg, g.kg)) {
+    case 8: fused_forward_launch<T, 8>(ctx, x.data, off.data, w.data, y.data, g, blocks); break;
+    case 16: fused_forward_launch<T, 16>(ctx, x.data, off.data, w.data, y.data, g, blocks); break;
+    default: fused_forward_launch<T, 32>(ctx, x.data, off.data, w.data, y.data, g, blocks); break;
+  }
+}
+
+template <class T>
+void fused_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> off, TensorView<const T> w,
+                    TensorView<const T> dy, TensorView<T> dx, TensorView<T> doff, TensorView<T> dw,
+                    const DeformConv2dParams& p) {
+  constexpr bool kDirect = std::is_same_v<T, float>;  // fp32 storage: atomics straight into dL_dx
+  const std::int64_t pix_in = x.shape.h * x.shape.w * x.shape.c, pix_out = dy.shape.h * dy.shape.w;
+  // Images per launch: the fp32 dx scratch stays within the workspace budget (DEKR batch 32: 535 MB, one launch).
+  const std::int64_t chunk =
+      kDirect ? std::max<std::int64_t>(x.shape.n, 1)
+              : images_per_chunk(x.shape.n, static_cast<std::size_t>(pix_in) * sizeof(float));
+  std::int64_t max_blocks = 0;
+  (void)make_fused_geom(x.shape, dy.shape, p, chunk, max_blocks);
+  const std::int64_t n_dw = w.numel();
+  const std::size_t dw_bytes = (static_cast<std::size_t>(n_dw) * sizeof(float) + 255) / 256 * 256;
+  const std::size_t part_bytes = (static_cast<std::size_t>(max_blocks * n_dw) * sizeof(float) + 255) / 256 * 256;
+  const std::size_t dx_bytes = kDirect ? 0 : static_cast<std::size_t>(chunk * pix_in) * sizeof(float);
+  auto ws = ctx.workspace(dw_bytes + part_bytes + dx_bytes);
+  float* dw32 = reinterpret_cast<float*>(ws.data());
+  float* part = reinterpret_cast<float*>(ws.data() + dw_bytes);
+  float* dx32 = kDirect ? reinterpret_cast<float*>(dx.data) : reinterpret_cast<float*>(ws.data() + dw_bytes + part_bytes);
+  AMPKIT_CUDA_CHECK(cudaMemsetAsync(dw32, 0, static_cast<std::size_t>(n_dw) * sizeof(float), ctx.stream()));
+  if (kDirect)
+    AMPKIT_CUDA_CHECK(cudaMemsetAsync(dx.data, 0, static_cast<std::size_t>(dx.numel()) * sizeof(float), ctx.stream()));
+  const int lanes = fused_lanes(x.shape.c / p.groups, dy.shape.c / p.groups);
+  for (std::int64_t n0 = 0; n0 < x.shape.n; n0 += chunk) {
+    const std::int64_t nb = std::min(chunk, x.shape.n - n0);
+    std::int64_t blocks = 0;
+    const FusedGeom g = make_fused_geom(x.shape, dy.shape, p, nb, blocks);
+    const T* xc = x.data + n0 * pix_in;
+    const T* oc = off.data + n0 * pix_out * p.offset_channels();
+    const T* dyc = dy.data + n0 * pix_out * dy.shape.c;
+    T* doffc = doff.data + n0 * pix_out * p.offset_channels();
+    float* dxc = kDirect ? dx32 + n0 * pix_in : dx32;
+    if (!kDirect)
+      AMPKIT_CUDA_CHECK(cudaMemsetAsync(dx32, 0, static_cast<std::size_t>(nb * pix_in) * sizeof(float), ctx.stream()));
+    switch (lanes) {
+      case 8: fused_backward_launch<T, 8>(ctx, xc, oc, w.data, dyc, dxc, doffc, part, g, blocks); break;
+      case 16: fused_backward_launch<T, 16>(ctx, xc, oc, w.data, dyc, dxc, doffc, part, g, blocks); break;
+      default: fused_backward_launch<T, 32>(ctx, xc, oc, w.data, dyc, dxc, doffc, part, g, blocks); break;
+    }
+    deform_dw_partials_kernel<float><<<grid_for(n_dw, 256), 256, 0, ctx.stream()>>>(part, int(blocks), n_dw, dw32);
+    AMPKIT_CUDA_CHECK_LAUNCH();
+    if (!kDirect) {
+      store_f32_kernel<T><<<grid_for(nb * pix_in, 256), 256, 0, ctx.stream()>>>(dx32, dx.data + n0 * pix_in,
+                                                                               nb * pix_in, false);
+      AMPKIT_CUDA_CHECK_LAUNCH();
+    }
+  }
+  store_f32_kernel<T><<<grid_for(n_dw, 256), 256, 0, ctx.stream()>>>(dw32, dw.data, n_dw, true);
+  AMPKIT_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace cuda::sampling
 
 /// y = deform_conv2d(x, offsets, weight). x (N,H,W,C), offsets (N,Ho,Wo,2·og·kh·kw),
@@ -219,6 +657,7 @@ void deform_conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T>
   namespace s = cuda::sampling;
   check_deform_conv2d("deform_conv2d", x, offsets, weight, y, p);
   if (y.numel() == 0) return;
+  if (s::use_fused(x.shape, y.shape.c, p)) return s::fused_forward<T>(ctx, x, offsets, weight, y, p);
   const std::int64_t k = y.shape.c, pix_in = x.shape.h * x.shape.w * x.shape.c, pix_out = y.shape.h * y.shape.w;
   const std::int64_t ld_col = s::make_geom(x.shape, y.shape, p, 1).ld_col();
   const std::int64_t chunk = s::images_per_chunk(x.shape.n, static_cast<std::size_t>(pix_out * ld_col) * sizeof(T));
@@ -247,6 +686,8 @@ void deform_conv2d_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T
   check_shape("deform_conv2d", "dL_doffsets", dL_doffsets, offsets.shape);
   check_shape("deform_conv2d", "dL_dw", dL_dw, weight.shape);
   if (x.numel() == 0) return;
+  if (s::use_fused(x.shape, dL_dy.shape.c, p))
+    return s::fused_backward<T>(ctx, x, offsets, weight, dL_dy, dL_dx, dL_doffsets, dL_dw, p);
   const std::int64_t k = dL_dy.shape.c, pix_in = x.shape.h * x.shape.w * x.shape.c,
                      pix_out = dL_dy.shape.h * dL_dy.shape.w;
   const std::int64_t ld_col = s::make_geom(x.shape, dL_dy.shape, p, 1).ld_col();
