@@ -3,11 +3,15 @@
 // the neck's resize+concat (4 branches -> 480 ch at 128x128) forward+backward, and HRNet's
 // nearest upsampling x2/x4/x8 forward+backward. Prints one JSON object (median ms over timed
 // iterations, CUDA events) for bench/torch_sampling_bench.py to set beside PyTorch's numbers.
+// The deformable conv is timed on both algorithms (rows suffixed _im2col / _fused) and on the
+// default one (unsuffixed); "checks" holds the fused-vs-im2col max relative difference of every
+// output at the full DEKR shape. AMPKIT_DEFORM_CONV_ALGO=im2col|fused|auto sets the default.
 //
 //   ./build/bench/sampling_bench [--batch 32] [--iters 20] [--dtype fp16|bf16|fp32] > ampkit.json
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -70,7 +74,7 @@ double time_ms(Cuda& ctx, int iters, const std::function<void()>& f) {
 template <class T>
 void run(int batch, int iters, const char* dtype, int argc, char** argv) {
   Cuda ctx;
-  std::vector<std::pair<std::string, double>> rows;
+  std::vector<std::pair<std::string, double>> rows, checks;
   {  // deformable conv, DEKR adaptive block
     const int groups = 17;
     const Shape xs{batch, 128, 128, 255};
@@ -87,6 +91,45 @@ void run(int batch, int iters, const char* dtype, int argc, char** argv) {
     auto bwd = [&] {
       deform_conv2d_backward<T>(ctx, x.cview(), off.cview(), w.cview(), dy.cview(), dx.view(), doff.view(), dw.view(), p);
     };
+    // Both algorithms side by side (suffixed rows), then the default one (unsuffixed rows, the
+    // names bench/torch_sampling_bench.py compares against). Before timing, the fused outputs are
+    // compared with im2col's on this full DEKR shape (max |diff| / max |im2col|, per tensor).
+    namespace s = cuda::sampling;
+    auto& algo = s::deform_conv_algo();
+    const s::DeformConvAlgo default_algo = algo;
+    auto snapshot = [&] {
+      AMPKIT_CUDA_CHECK(cudaMemsetAsync(dw.data(), 0, dw.view().shape.numel() * sizeof(T), ctx.stream()));
+      fwd();
+      bwd();
+      std::vector<HostTensor<T>> r;
+      r.push_back(ctx.to_host(y.cview()));
+      r.push_back(ctx.to_host(dx.cview()));
+      r.push_back(ctx.to_host(doff.cview()));
+      r.push_back(ctx.to_host(dw.cview()));
+      return r;
+    };
+    algo = s::DeformConvAlgo::kIm2col;
+    const auto ref = snapshot();
+    algo = s::DeformConvAlgo::kFused;
+    const auto got = snapshot();
+    const char* names[4] = {"y", "dL_dx", "dL_doffsets", "dL_dw"};
+    for (int i = 0; i < 4; ++i) {
+      double md = 0, mr = 0;
+      auto a = ref[i].span();
+      auto b = got[i].span();
+      for (std::size_t e = 0; e < a.size(); ++e) {
+        const double va = static_cast<float>(a[e]), vb = static_cast<float>(b[e]);
+        md = std::max(md, std::abs(va - vb));
+        mr = std::max(mr, std::abs(va));
+      }
+      checks.emplace_back(std::string("deform_fused_vs_im2col_") + names[i], md / std::max(mr, 1e-30));
+    }
+    for (auto [a, name] : {std::pair{s::DeformConvAlgo::kIm2col, "im2col"}, {s::DeformConvAlgo::kFused, "fused"}}) {
+      algo = a;
+      rows.emplace_back(std::string("deform_conv2d_fwd_") + name, time_ms(ctx, iters, fwd));
+      rows.emplace_back(std::string("deform_conv2d_fwd_bwd_") + name, time_ms(ctx, iters, [&] { fwd(); bwd(); }));
+    }
+    algo = default_algo;
     rows.emplace_back("deform_conv2d_fwd", time_ms(ctx, iters, fwd));
     rows.emplace_back("deform_conv2d_fwd_bwd", time_ms(ctx, iters, [&] { fwd(); bwd(); }));
     rows.emplace_back("adaptive_offsets_deform_fwd_bwd", time_ms(ctx, iters, [&] {
@@ -132,7 +175,15 @@ void run(int batch, int iters, const char* dtype, int argc, char** argv) {
               cmd.c_str(), date, ctx.device().name.c_str(), dtype, batch, iters);
   for (std::size_t i = 0; i < rows.size(); ++i)
     std::printf("%s\"%s\": %.4f", i ? ", " : "", rows[i].first.c_str(), rows[i].second);
-  std::printf("}}\n");
+  std::printf("}, \"checks\": {");
+  for (std::size_t i = 0; i < checks.size(); ++i)
+    std::printf("%s\"%s\": %.3e", i ? ", " : "", checks[i].first.c_str(), checks[i].second);
+  std::printf("}, \"deform_conv_algo_default\": \"%s\"}\n",
+              cuda::sampling::use_fused({batch, 128, 128, 255}, 255, [] {
+                DeformConv2dParams q;
+                q.groups = q.offset_groups = 17;
+                return q;
+              }()) ? "fused" : "im2col");
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // nn_sampling ops: the CUDA backend against the host backend on seeded random inputs, for fp32,
 // fp16 and bf16 storage. Forward and backward of upsample nearest (x2/x4/x8, write and
-// accumulate), bilinear resize, concat, resize_concat (the DEKR neck), deformable conv (DEKR
-// shape family and a general configuration, one and several chunks) and DEKR affine offsets.
+// accumulate), bilinear resize, concat, resize_concat (the DEKR neck), deformable conv on both
+// algorithms (im2col + GEMM and fused; DEKR shape family, 8/16/32 lanes, odd sizes, far offsets,
+// general geometry, one and several chunks) and DEKR affine offsets.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -176,11 +177,20 @@ TEST_CASE_TEMPLATE("concat and resize_concat (DEKR neck): CUDA matches host", T,
 }
 
 namespace {
+using cuda::sampling::DeformConvAlgo;
+
+const char* algo_name(DeformConvAlgo a) { return a == DeformConvAlgo::kFused ? "fused" : "im2col"; }
+
+/// One deformable conv, forward + backward, on the host and on CUDA with algorithm `algo`
+/// (workspace budget and fused pixels-per-block set for the call, then restored).
 template <class T>
-void deform_case(Shape xs, int k, const DeformConv2dParams& p, float offset_scale, std::size_t workspace_bytes) {
+void deform_case(Shape xs, int k, const DeformConv2dParams& p, float offset_scale, std::size_t workspace_bytes,
+                 DeformConvAlgo algo, int pixels_per_block = 4096) {
   CAPTURE(xs);
   CAPTURE(k);
   CAPTURE(workspace_bytes);
+  CAPTURE(pixels_per_block);
+  INFO("algorithm ", algo_name(algo));
   Host host;
   const Shape ys = deform_conv2d_output_shape(xs, k, p);
   const Shape os{xs.n, ys.h, ys.w, p.offset_channels()}, ws{k, p.kernel_h, p.kernel_w, xs.c / p.groups};
@@ -193,37 +203,109 @@ void deform_case(Shape xs, int k, const DeformConv2dParams& p, float offset_scal
   deform_conv2d_backward<T>(host, x.cview(), off.cview(), w.cview(), dy.cview(), dx_h.view(), doff_h.view(),
                             dw_h.view(), p);
   auto& limit = cuda::sampling::deform_workspace_bytes();
+  auto& algo_now = cuda::sampling::deform_conv_algo();
+  auto& ppb = cuda::sampling::deform_fused_pixels_per_block();
   const std::size_t saved = limit;
+  const DeformConvAlgo saved_algo = algo_now;
+  const int saved_ppb = ppb;
   limit = workspace_bytes;
+  algo_now = algo;
+  ppb = pixels_per_block;
   auto x_d = up(x), off_d = up(off), w_d = up(w), dy_d = up(dy), dw_d = up(dw0);
   auto y_d = garbage<T>(ys, 66), dx_d = garbage<T>(xs, 67), doff_d = garbage<T>(os, 68);
-  deform_conv2d_forward<T>(gpu(), x_d.cview(), off_d.cview(), w_d.cview(), y_d.view(), p);
-  deform_conv2d_backward<T>(gpu(), x_d.cview(), off_d.cview(), w_d.cview(), dy_d.cview(), dx_d.view(), doff_d.view(),
-                            dw_d.view(), p);
-  limit = saved;
+  try {
+    deform_conv2d_forward<T>(gpu(), x_d.cview(), off_d.cview(), w_d.cview(), y_d.view(), p);
+    deform_conv2d_backward<T>(gpu(), x_d.cview(), off_d.cview(), w_d.cview(), dy_d.cview(), dx_d.view(),
+                              doff_d.view(), dw_d.view(), p);
+  } catch (...) {
+    limit = saved, algo_now = saved_algo, ppb = saved_ppb;
+    throw;
+  }
+  limit = saved, algo_now = saved_algo, ppb = saved_ppb;
   const double cg = double(xs.c) / p.groups, kg = double(k) / p.groups, cog = double(xs.c) / p.offset_groups;
   check_close("deform y", down(y_d), y_h, p.taps() * cg);
   check_close("deform dx", down(dx_d), dx_h, 4 * p.taps() * kg);
   check_close("deform doffsets", down(doff_d), doff_h, cog * kg);
   check_close("deform dw (accumulated)", down(dw_d), dw_h, double(ys.n * ys.h * ys.w));
 }
+
+/// The same case on both algorithms (the fused one only where it applies).
+template <class T>
+void deform_both(Shape xs, int k, const DeformConv2dParams& p, float offset_scale, std::size_t workspace_bytes,
+                 int pixels_per_block = 4096) {
+  deform_case<T>(xs, k, p, offset_scale, workspace_bytes, DeformConvAlgo::kIm2col);
+  REQUIRE(cuda::sampling::deform_fused_supported(xs, k, p));
+  deform_case<T>(xs, k, p, offset_scale, workspace_bytes, DeformConvAlgo::kFused, pixels_per_block);
+}
 }  // namespace
 
-TEST_CASE_TEMPLATE("deform_conv2d: CUDA matches host", T, float, ampkit::half, ampkit::bfloat16) {
+TEST_CASE_TEMPLATE("deform_conv2d: CUDA matches host (im2col and fused)", T, float, ampkit::half, ampkit::bfloat16) {
   DeformConv2dParams dekr;
   dekr.groups = dekr.offset_groups = 17;
-  SUBCASE("DEKR: 255 channels, groups 17, 3x3 pad 1, one chunk") { deform_case<T>({2, 12, 10, 255}, 255, dekr, 2.f, 768u << 20); }
-  SUBCASE("DEKR family, small channels, 3 chunks of 1 image") { deform_case<T>({3, 9, 11, 34}, 51, dekr, 2.5f, 1); }
-  SUBCASE("general: 2x3 kernel, stride 2x1, pad 0x1, dilation 2x1, groups 2, offset groups 3") {
+  SUBCASE("DEKR: 255 channels, groups 17, 3x3 pad 1, one chunk") { deform_both<T>({2, 12, 10, 255}, 255, dekr, 2.f, 768u << 20); }
+  SUBCASE("DEKR, fused with 7-pixel blocks (many blocks, partial tiles, many dW partials)") {
+    deform_case<T>({2, 12, 10, 255}, 255, dekr, 2.f, 768u << 20, DeformConvAlgo::kFused, 7);
+  }
+  SUBCASE("DEKR, odd size, offsets up to 8 px (many samples partly or wholly outside)") {
+    deform_both<T>({3, 13, 9, 255}, 255, dekr, 8.f, 768u << 20, 37);
+  }
+  SUBCASE("DEKR family, small channels (8 lanes), 3 chunks of 1 image") { deform_both<T>({3, 9, 11, 34}, 51, dekr, 2.5f, 1, 5); }
+  SUBCASE("DEKR family, 5 channels and 12 filters per group (16 lanes, lanes beyond C/g)") {
+    deform_both<T>({2, 8, 7, 85}, 204, dekr, 2.f, 768u << 20, 9);
+  }
+  SUBCASE("32 channels per group (32 lanes), 20 filters per group, 3 groups") {
+    DeformConv2dParams p;
+    p.groups = p.offset_groups = 3;
+    deform_both<T>({2, 6, 7, 96}, 60, p, 3.f, 768u << 20, 11);
+  }
+  SUBCASE("general with groups = offset groups: 2x3 kernel, stride 2x1, pad 0x1, dilation 2x1, groups 2") {
+    DeformConv2dParams p;
+    p.kernel_h = 2, p.kernel_w = 3, p.stride_h = 2, p.stride_w = 1, p.pad_h = 0, p.pad_w = 1;
+    p.dilation_h = 2, p.dilation_w = 1, p.groups = p.offset_groups = 2;
+    deform_both<T>({2, 9, 8, 12}, 8, p, 3.f, 768u << 20, 6);
+  }
+  SUBCASE("5x5 kernel, pad 2, groups 4 (25 taps: lanes loop over taps for the sample points)") {
+    DeformConv2dParams p;
+    p.kernel_h = p.kernel_w = 5, p.pad_h = p.pad_w = 2, p.groups = p.offset_groups = 4;
+    deform_both<T>({1, 7, 6, 16}, 12, p, 2.f, 768u << 20, 13);
+  }
+  SUBCASE("general: 2x3 kernel, stride 2x1, pad 0x1, dilation 2x1, groups 2, offset groups 3 (im2col only)") {
     DeformConv2dParams p;
     p.kernel_h = 2, p.kernel_w = 3, p.stride_h = 2, p.stride_w = 1, p.pad_h = 0, p.pad_w = 1;
     p.dilation_h = 2, p.dilation_w = 1, p.groups = 2, p.offset_groups = 3;
-    deform_case<T>({2, 9, 8, 12}, 8, p, 3.f, 768u << 20);
+    CHECK_FALSE(cuda::sampling::deform_fused_supported({2, 9, 8, 12}, 8, p));
+    deform_case<T>({2, 9, 8, 12}, 8, p, 3.f, 768u << 20, DeformConvAlgo::kIm2col);
   }
-  SUBCASE("one offset group over 40 channels (lanes loop over channels)") {
+  SUBCASE("one offset group over 40 channels (lanes loop over channels; im2col only)") {
     DeformConv2dParams p;
-    deform_case<T>({1, 7, 7, 40}, 16, p, 1.5f, 768u << 20);
+    CHECK_FALSE(cuda::sampling::deform_fused_supported({1, 7, 7, 40}, 16, p));
+    deform_case<T>({1, 7, 7, 40}, 16, p, 1.5f, 768u << 20, DeformConvAlgo::kIm2col);
   }
+}
+
+TEST_CASE("deform_conv2d: kAuto picks fused for DEKR; kFused on an unsupported shape is a clear error") {
+  DeformConv2dParams dekr;
+  dekr.groups = dekr.offset_groups = 17;
+  CHECK(cuda::sampling::deform_fused_supported({32, 128, 128, 255}, 255, dekr));
+  DeformConv2dParams p;  // one group of 40 channels: more than 32 per group
+  auto x = gpu().tensor<ampkit::half>({1, 4, 4, 40});
+  auto off = gpu().tensor<ampkit::half>({1, 4, 4, 18});
+  auto w = gpu().tensor<ampkit::half>({8, 3, 3, 40});
+  auto y = gpu().tensor<ampkit::half>({1, 4, 4, 8});
+  auto& algo = cuda::sampling::deform_conv_algo();
+  const DeformConvAlgo saved = algo;
+  algo = DeformConvAlgo::kFused;
+  bool threw = false;
+  try {
+    deform_conv2d_forward<ampkit::half>(gpu(), x.cview(), off.cview(), w.cview(), y.view(), p);
+  } catch (const Error& e) {
+    threw = true;
+    const std::string m = e.what();
+    CHECK(m.find("deform_conv2d") != std::string::npos);
+    CHECK(m.find("kFused") != std::string::npos);
+  }
+  algo = saved;
+  CHECK(threw);
 }
 
 TEST_CASE_TEMPLATE("affine_offsets: CUDA matches host", T, float, ampkit::half, ampkit::bfloat16) {

@@ -605,8 +605,12 @@ void fused_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> off, T
   const std::int64_t chunk =
       kDirect ? std::max<std::int64_t>(x.shape.n, 1)
               : images_per_chunk(x.shape.n, static_cast<std::size_t>(pix_in) * sizeof(float));
-  std::int64_t max_blocks = 0;
+  // Blocks per launch for the full and the last (remainder) image chunk; the 65535-chunk clamp in
+  // make_fused_geom makes the count non-monotonic in the pixel count, so take the larger.
+  std::int64_t max_blocks = 0, last_blocks = 0;
   (void)make_fused_geom(x.shape, dy.shape, p, chunk, max_blocks);
+  if (x.shape.n % chunk) (void)make_fused_geom(x.shape, dy.shape, p, x.shape.n % chunk, last_blocks);
+  max_blocks = std::max(max_blocks, last_blocks);
   const std::int64_t n_dw = w.numel();
   const std::size_t dw_bytes = (static_cast<std::size_t>(n_dw) * sizeof(float) + 255) / 256 * 256;
   const std::size_t part_bytes = (static_cast<std::size_t>(max_blocks * n_dw) * sizeof(float) + 255) / 256 * 256;
