@@ -1,5 +1,7 @@
-// CUDA nn ops (conv2d via cuDNN, batch norm plain/fused, relu, add, sum) against the host
-// backend on the same seeded random inputs, for float, half and bfloat16.
+// CUDA nn ops (conv2d via cuDNN and the direct grouped kernels, batch norm plain/fused in the
+// per-channel and flat-pack layouts, relu, add, sum) against the host backend on the same seeded
+// random inputs, for float, half and bfloat16. Paths behind a switch (cuda::conv_force_cudnn,
+// cuda::bn_flat_packs) are tested both ways.
 //
 // Tolerances: both backends read identical T-rounded inputs and accumulate in fp32 (the host in
 // fp32 for conv, double for BN statistics), then round once to T. Differences come from the
@@ -9,7 +11,9 @@
 // A wrong index, a missed tap or a wrong reduction gives O(max|ref|) errors and fails.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -54,6 +58,19 @@ void expect_match(const std::string& what, const HostTensor<T>& got, const HostT
 
 template <class T>
 constexpr double tol_v = 2.0 * epsilon_v<T>;
+
+/// Sets a path switch for a scope and restores it.
+class SwitchGuard {
+ public:
+  SwitchGuard(std::atomic<bool>& s, bool v) : s_(s), old_(s.load()) { s_ = v; }
+  ~SwitchGuard() { s_ = old_; }
+  SwitchGuard(const SwitchGuard&) = delete;
+  SwitchGuard& operator=(const SwitchGuard&) = delete;
+
+ private:
+  std::atomic<bool>& s_;
+  bool old_;
+};
 
 }  // namespace
 
@@ -128,14 +145,114 @@ TEST_SUITE("gpu") {
     }
   }
 
+  TEST_CASE_TEMPLATE("conv2d grouped direct kernels == host (and the cuDNN path behind the switch)", T, float,
+                     ampkit::half, ampkit::bfloat16) {
+    // DEKR's adaptive-block convs at odd sizes (edge tiles in both directions), then odd small
+    // shapes that exercise each padded channel width (CIP 8/16/32, COP 2/8/16/32), dilation,
+    // asymmetric kernels and padding, 1x1 with padding, depthwise.
+    struct Case {
+      const char* name;
+      Shape x;
+      std::int64_t k, r, s;
+      Conv2dParams p;
+      bool bias;
+    };
+    const Case cases[] = {
+        {"DEKR 3x3 g17 255->102 bias", {2, 20, 37, 255}, 102, 3, 3, Conv2dParams::square(1, 1, 1, 17), true},
+        {"DEKR 1x1 g17 255->34 bias", {2, 40, 33, 255}, 34, 1, 1, Conv2dParams::square(1, 0, 1, 17), true},
+        {"3x3 g3 9->6 dil2 pad1", {1, 7, 5, 9}, 6, 3, 3, Conv2dParams::square(1, 1, 2, 3), true},
+        {"5x3 g2 4->34 pad(2,1)", {2, 9, 35, 4}, 34, 5, 3, {1, 1, 2, 1, 1, 1, 2}, false},
+        {"3x3 g4 128->8 pad0", {1, 6, 40, 128}, 8, 3, 3, Conv2dParams::square(1, 0, 1, 4), true},
+        {"1x1 g5 10->80 pad1", {2, 5, 6, 10}, 80, 1, 1, Conv2dParams::square(1, 1, 1, 5), false},
+        {"depthwise 3x3 g8", {2, 33, 9, 8}, 8, 3, 3, Conv2dParams::square(1, 1, 1, 8), true},
+        {"3x3 g17 255->255", {1, 6, 6, 255}, 255, 3, 3, Conv2dParams::square(1, 1, 1, 17), false},
+    };
+    std::uint64_t seed = 700;
+    auto& g = gpu();
+    for (const auto& c : cases) {
+      CAPTURE(c.name);
+      const auto x = testing::random_tensor<T>(c.x, ++seed);
+      const Shape ws{c.k, c.r, c.s, c.x.c / c.p.groups};
+      const float wscale = 1.f / std::sqrt(static_cast<float>(ws.h * ws.w * ws.c));
+      const auto w = testing::random_tensor<T>(ws, ++seed, -wscale, wscale);
+      HostTensor<T> b;
+      if (c.bias) b = testing::random_tensor<T>({1, 1, 1, c.k}, ++seed);
+      const Shape ys = conv2d_output_shape(c.x, ws, c.p);
+      const auto dy = testing::random_tensor<T>(ys, ++seed);
+      const auto dw0 = testing::random_tensor<T>(ws, ++seed, -0.1f, 0.1f);
+
+      HostTensor<T> y_h(ys), dx_h(c.x);
+      auto dw_h = dw0.clone();
+      conv2d_forward<T>(cpu(), x.cview(), w.cview(), b.cview(), y_h.view(), c.p);
+      conv2d_backward_data<T>(cpu(), dy.cview(), w.cview(), dx_h.view(), c.p);
+      conv2d_backward_filter<T>(cpu(), x.cview(), dy.cview(), dw_h.view(), c.p);
+
+      auto xd = g.to_device(x), wd = g.to_device(w), dyd = g.to_device(dy);
+      auto bd = c.bias ? g.to_device(b) : cuda::DeviceTensor<T>{};
+      const TensorView<const T> bv = c.bias ? bd.cview() : TensorView<const T>{};
+      for (const bool force_cudnn : {false, true}) {
+        SwitchGuard sw(cuda::conv_force_cudnn(), force_cudnn);
+        const std::string path = conv2d_path_name<T>(g, c.x, ws, c.p);
+        CAPTURE(path);
+        CHECK(path == (force_cudnn ? "cudnn" : "direct-grouped"));
+        auto yd = g.tensor<T>(ys), dxd = g.tensor<T>(c.x);
+        HostTensor<T> y_first, dx_first, dw_first;
+        for (int rep = 0; rep < 2; ++rep) {  // the second run must agree bit for bit
+          auto dwd = g.to_device(dw0);
+          conv2d_forward<T>(g, xd.cview(), wd.cview(), bv, yd.view(), c.p);
+          conv2d_backward_data<T>(g, dyd.cview(), wd.cview(), dxd.view(), c.p);
+          conv2d_backward_filter<T>(g, xd.cview(), dyd.cview(), dwd.view(), c.p);
+          auto y_d = g.to_host(yd.cview()), dx_d = g.to_host(dxd.cview()), dw_d = g.to_host(dwd.cview());
+          if (rep == 0) {
+            y_first = std::move(y_d);
+            dx_first = std::move(dx_d);
+            dw_first = std::move(dw_d);
+            continue;
+          }
+          CHECK(std::memcmp(y_first.data(), y_d.data(), y_d.numel() * sizeof(T)) == 0);
+          CHECK(std::memcmp(dx_first.data(), dx_d.data(), dx_d.numel() * sizeof(T)) == 0);
+          CHECK(std::memcmp(dw_first.data(), dw_d.data(), dw_d.numel() * sizeof(T)) == 0);
+        }
+        // Same tolerances as the cuDNN test above (fp32 sums in another order, one rounding to T;
+        // the fp32 extra covers cuDNN's FFT/Winograd when the switch forces it).
+        const double extra = std::is_same_v<T, float> ? 1e-4 : 0.0;
+        const std::string n = std::string(c.name) + " " + type_name_v<T> + " " + path;
+        expect_match(n + " y", y_first, y_h, tol_v<T>, tol_v<T>, extra * max_abs(y_h));
+        expect_match(n + " dL_dx", dx_first, dx_h, tol_v<T>, tol_v<T>, extra * max_abs(dx_h));
+        expect_match(n + " dL_dw (accumulated)", dw_first, dw_h, tol_v<T>, tol_v<T>, extra * max_abs(dw_h));
+      }
+    }
+  }
+
+  TEST_CASE("conv2d path choice: direct only for stride-1 grouped convs with <= 32 channels per group") {
+    auto& g = gpu();
+    using H = ampkit::half;
+    SwitchGuard sw(cuda::conv_force_cudnn(), false);
+    CHECK(std::string(conv2d_path_name<H>(g, {1, 8, 8, 255}, {102, 3, 3, 15}, Conv2dParams::square(1, 1, 1, 17))) ==
+          "direct-grouped");
+    CHECK(std::string(conv2d_path_name<H>(g, {1, 8, 8, 255}, {102, 3, 3, 15}, Conv2dParams::square(2, 1, 1, 17))) ==
+          "cudnn");  // stride 2
+    CHECK(std::string(conv2d_path_name<H>(g, {1, 8, 8, 64}, {64, 3, 3, 64}, Conv2dParams::square(1, 1))) ==
+          "cudnn");  // ungrouped
+    CHECK(std::string(conv2d_path_name<H>(g, {1, 8, 8, 128}, {128, 3, 3, 64}, Conv2dParams::square(1, 1, 1, 2))) ==
+          "cudnn");  // 64 channels per group
+  }
+
   TEST_CASE_TEMPLATE("batch_norm cuda == host: training/inference, all epilogues, packed and scalar paths", T,
                      float, ampkit::half, ampkit::bfloat16) {
-    // C = 32/64/480 take 16-byte packs, 34 takes pairs, 255 and 17 the scalar path; M = 16384
-    // spreads the statistics over many blocks.
-    const Shape shapes[] = {{4, 64, 64, 32},  {2, 9, 7, 255}, {3, 5, 7, 34},
-                            {2, 16, 16, 480}, {8, 3, 5, 17},  {2, 32, 32, 64}};
+    // C = 32/64/480 take 16-byte packs per channel. With the flat layout on, C = 255/34/17/3 take
+    // packs over the flat array where N*H*W*C allows (255 at M=512 and 4096: V=8, L=2040; 34 at
+    // M=512 and 17 at M=120: L=136; 3: L=24 with channels repeating inside a pack; 255 at M=126:
+    // pairs, L=510), the rest the per-channel layout (34 at M=105: pairs); with it off, the
+    // per-channel layout (scalar for odd C). M = 16384 spreads the statistics over many blocks.
+    const Shape shapes[] = {{4, 64, 64, 32}, {2, 9, 7, 255},  {3, 5, 7, 34},  {2, 16, 16, 480},
+                            {8, 3, 5, 17},   {2, 32, 32, 64}, {2, 16, 16, 255}, {8, 8, 8, 34},
+                            {1, 4, 2, 3},    {4, 32, 32, 255}};
     std::uint64_t seed = 500;
+    for (const bool flat : {true, false})
     for (const Shape s : shapes) {
+      SwitchGuard sw(cuda::bn_flat_packs(), flat);
+      if (!flat && s.c % 8 == 0) continue;  // the switch changes nothing there
       const Shape v{1, 1, 1, s.c};
       const std::int64_t M = s.n * s.h * s.w;
       // Per-channel offset and spread so the normalisation does real work (offset 3 > spread tests
@@ -157,7 +274,8 @@ TEST_SUITE("gpu") {
       auto gd = g.to_device(gamma), bd = g.to_device(beta);
       for (const auto e : {BatchNormEpilogue::kNone, BatchNormEpilogue::kRelu, BatchNormEpilogue::kAddRelu}) {
         const std::string n = std::string(detail::bn_forward_name(e, true)) + " " + type_name_v<T> +
-                              " C=" + std::to_string(s.c) + " M=" + std::to_string(M);
+                              " C=" + std::to_string(s.c) + " M=" + std::to_string(M) + " " +
+                              cuda::detail::bn_path_name<T>(s, xd.data());
         CAPTURE(n);
         // host
         auto rm_h = rm0.clone(), rv_h = rv0.clone(), dg_h = dg0.clone(), db_h = db0.clone();
@@ -236,7 +354,9 @@ TEST_SUITE("gpu") {
   }
 
   TEST_CASE_TEMPLATE("batch_norm cuda is deterministic run to run", T, ampkit::half, float) {
-    const Shape s{8, 32, 32, 64}, v{1, 1, 1, 64};
+   for (const Shape s : {Shape{8, 32, 32, 64}, Shape{4, 16, 16, 255}}) {
+    CAPTURE(s);
+    const Shape v{1, 1, 1, s.c};
     auto& g = gpu();
     auto x = g.to_device(testing::random_tensor<T>(s, 1)), dy = g.to_device(testing::random_tensor<T>(s, 2));
     auto gm = g.to_device(testing::random_tensor<float>(v, 3, 0.5f, 1.5f)),
@@ -259,11 +379,12 @@ TEST_SUITE("gpu") {
         first_dg = dgh.clone();
         first_dx = dxh.clone();
       } else {
-        CHECK(std::memcmp(mean.data(), first_mean.data(), 64 * sizeof(float)) == 0);
-        CHECK(std::memcmp(dgh.data(), first_dg.data(), 64 * sizeof(float)) == 0);
+        CHECK(std::memcmp(mean.data(), first_mean.data(), s.c * sizeof(float)) == 0);
+        CHECK(std::memcmp(dgh.data(), first_dg.data(), s.c * sizeof(float)) == 0);
         CHECK(std::memcmp(dxh.data(), first_dx.data(), dxh.numel() * sizeof(T)) == 0);
       }
     }
+   }
   }
 
   TEST_CASE_TEMPLATE("relu / add / sum / sum_relu cuda == host exactly, packed, scalar and in-place", T,

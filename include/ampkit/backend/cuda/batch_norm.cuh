@@ -9,6 +9,14 @@
 /// then blocks) with Chan's formula, so results are deterministic run to run on a given device,
 /// and accurate when the mean is large against the spread (where sum/sum-of-squares cancels).
 ///
+/// Channel counts that are not a multiple of the pack width (DEKR's 255, 34, 17): the "flat"
+/// layout reads the NHWC tensor as a flat array in 16-byte packs (channel = flat index % C) and
+/// tiles it in super-rows of L = lcm(C, V) elements, so every thread still sees the same V
+/// channel slots on every step; per-slot partials are merged per channel (slots c, c+C, ...) in a
+/// fixed order. With C % V == 0 this is exactly the per-channel layout (L = C). The switch
+/// cuda::bn_flat_packs() (env AMPKIT_BN_FLAT_PACKS=0 turns it off) falls back to the per-channel
+/// layout with the pack width C allows (scalar for odd C).
+///
 /// Passes (x read twice forward, x and dL_dy twice backward; nothing else touches memory):
 ///   forward  stats_partial -> finalize (mean, invstd, running stats, scale/shift) -> apply
 ///   backward grad_partial  -> finalize (dgamma, dbeta, dx coefficients)           -> apply
@@ -17,7 +25,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <string>
 
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
@@ -27,9 +40,55 @@
 
 namespace ampkit {
 
+namespace cuda {
+
+/// Switch for the flat 16-byte-pack BatchNorm layout for channel counts that are not a multiple
+/// of the pack width (default on; the environment variable AMPKIT_BN_FLAT_PACKS=0 turns it off at
+/// first use; set it at run time with `cuda::bn_flat_packs() = false`). Off: the per-channel layout
+/// (scalar loads for odd C), the older path.
+inline std::atomic<bool>& bn_flat_packs() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("AMPKIT_BN_FLAT_PACKS");
+    return !(e && std::strcmp(e, "0") == 0);
+  }()};
+  return on;
+}
+
+}  // namespace cuda
+
 namespace cuda::detail {
 
 inline constexpr int kBnThreads = 256;
+
+/// How the (M, C) tensor is read: packs of V elements over super-rows of L elements
+/// (L = C for the per-channel layout, lcm(C, V) for the flat one), M * C / L super-rows.
+struct BnLayout {
+  int v;
+  std::int64_t row_len;  ///< L
+  std::int64_t rows;     ///< M * C / L
+  bool flat;
+};
+
+template <StorageScalar T>
+BnLayout bn_layout(std::int64_t M, std::int64_t C, std::initializer_list<const void*> ptrs) {
+  const int vc = pack_width<T>(C, ptrs);
+  if (bn_flat_packs().load()) {
+    const int vf = pack_width<T>(M * C, ptrs);
+    if (vf > vc) {
+      const std::int64_t L = std::lcm(C, std::int64_t{vf});
+      return {vf, L, M * C / L, true};
+    }
+  }
+  return {vc, C, M, false};
+}
+
+/// Which layout bn_forward/bn_backward take for x of shape `s` (for benchmarks and logs).
+template <StorageScalar T>
+std::string bn_path_name(Shape s, const void* ptr = nullptr) {
+  const BnLayout l = bn_layout<T>(s.n * s.h * s.w, s.c, {ptr});
+  return std::string(l.flat ? "flat" : "per-channel") + " V=" + std::to_string(l.v) +
+         " L=" + std::to_string(l.row_len);
+}
 
 /// How a block tiles the (M, C) matrix.
 struct BnTiling {
@@ -64,8 +123,8 @@ __device__ __forceinline__ void welford_merge(float& n, float& mean, float& m2, 
   n = nn;
 }
 
-/// Per block: Welford statistics of its rows for each channel it covers.
-/// partial: (grid_y, C, 3) = (count, mean, M2).
+/// Per block: Welford statistics of its rows for each slot it covers. `C` here is the super-row
+/// length L (slot = position in the super-row). partial: (grid_y, L, 3) = (count, mean, M2).
 template <class N, int V>
 __global__ void __launch_bounds__(kBnThreads)
     bn_stats_partial(const N* __restrict__ x, std::int64_t M, int C, int ppb, float* __restrict__ partial) {
@@ -77,18 +136,34 @@ __global__ void __launch_bounds__(kBnThreads)
   float n = 0.f, mean[V], m2[V];
 #pragma unroll
   for (int v = 0; v < V; ++v) mean[v] = m2[v] = 0.f;
-  if (active) {
-    for (std::int64_t row = std::int64_t{blockIdx.y} * R + r; row < M; row += std::int64_t{gridDim.y} * R) {
-      float xv[V];
-      load_pack<N, V>(x + row * C + pack * V, xv);
-      n += 1.f;
-      const float inv = 1.f / n;
+  // Welford update of this thread's V slots with one pack.
+  auto update = [&](const float(&xv)[V]) {
+    n += 1.f;
+    const float inv = 1.f / n;
 #pragma unroll
-      for (int v = 0; v < V; ++v) {
-        const float d = xv[v] - mean[v];
-        mean[v] += d * inv;
-        m2[v] += d * (xv[v] - mean[v]);
-      }
+    for (int v = 0; v < V; ++v) {
+      const float d = xv[v] - mean[v];
+      mean[v] += d * inv;
+      m2[v] += d * (xv[v] - mean[v]);
+    }
+  };
+  if (active) {
+    const std::int64_t step = std::int64_t{gridDim.y} * R;
+    const N* base = x + pack * V;
+    std::int64_t row = std::int64_t{blockIdx.y} * R + r;
+    // Four loads in flight before the first use (memory-level parallelism); updates stay in row
+    // order, so the result is the same as one row at a time.
+    for (; row + 3 * step < M; row += 4 * step) {
+      float xv[4][V];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) load_pack<N, V>(base + (row + u * step) * C, xv[u]);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) update(xv[u]);
+    }
+    for (; row < M; row += step) {
+      float xv[V];
+      load_pack<N, V>(base + row * C, xv);
+      update(xv);
     }
   }
   s_n[threadIdx.x] = n;
@@ -118,9 +193,9 @@ __global__ void __launch_bounds__(kBnThreads)
   }
 }
 
-/// Per channel: merge the partials in order, then the statistics, running stats and the
+/// Per channel: merge the partials in order (block-major, then slot), then the statistics, running stats and the
 /// normalisation as one affine map y = x*scale + shift.
-__global__ void bn_stats_finalize(const float* __restrict__ partial, int n_part, int C, std::int64_t M,
+__global__ void bn_stats_finalize(const float* __restrict__ partial, int n_part, int C, int L, std::int64_t M,
                                   const float* __restrict__ gamma, const float* __restrict__ beta,
                                   float* __restrict__ running_mean, float* __restrict__ running_var,
                                   float* __restrict__ save_mean, float* __restrict__ save_invstd,
@@ -129,10 +204,11 @@ __global__ void bn_stats_finalize(const float* __restrict__ partial, int n_part,
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   float n = 0.f, mean = 0.f, m2 = 0.f;
-  for (int j = 0; j < n_part; ++j) {
-    const float* p = partial + (std::int64_t{j} * C + c) * 3;
-    welford_merge(n, mean, m2, p[0], p[1], p[2]);
-  }
+  for (int j = 0; j < n_part; ++j)
+    for (int slot = c; slot < L; slot += C) {  // slots c, c+C, ... of the super-row (one when L == C)
+      const float* p = partial + (std::int64_t{j} * L + slot) * 3;
+      welford_merge(n, mean, m2, p[0], p[1], p[2]);
+    }
   const float var = m2 / static_cast<float>(M);
   const float invstd = 1.f / sqrtf(var + eps);
   save_mean[c] = mean;
@@ -163,14 +239,24 @@ template <class N, int V, BatchNormEpilogue E>
 __global__ void bn_apply(const N* __restrict__ x, const N* __restrict__ residual,
                          const float* __restrict__ scale, const float* __restrict__ shift, N* __restrict__ y,
                          std::int64_t n_pack, int C) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n_pack;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
+  const std::int64_t stride = std::int64_t{gridDim.x} * blockDim.x;
+  std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
+  // The channel of a pack's first element, advanced by the grid stride (no 64-bit % per pack);
+  // within a pack the channel wraps at C (flat layout; never wraps when C % V == 0).
+  const int step_c = static_cast<int>((stride * V) % C);
+  int c0 = static_cast<int>((i * V) % C);
+  for (; i < n_pack; i += stride) {
     const std::int64_t off = i * V;
-    const int c0 = static_cast<int>(off % C);
     float z[V];
     load_pack<N, V>(x + off, z);
+    int c = c0;
 #pragma unroll
-    for (int v = 0; v < V; ++v) z[v] = fmaf(z[v], __ldg(scale + c0 + v), __ldg(shift + c0 + v));
+    for (int v = 0; v < V; ++v) {
+      z[v] = fmaf(z[v], __ldg(scale + c), __ldg(shift + c));
+      c = c + 1 == C ? 0 : c + 1;
+    }
+    c0 += step_c;
+    if (c0 >= C) c0 -= C;
     if constexpr (E == BatchNormEpilogue::kAddRelu) {
       float rv[V];
       load_pack<N, V>(residual + off, rv);
@@ -186,11 +272,11 @@ __global__ void bn_apply(const N* __restrict__ x, const N* __restrict__ residual
 }
 
 /// Per block: sum(dz) and sum(dz * (x - mean)) for its rows; dz = dL_dy masked by y > 0 for the
-/// fused variants. partial: (grid_y, C, 2).
+/// fused variants. `C` is the super-row length L, `n_chan` the channel count. partial: (grid_y, L, 2).
 template <class N, int V, BatchNormEpilogue E>
 __global__ void __launch_bounds__(kBnThreads)
     bn_grad_partial(const N* __restrict__ x, const N* __restrict__ y, const N* __restrict__ dy,
-                    const float* __restrict__ mean, std::int64_t M, int C, int ppb,
+                    const float* __restrict__ mean, std::int64_t M, int C, int n_chan, int ppb,
                     float* __restrict__ partial) {
   __shared__ float s_a[kBnThreads * V], s_b[kBnThreads * V];
   const int R = kBnThreads / ppb;
@@ -200,25 +286,41 @@ __global__ void __launch_bounds__(kBnThreads)
   float sdz[V], sdzx[V], mu[V];
 #pragma unroll
   for (int v = 0; v < V; ++v) sdz[v] = sdzx[v] = 0.f;
+  // One row: loads, then the sums (in row order whatever the unrolling).
+  auto load_row = [&](std::int64_t row, float(&xv)[V], float(&g)[V]) {
+    const std::int64_t off = row * C + pack * V;
+    load_pack<N, V>(x + off, xv);
+    load_pack<N, V>(dy + off, g);
+    if constexpr (E != BatchNormEpilogue::kNone) {
+      float yv[V];
+      load_pack<N, V>(y + off, yv);
+#pragma unroll
+      for (int v = 0; v < V; ++v) g[v] = yv[v] > 0.f ? g[v] : 0.f;
+    }
+  };
+  auto accumulate = [&](const float(&xv)[V], const float(&g)[V]) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      sdz[v] += g[v];
+      sdzx[v] = fmaf(g[v], xv[v] - mu[v], sdzx[v]);
+    }
+  };
   if (active) {
 #pragma unroll
-    for (int v = 0; v < V; ++v) mu[v] = mean[pack * V + v];
-    for (std::int64_t row = std::int64_t{blockIdx.y} * R + r; row < M; row += std::int64_t{gridDim.y} * R) {
-      const std::int64_t off = row * C + pack * V;
+    for (int v = 0; v < V; ++v) mu[v] = mean[(pack * V + v) % n_chan];  // slot -> channel
+    const std::int64_t step = std::int64_t{gridDim.y} * R;
+    std::int64_t row = std::int64_t{blockIdx.y} * R + r;
+    for (; row + step < M; row += 2 * step) {
+      float xv[2][V], g[2][V];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) load_row(row + u * step, xv[u], g[u]);
+#pragma unroll
+      for (int u = 0; u < 2; ++u) accumulate(xv[u], g[u]);
+    }
+    for (; row < M; row += step) {
       float xv[V], g[V];
-      load_pack<N, V>(x + off, xv);
-      load_pack<N, V>(dy + off, g);
-      if constexpr (E != BatchNormEpilogue::kNone) {
-        float yv[V];
-        load_pack<N, V>(y + off, yv);
-#pragma unroll
-        for (int v = 0; v < V; ++v) g[v] = yv[v] > 0.f ? g[v] : 0.f;
-      }
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        sdz[v] += g[v];
-        sdzx[v] = fmaf(g[v], xv[v] - mu[v], sdzx[v]);
-      }
+      load_row(row, xv, g);
+      accumulate(xv, g);
     }
   }
 #pragma unroll
@@ -247,18 +349,19 @@ __global__ void __launch_bounds__(kBnThreads)
 
 /// Per channel: dgamma += sum(dz*xhat), dbeta += sum(dz), and dx = a*dz + b*(x - mean) + e with
 /// a = gamma*invstd, b = -gamma*invstd^3*sum(dz*(x-mean))/M, e = -gamma*invstd*sum(dz)/M.
-__global__ void bn_grad_finalize(const float* __restrict__ partial, int n_part, int C, std::int64_t M,
+__global__ void bn_grad_finalize(const float* __restrict__ partial, int n_part, int C, int L, std::int64_t M,
                                  const float* __restrict__ gamma, const float* __restrict__ invstd,
                                  float* __restrict__ dgamma, float* __restrict__ dbeta,
                                  float* __restrict__ coef) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   float sdz = 0.f, sdzx = 0.f;
-  for (int j = 0; j < n_part; ++j) {
-    const float* p = partial + (std::int64_t{j} * C + c) * 2;
-    sdz += p[0];
-    sdzx += p[1];
-  }
+  for (int j = 0; j < n_part; ++j)
+    for (int slot = c; slot < L; slot += C) {  // fixed order: block-major, then slot
+      const float* p = partial + (std::int64_t{j} * L + slot) * 2;
+      sdz += p[0];
+      sdzx += p[1];
+    }
   const float is = invstd[c], g = gamma[c], inv_m = 1.f / static_cast<float>(M);
   dgamma[c] += sdzx * is;
   dbeta[c] += sdz;
@@ -271,10 +374,12 @@ template <class N, int V, BatchNormEpilogue E>
 __global__ void bn_grad_apply(const N* __restrict__ x, const N* __restrict__ y, const N* __restrict__ dy,
                               const float* __restrict__ mean, const float* __restrict__ coef,
                               N* __restrict__ dx, N* __restrict__ dres, std::int64_t n_pack, int C) {
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n_pack;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
+  const std::int64_t stride = std::int64_t{gridDim.x} * blockDim.x;
+  std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
+  const int step_c = static_cast<int>((stride * V) % C);  // as bn_apply
+  int c0 = static_cast<int>((i * V) % C);
+  for (; i < n_pack; i += stride) {
     const std::int64_t off = i * V;
-    const int c0 = static_cast<int>(off % C);
     float xv[V], g[V];
     load_pack<N, V>(x + off, xv);
     load_pack<N, V>(dy + off, g);
@@ -286,12 +391,15 @@ __global__ void bn_grad_apply(const N* __restrict__ x, const N* __restrict__ y, 
     }
     if constexpr (E == BatchNormEpilogue::kAddRelu) store_pack<N, V>(dres + off, g);
     float out[V];
+    int c = c0;
 #pragma unroll
     for (int v = 0; v < V; ++v) {
-      const int c = c0 + v;
       out[v] = __ldg(coef + c * 3) * g[v] + __ldg(coef + c * 3 + 1) * (xv[v] - __ldg(mean + c)) +
                __ldg(coef + c * 3 + 2);
+      c = c + 1 == C ? 0 : c + 1;
     }
+    c0 += step_c;
+    if (c0 >= C) c0 -= C;
     store_pack<N, V>(dx + off, out);
   }
 }
@@ -313,15 +421,16 @@ void bn_forward(const Cuda& ctx, const ampkit::detail::BatchNormForwardArgs<T>& 
   a.validate(ampkit::detail::bn_forward_name(e, training), e, training, cfg);
   using N = native_t<T>;
   const std::int64_t C64 = a.x.shape.c, M = a.x.shape.n * a.x.shape.h * a.x.shape.w;
-  AMPKIT_CHECK(C64 < (1 << 30), "batch_norm: ", C64, " channels is more than the kernels index");
+  AMPKIT_CHECK(C64 < (1 << 26), "batch_norm: ", C64, " channels is more than the kernels index");
   const int C = static_cast<int>(C64);
   const int n_sm = ctx.device().multiprocessors;
-  const int v =
-      pack_width<T>(C, {a.x.data, a.y.data, e == BatchNormEpilogue::kAddRelu ? a.residual.data : nullptr});
-  // Workspace: scale, shift (C each) + partial statistics (grid_y * C * 3).
-  const BnTiling t = bn_tiling(M, C, v, n_sm);
+  const BnLayout lay = bn_layout<T>(
+      M, C, {a.x.data, a.y.data, e == BatchNormEpilogue::kAddRelu ? a.residual.data : nullptr});
+  const int v = lay.v, L = static_cast<int>(lay.row_len);
+  // Workspace: scale, shift (C each) + partial statistics (grid_y * L * 3).
+  const BnTiling t = bn_tiling(lay.rows, L, v, n_sm);
   auto ws =
-      ctx.workspace(sizeof(float) * (2 * std::size_t(C) + (training ? std::size_t(t.grid_y) * C * 3 : 0)));
+      ctx.workspace(sizeof(float) * (2 * std::size_t(C) + (training ? std::size_t(t.grid_y) * L * 3 : 0)));
   float* scale = reinterpret_cast<float*>(ws.data());
   float* shift = scale + C;
   float* partial = shift + C;
@@ -329,10 +438,10 @@ void bn_forward(const Cuda& ctx, const ampkit::detail::BatchNormForwardArgs<T>& 
   with_pack_width<T>(v, [&]<int V>() {
     if (training) {
       bn_stats_partial<N, V><<<dim3(t.grid_x, t.grid_y), kBnThreads, 0, ctx.stream()>>>(
-          native(a.x.data), M, C, t.packs_per_block, partial);
+          native(a.x.data), lay.rows, L, t.packs_per_block, partial);
       AMPKIT_CUDA_CHECK_LAUNCH();
       bn_stats_finalize<<<cblocks, 128, 0, ctx.stream()>>>(
-          partial, static_cast<int>(t.grid_y), C, M, a.gamma.data, a.beta.data, a.running_mean.data,
+          partial, static_cast<int>(t.grid_y), C, L, M, a.gamma.data, a.beta.data, a.running_mean.data,
           a.running_var.data, a.save_mean.data, a.save_invstd.data, scale, shift, cfg.momentum, cfg.eps);
       AMPKIT_CUDA_CHECK_LAUNCH();
     } else {
@@ -361,24 +470,25 @@ void bn_backward(const Cuda& ctx, const ampkit::detail::BatchNormBackwardArgs<T>
   a.validate(ampkit::detail::bn_backward_name(e), e);
   using N = native_t<T>;
   const std::int64_t C64 = a.x.shape.c, M = a.x.shape.n * a.x.shape.h * a.x.shape.w;
-  AMPKIT_CHECK(C64 < (1 << 30), "batch_norm: ", C64, " channels is more than the kernels index");
+  AMPKIT_CHECK(C64 < (1 << 26), "batch_norm: ", C64, " channels is more than the kernels index");
   const int C = static_cast<int>(C64);
   const int n_sm = ctx.device().multiprocessors;
   const bool fused = e != BatchNormEpilogue::kNone;
-  const int v = pack_width<T>(C, {a.x.data, a.dL_dy.data, a.dL_dx.data, fused ? a.y.data : nullptr,
-                                  e == BatchNormEpilogue::kAddRelu ? a.dL_dresidual.data : nullptr});
-  const BnTiling t = bn_tiling(M, C, v, n_sm);
-  auto ws = ctx.workspace(sizeof(float) * (3 * std::size_t(C) + std::size_t(t.grid_y) * C * 2));
+  const BnLayout lay = bn_layout<T>(M, C, {a.x.data, a.dL_dy.data, a.dL_dx.data, fused ? a.y.data : nullptr,
+                                           e == BatchNormEpilogue::kAddRelu ? a.dL_dresidual.data : nullptr});
+  const int v = lay.v, L = static_cast<int>(lay.row_len);
+  const BnTiling t = bn_tiling(lay.rows, L, v, n_sm);
+  auto ws = ctx.workspace(sizeof(float) * (3 * std::size_t(C) + std::size_t(t.grid_y) * L * 2));
   float* coef = reinterpret_cast<float*>(ws.data());
   float* partial = coef + 3 * C;
   const unsigned cblocks = static_cast<unsigned>((C + 127) / 128);
   with_pack_width<T>(v, [&]<int V>() {
     auto run = [&]<BatchNormEpilogue E>() {
       bn_grad_partial<N, V, E><<<dim3(t.grid_x, t.grid_y), kBnThreads, 0, ctx.stream()>>>(
-          native(a.x.data), native(a.y.data), native(a.dL_dy.data), a.save_mean.data, M, C, t.packs_per_block,
-          partial);
+          native(a.x.data), native(a.y.data), native(a.dL_dy.data), a.save_mean.data, lay.rows, L, C,
+          t.packs_per_block, partial);
       AMPKIT_CUDA_CHECK_LAUNCH();
-      bn_grad_finalize<<<cblocks, 128, 0, ctx.stream()>>>(partial, static_cast<int>(t.grid_y), C, M,
+      bn_grad_finalize<<<cblocks, 128, 0, ctx.stream()>>>(partial, static_cast<int>(t.grid_y), C, L, M,
                                                           a.gamma.data, a.save_invstd.data, a.dL_dgamma.data,
                                                           a.dL_dbeta.data, coef);
       AMPKIT_CUDA_CHECK_LAUNCH();

@@ -9,6 +9,11 @@
 /// fits the workspace limit together with the math type Find measured it with. Find synchronises
 /// and allocates, so run one warm-up step before capturing a CUDA graph.
 ///
+/// Grouped convs with few channels per group (C/groups, K/groups <= 32, stride 1) take the direct
+/// kernels of grouped_conv2d.cuh instead (cuDNN serves them as many tiny GEMMs, several times
+/// slower); cuda::conv_force_cudnn() (env AMPKIT_CONV_FORCE_CUDNN=1) sends them back to cuDNN.
+/// conv2d_path_name() says which path a shape takes.
+///
 /// Numerics: fp16/bf16 use CUDNN_TENSOR_OP_MATH with fp32 compute; fp32 uses CUDNN_FMA_MATH so
 /// TF32 is never used behind the user's back (fp32 means fp32). Workspace comes from the
 /// context's caching allocator, in stream order.
@@ -28,6 +33,7 @@
 
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
+#include "ampkit/backend/cuda/grouped_conv2d.cuh"
 #include "ampkit/backend/cuda/packed_io.cuh"
 #include "ampkit/core/tensor.hpp"
 #include "ampkit/nn/ops/conv2d.hpp"
@@ -202,7 +208,19 @@ inline void check_views(const char* op, std::initializer_list<std::pair<const ch
   for (const auto& [name, p] : v) AMPKIT_CHECK(p != nullptr, op, ": ", name, " has no data");
 }
 
+/// Whether conv(x, w, p) in storage type T runs on the direct grouped kernels.
+template <StorageScalar T>
+bool use_grouped_direct(const Cuda& ctx, Shape x, Shape w, const Conv2dParams& p) {
+  return grouped_conv_direct_ok(x, w, p, sizeof(T), ctx.device().index);
+}
+
 }  // namespace cuda::detail
+
+/// Which implementation conv2d_* take for these shapes: "direct-grouped" or "cudnn".
+template <StorageScalar T>
+const char* conv2d_path_name(Cuda& ctx, Shape x, Shape w, const Conv2dParams& p) {
+  return cuda::detail::use_grouped_direct<T>(ctx, x, w, p) ? "direct-grouped" : "cudnn";
+}
 
 /// y = conv2d(x, w) + bias (bias may be an empty view). Output WRITTEN.
 template <StorageScalar T>
@@ -211,6 +229,7 @@ void conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> w, Ten
   using namespace cuda::detail;
   ampkit::detail::check_conv2d("conv2d_forward", x.shape, w.shape, y.shape, &bias, p);
   check_views("conv2d_forward", {{"x", x.data}, {"w", w.data}, {"y", y.data}});
+  if (use_grouped_direct<T>(ctx, x.shape, w.shape, p)) return grouped_conv_forward<T>(ctx, x, w, bias, y, p);
   const auto key = conv_key<T>(ctx, x.shape, w.shape, p);
   auto& cache = ConvPlanCache::instance();
   ConvPlan& plan = cache.get(key);
@@ -249,6 +268,8 @@ void conv2d_backward_data(Cuda& ctx, TensorView<const T> dL_dy, TensorView<const
   ampkit::detail::check_conv2d<const T>("conv2d_backward_data", dL_dx.shape, w.shape, dL_dy.shape, nullptr,
                                         p);
   check_views("conv2d_backward_data", {{"dL_dy", dL_dy.data}, {"w", w.data}, {"dL_dx", dL_dx.data}});
+  if (use_grouped_direct<T>(ctx, dL_dx.shape, w.shape, p))
+    return grouped_conv_backward_data<T>(ctx, dL_dy, w, dL_dx, p);
   const auto key = conv_key<T>(ctx, dL_dx.shape, w.shape, p);
   auto& cache = ConvPlanCache::instance();
   ConvPlan& plan = cache.get(key);
@@ -282,6 +303,8 @@ void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T
   ampkit::detail::check_conv2d<const T>("conv2d_backward_filter", x.shape, dL_dw.shape, dL_dy.shape, nullptr,
                                         p);
   check_views("conv2d_backward_filter", {{"x", x.data}, {"dL_dy", dL_dy.data}, {"dL_dw", dL_dw.data}});
+  if (use_grouped_direct<T>(ctx, x.shape, dL_dw.shape, p))
+    return grouped_conv_backward_filter<T>(ctx, x, dL_dy, dL_dw, p);
   const auto key = conv_key<T>(ctx, x.shape, dL_dw.shape, p);
   auto& cache = ConvPlanCache::instance();
   ConvPlan& plan = cache.get(key);
