@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <functional>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -161,7 +162,12 @@ class CocoSax {
     return scalar(Value{double(v), static_cast<std::int64_t>(v), true});
   }
   bool number_float(number_float_t v, const string_t&) {
-    return scalar(Value{v, static_cast<std::int64_t>(v), true});
+    // Saturate: a double outside int64's range (1e300, inf) converted with a cast is UB.
+    const std::int64_t i = !(v == v)      ? 0
+                           : v >= 0x1p63  ? INT64_MAX
+                           : v < -0x1p63  ? INT64_MIN
+                                          : static_cast<std::int64_t>(v);
+    return scalar(Value{v, i, true});
   }
   bool string(string_t& s) {
     Value v;
@@ -303,6 +309,17 @@ class CocoSax {
                   "' must be a number");
     return v.d;
   }
+  /// A number that must fit `T` (int, uint32): a cast of an out-of-range double is UB, and a
+  /// width of 1e30 or a count of -5 is a corrupt file, not something to wrap around.
+  template <class T>
+  T need_integral(const Value& v, const char* field) const {
+    const double d = need_number(v, field);
+    if (!(d >= static_cast<double>(std::numeric_limits<T>::min()) &&
+          d <= static_cast<double>(std::numeric_limits<T>::max())))
+      AMPKIT_FAIL("COCO annotations '", path_, "': ", where(), " field '", field, "' = ", d,
+                  " is out of range");
+    return static_cast<T>(d);
+  }
   std::string where() const {
     if (!stack_.empty() && stack_.back().kind == Kind::kImage)
       return "image #" + std::to_string(images.size()) +
@@ -317,8 +334,8 @@ class CocoSax {
     switch (f.kind) {
       case Kind::kImage:
         if (f.key == Key::kId) need_number(v, "id"), image_.id = v.i;
-        else if (f.key == Key::kWidth) image_.width = static_cast<int>(need_number(v, "width"));
-        else if (f.key == Key::kHeight) image_.height = static_cast<int>(need_number(v, "height"));
+        else if (f.key == Key::kWidth) image_.width = need_integral<int>(v, "width");
+        else if (f.key == Key::kHeight) image_.height = need_integral<int>(v, "height");
         else if (f.key == Key::kFileName) {
           if (!v.is_string)
             AMPKIT_FAIL("COCO annotations '", path_, "': ", where(), " 'file_name' must be a string");
@@ -329,9 +346,9 @@ class CocoSax {
         if (f.key == Key::kId) need_number(v, "id"), ann_.id = v.i;
         else if (f.key == Key::kImageId) need_number(v, "image_id"), ann_.image_id = v.i;
         else if (f.key == Key::kCategoryId) need_number(v, "category_id"), ann_.category_id = v.i;
-        else if (f.key == Key::kIsCrowd) ann_.iscrowd = static_cast<int>(need_number(v, "iscrowd"));
+        else if (f.key == Key::kIsCrowd) ann_.iscrowd = need_integral<int>(v, "iscrowd");
         else if (f.key == Key::kNumKeypoints)
-          ann_.num_keypoints = static_cast<int>(need_number(v, "num_keypoints"));
+          ann_.num_keypoints = need_integral<int>(v, "num_keypoints");
         break;
       case Kind::kKeypoints:
         ann_.keypoints.push_back(static_cast<float>(need_number(v, "keypoints")));
@@ -343,10 +360,10 @@ class CocoSax {
         ann_.seg.polygons.back().push_back(need_number(v, "segmentation"));
         break;
       case Kind::kCounts:
-        ann_.seg.counts.push_back(static_cast<std::uint32_t>(need_number(v, "counts")));
+        ann_.seg.counts.push_back(need_integral<std::uint32_t>(v, "counts"));
         break;
       case Kind::kSize:
-        rle_size_.push_back(static_cast<std::int64_t>(need_number(v, "size")));
+        rle_size_.push_back(need_integral<int>(v, "size"));
         break;
       case Kind::kSegObject:
         if (f.key == Key::kCounts) {

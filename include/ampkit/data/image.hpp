@@ -54,6 +54,49 @@ struct Image {
   const std::uint8_t* row(int y) const { return pixels.data() + static_cast<std::size_t>(y) * w * c; }
 };
 
+/// The most pixels decode_image accepts (8192 x 8192): far above any training image, low enough
+/// that a corrupt header cannot make one decode take gigabytes.
+inline constexpr std::int64_t kMaxImagePixels = std::int64_t{1} << 26;
+
+namespace detail {
+/// Walk the JPEG markers (skipping segment payloads and entropy-coded data) and reject any
+/// Huffman table (DHT) declaring more than 256 symbols. Why: stb_image 2.27 (Debian 12's) builds
+/// the table before checking the count and writes past its 257-entry size array and 256-entry
+/// value array (found by tests/fuzz/fuzz_image; stb fixed it upstream in 2.28). A valid JPEG never
+/// has more than 256 symbols in a table, so this only turns memory corruption into an error.
+inline void check_jpeg_huffman_tables(const std::uint8_t* d, std::size_t n, const std::string& name) {
+  std::size_t i = 2;
+  while (i + 4 <= n) {
+    if (d[i] != 0xFF) {  // entropy-coded data: markers are the only FFxx not followed by 00
+      ++i;
+      continue;
+    }
+    const std::uint8_t m = d[i + 1];
+    if (m == 0xFF) {  // fill byte
+      ++i;
+      continue;
+    }
+    if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD7)) {  // stuffing, TEM, RSTn: no length
+      i += 2;
+      continue;
+    }
+    if (m == 0xD9) return;  // EOI
+    const std::size_t len = (std::size_t{d[i + 2]} << 8) | d[i + 3];
+    if (m == 0xC4) {
+      // Tables follow each other while the segment lasts: class/id byte, 16 counts, symbols.
+      for (std::size_t p = i + 4; p < i + 2 + len && p < n;) {
+        std::size_t symbols = 0;
+        for (std::size_t j = p + 1; j < p + 17 && j < n; ++j) symbols += d[j];
+        AMPKIT_CHECK(symbols <= 256, "image '", name, "': corrupt JPEG (a Huffman table declares ", symbols,
+                     " symbols, at most 256 exist)");
+        p += 17 + symbols;
+      }
+    }
+    i += 2 + len;
+  }
+}
+}  // namespace detail
+
 /// Decode an encoded image held in memory into RGB (grayscale is replicated to 3 channels), into
 /// `img` (its buffer is reused when large enough). `name` is used in error messages.
 inline void decode_image_into(const std::uint8_t* data, std::size_t n, const std::string& name,
@@ -73,12 +116,23 @@ inline void decode_image_into(const std::uint8_t* data, std::size_t n, const std
       if (data[i - 1] == 0xFF && data[i] == 0xD9) eoi = true;
     AMPKIT_CHECK(eoi, "image '", name, "': truncated JPEG (no end-of-image marker in the last ",
                  "bytes; the file is ", n, " bytes)");
+    detail::check_jpeg_huffman_tables(data, n, name);
   }
   int w = 0, h = 0, c = 0;
+  // Hardening: stb decodes whatever size the header claims and reads zeros past the end of the
+  // data, so a 200-byte BMP or JPEG claiming 10 x 16M pixels costs seconds and gigabytes (found
+  // by tests/fuzz/fuzz_image). Check the header's size first.
+  if (stbi_info_from_memory(data, static_cast<int>(n), &w, &h, &c))
+    AMPKIT_CHECK(static_cast<std::int64_t>(w) * h <= kMaxImagePixels, "image '", name, "': ", w, "x", h,
+                 " pixels is more than the ", kMaxImagePixels, " ampkit decodes (corrupt header?)");
   stbi_uc* p = stbi_load_from_memory(data, static_cast<int>(n), &w, &h, &c, 3);
   if (p == nullptr)
     AMPKIT_FAIL("image '", name, "': cannot decode (", stbi_failure_reason(),
                 "); the file is corrupt, truncated or not a JPEG/PNG/BMP");
+  if (w <= 0 || h <= 0) {  // stb accepts a 0x0 BMP (found by tests/fuzz/fuzz_image)
+    stbi_image_free(p);
+    AMPKIT_FAIL("image '", name, "': the header says ", w, "x", h, " pixels; the file is corrupt");
+  }
   img.h = h, img.w = w, img.c = 3;
   img.pixels.resize(static_cast<std::size_t>(h) * w * 3);
   std::memcpy(img.pixels.data(), p, img.pixels.size());

@@ -70,7 +70,7 @@ inline void or_counts_into(const std::vector<std::uint32_t>& counts, Mask& out,
   for (std::uint32_t c : counts) {
     AMPKIT_CHECK(pos + c <= n, what, ": RLE counts cover more than ", out.h, "x", out.w,
                  " = ", n, " pixels");
-    if (one) {
+    if (one && c > 0) {  // c > 0: a zero-pixel mask (h = 0) must not divide by h
       int y = static_cast<int>(pos % out.h), x = static_cast<int>(pos / out.h);
       for (std::uint32_t i = 0; i < c; ++i) {
         out.at(y, x) = 1;
@@ -124,6 +124,15 @@ inline void rasterize_polygon_into(const std::vector<double>& xy, Mask& out) {
   const int h = out.h, w = out.w;
   const std::size_t k = xy.size() / 2;
   if (k == 0) return;
+  // Hardening: the outline walk below visits every upsampled grid point along each edge, and
+  // casts coordinates to int. A NaN/inf, or a coordinate far outside the image (1e9 from a
+  // corrupt file), would be UB or minutes of work and gigabytes of points. Real COCO polygons lie
+  // within a pixel or two of the image; anything beyond twice its size is rejected.
+  const double limit = 2.0 * std::max(h, w) + 64;
+  for (double c : xy)
+    AMPKIT_CHECK(std::isfinite(c) && std::abs(c) <= limit, "polygon coordinate ", c,
+                 " is not finite or lies far outside the ", h, "x", w, " image (limit +-", limit,
+                 "): corrupt segmentation");
   constexpr double kScale = 5;
   std::vector<int> x(k + 1), y(k + 1);
   for (std::size_t j = 0; j < k; ++j) {

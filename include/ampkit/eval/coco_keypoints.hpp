@@ -136,7 +136,10 @@ inline CocoKeypointDataset CocoKeypointDataset::from_json(const nlohmann::json& 
     g.area = detail::number(a, "area", "annotations", i);
     // pycocotools: `'iscrowd' in gt and gt['iscrowd']`; a missing field reads as 0.
     g.iscrowd = a.contains("iscrowd") && detail::number(a, "iscrowd", "annotations", i) != 0;
-    g.num_keypoints = static_cast<std::int64_t>(detail::number(a, "num_keypoints", "annotations", i));
+    const double nk = detail::number(a, "num_keypoints", "annotations", i);
+    // Range-checked: casting 1e300 or NaN to an integer is UB (tests/fuzz/fuzz_coco_results).
+    AMPKIT_CHECK(nk >= 0 && nk <= 1e9, what, ": annotation ", i, " (id ", g.id, ") has num_keypoints ", nk);
+    g.num_keypoints = static_cast<std::int64_t>(nk);
     g.keypoints = detail::numbers(a, "keypoints", "annotations", i);
     AMPKIT_CHECK(g.keypoints.size() % 3 == 0, what, ": annotation ", i, " (id ", g.id, ") has ",
                  g.keypoints.size(), " keypoint numbers, not a multiple of 3");

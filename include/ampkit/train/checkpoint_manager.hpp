@@ -141,7 +141,21 @@ class CheckpointManager {
       if (!pointed.empty()) {
         const std::string p = dir_ + "/" + pointed;
         const std::string why = checkpoint_problem(p);
-        if (why.empty()) return p;
+        if (why.empty()) {
+          // save() renames the checkpoint into place before it replaces `latest`, so a crash
+          // between the two leaves the pointer one behind a complete, newer file (found by the
+          // kill -9 test in tests/unit/hardening): take the newest valid file newer than it.
+          const std::int64_t pointed_iter = read_iter(p);
+          for (const auto& e : list()) {
+            if (e.iter <= pointed_iter) break;  // newest first
+            if (checkpoint_problem(e.path).empty()) {
+              say("resume: '" + e.path + "' is newer than '" + p + "' named by " + latest_path() +
+                  " (the run stopped between saving it and updating the pointer)");
+              return e.path;
+            }
+          }
+          return p;
+        }
         say("resume: '" + p + "' (named by " + latest_path() + ") is not usable: " + why);
       }
     }

@@ -1,0 +1,6 @@
+// libFuzzer target: ampkit::fuzz::safetensors_file (see targets.hpp). Built by tools/fuzz.sh.
+#include "targets.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  return ampkit::fuzz::safetensors_file(data, size);
+}
