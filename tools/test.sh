@@ -87,6 +87,9 @@ else
   summary+=("custom_training (Meson dependency): FAILED"); fail=1
 fi
 
+# ---- 4b. fuzz every parser (clang + ASan/UBSan/LSan, installed if missing; FUZZ_SECONDS per target) --
+FUZZ_BUILD="$BUILD_ROOT/fuzz" tools/fuzz.sh && summary+=("fuzz: all targets clean") || { summary+=("fuzz: FAILED"); fail=1; }
+
 # ---- 5. summary ------------------------------------------------------------------------------
 log "summary"
 printf '%s\n' "${summary[@]}"

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# compute-sanitizer over the GPU tests of a CMake build dir and one short training run:
+# memcheck (+ leak check), racecheck and initcheck; prints one line per binary and tool with the
+# error count, and exits 1 if any tool reported an error.
+#
+# usage: tools/sanitize_gpu.sh [BUILD_DIR (default build)]
+# Environment:
+#   SANITIZE_TOOLS   default "memcheck racecheck initcheck"
+#   SANITIZE_FILTER  regex of test binaries to run (default all test_gpu_*)
+#   SANITIZE_EXCLUDE regex of binaries to skip (default: NCCL/multi-process tests, test_gpu_dist)
+#   SANITIZE_TRAIN   0 to skip the training run; SANITIZE_TRAIN_ARGS overrides its arguments
+#   SANITIZE_OUT     log folder (default BUILD_DIR/sanitize)
+# racecheck is the slow one (shared-memory hazards only); expect tens of minutes for all three.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bd=${1:-build}
+tools=${SANITIZE_TOOLS:-memcheck racecheck initcheck}
+filter=${SANITIZE_FILTER:-.}
+exclude=${SANITIZE_EXCLUDE:-dist|nccl}
+out=${SANITIZE_OUT:-$bd/sanitize}
+cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+[ -x "$cs" ] || { echo "sanitize_gpu: compute-sanitizer not found (CUDA toolkit bin/)"; exit 1; }
+mkdir -p "$out"
+mapfile -t bins < <(find "$bd/tests/gpu" -type f -name 'test_gpu_*' -executable 2>/dev/null | sort | grep -E "$filter" | grep -vE "$exclude")
+((${#bins[@]})) || { echo "sanitize_gpu: no test_gpu_* binaries under $bd/tests/gpu (build them first)"; exit 1; }
+
+runs=()
+for b in "${bins[@]}"; do runs+=("$(basename "$b")|$b"); done
+if [ "${SANITIZE_TRAIN:-1}" = 1 ]; then
+  app=$(find "$bd" -type f -name dekr_amp -executable | head -1)
+  if [ -n "$app" ]; then
+    # Two fp16 iterations of the demo config on the bundled images (a full step: loader, forward,
+    # loss, backward, AMP step, BN statistics), no evaluation.
+    args=${SANITIZE_TRAIN_ARGS:-"train configs/demo_gpu.toml --amp --device cuda --work-dir $out/train_run --cfg-options train_cfg.max_epochs=1 train_cfg.batch_size=2 train_cfg.num_workers=1 train_cfg.val_interval=0"}
+    runs+=("dekr_amp_train|$app $args")
+  else
+    echo "sanitize_gpu: no dekr_amp binary in $bd: the training step is not checked"
+  fi
+fi
+
+fail=0
+printf '%-28s %-10s %8s %8s  %s\n' binary tool errors seconds log
+for r in "${runs[@]}"; do
+  name=${r%%|*}; cmd=${r#*|}
+  for t in $tools; do
+    extra=()
+    [ "$t" = memcheck ] && extra=(--leak-check full)
+    [ "$t" = racecheck ] && extra=(--racecheck-report analysis)
+    log=$out/${name}.$t.log
+    t0=$(date +%s)
+    # shellcheck disable=SC2086
+    "$cs" --tool "$t" "${extra[@]}" --error-exitcode 99 --print-limit 50 $cmd >"$log" 2>&1
+    rc=$?
+    secs=$(( $(date +%s) - t0 ))
+    n=$(grep -oE 'ERROR SUMMARY: [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
+    status=ok
+    if [ "$rc" = 77 ] || grep -q 'skipped: no CUDA device' "$log"; then status=SKIPPED
+    elif [ "$rc" != 0 ] || [ "$n" != 0 ]; then status=FAILED; fail=1; fi
+    printf '%-28s %-10s %8s %8s  %s %s\n' "$name" "$t" "$n" "$secs" "$log" "$status"
+  done
+done
+exit $fail
