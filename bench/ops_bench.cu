@@ -10,6 +10,14 @@
 //
 // Adding an op: append one `add(name, shape, fwd, fwd_bwd)` in register_*() below, and the same
 // name in torch_ops_bench.py's OPS table.
+//
+// Each result names the implementation that ran ("path": direct-grouped / cudnn for convs, with
+// cuDNN's chosen algorithms; flat / per-channel layout and pack width for BN) and, for convs,
+// the backward directions timed alone (ms_bwd_data, ms_bwd_filter). --force-cudnn and
+// --no-bn-flat select the older paths, so one session can time both:
+//   ampkit_ops_bench --only g17; ampkit_ops_bench --only g17 --force-cudnn
+// "conv1x1 480->256 (alignment probe)" is not a DEKR layer: next to 480->255 it shows whether
+// cuDNN's time on the head comes from K = 255 not being a multiple of 8.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -78,7 +86,18 @@ struct Entry {
   std::string op, shape;
   std::function<void()> fwd, fwd_bwd;
   std::shared_ptr<void> keep;  // the tensors the closures use
+  std::function<std::string()> path;  // which implementation ran (asked after the timing)
+  std::vector<std::pair<std::string, std::function<void()>>> parts;  // extra timings (name, op)
 };
+
+std::string cudnn_algos(const cuda::detail::ConvKey& key) {
+  auto& plan = cuda::detail::ConvPlanCache::instance().get(key);
+  std::string s;
+  if (plan.has_fwd) s += " fwd=" + std::to_string(static_cast<int>(plan.fwd_algo));
+  if (plan.has_bwd_data) s += " bwd_data=" + std::to_string(static_cast<int>(plan.bwd_data_algo));
+  if (plan.has_bwd_filter) s += " bwd_filter=" + std::to_string(static_cast<int>(plan.bwd_filter_algo));
+  return s;
+}
 
 std::string shape_str(Shape s) {
   return "(" + std::to_string(s.n) + "," + std::to_string(s.h) + "," + std::to_string(s.w) + "," +
@@ -123,7 +142,17 @@ struct Registry {
       conv2d_backward_filter<T>(ctx, s->x.cview(), s->dy.cview(), s->dw.view(), s->p);
       if (bias) conv2d_backward_bias<T>(ctx, s->dy.cview(), s->db.view());
     };
-    entries.push_back({name, "x" + shape_str(xs) + " w" + shape_str(ws), fwd, bwd, s});
+    auto path = [this, xs, ws, s]() -> std::string {
+      const std::string p = conv2d_path_name<T>(ctx, xs, ws, s->p);
+      if (p != "cudnn") return p;
+      return p + cudnn_algos(cuda::detail::conv_key<T>(ctx, xs, ws, s->p));
+    };
+    auto bwd_data = [this, s] { conv2d_backward_data<T>(ctx, s->dy.cview(), s->w.cview(), s->dx.view(), s->p); };
+    auto bwd_filter = [this, s] {
+      conv2d_backward_filter<T>(ctx, s->x.cview(), s->dy.cview(), s->dw.view(), s->p);
+    };
+    entries.push_back({name, "x" + shape_str(xs) + " w" + shape_str(ws), fwd, bwd, s, path,
+                       {{"ms_bwd_data", bwd_data}, {"ms_bwd_filter", bwd_filter}}});
   }
 
   /// BN in training mode with epilogue e at (B,H,H,C).
@@ -173,7 +202,8 @@ struct Registry {
                                         s->sm.cview(), s->si.cview(), s->dx.view(), s->dres.view(),
                                         s->dg.view(), s->db.view());
     };
-    entries.push_back({name, shape_str(xs), fwd, bwd, s});
+    auto path = [xs, s] { return cuda::detail::bn_path_name<T>(xs, s->x.data()); };
+    entries.push_back({name, shape_str(xs), fwd, bwd, s, path, {}});
   }
 
   /// relu / add / sum_relu(n) at (B,H,H,C). Backward: relu_backward (the only elementwise
@@ -207,7 +237,7 @@ struct Registry {
       fwd();
       if (relu) relu_backward<T>(ctx, s->y.cview(), s->dy.cview(), s->dx.view());
     };
-    entries.push_back({name, shape_str(xs), fwd, bwd, s});
+    entries.push_back({name, shape_str(xs), fwd, bwd, s, [] { return std::string("elementwise"); }, {}});
   }
 };
 
@@ -228,6 +258,7 @@ void register_nn(Registry<T>& r) {
   r.conv("conv1x1 64->32 (fuse up)", 64, 64, 32, 1, 1, 1, false);
   r.conv("conv1x1 480->32 (head heatmap)", 128, 480, 32, 1, 1, 1, false);
   r.conv("conv1x1 480->255 (head offset)", 128, 480, 255, 1, 1, 1, false);
+  r.conv("conv1x1 480->256 (alignment probe)", 128, 480, 256, 1, 1, 1, false);
   r.conv("conv3x3 g17 255->102 bias (adaptive transform)", 128, 255, 102, 3, 1, 17, true);
   r.conv("conv1x1 g17 255->34 bias (offset out)", 128, 255, 34, 1, 1, 17, true);
   r.conv("conv1x1 32->18 bias (heatmap out)", 128, 32, 18, 1, 1, 1, true);
@@ -265,8 +296,14 @@ int run(int batch, int iters, const std::string& dtype, const std::string& only,
     if (!only.empty() && e.op.find(only) == std::string::npos) continue;
     const double f = time_ms(ctx, iters, e.fwd);
     const double fb = time_ms(ctx, iters, e.fwd_bwd);
-    std::printf("%s    {\"op\": \"%s\", \"shape\": \"%s\", \"ms_fwd\": %.4f, \"ms_fwd_bwd\": %.4f}",
-                first ? "" : ",\n", e.op.c_str(), e.shape.c_str(), f, fb);
+    std::string extra;
+    for (auto& [name, op] : e.parts) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, ", \"%s\": %.4f", name.c_str(), time_ms(ctx, iters, op));
+      extra += buf;
+    }
+    std::printf("%s    {\"op\": \"%s\", \"shape\": \"%s\", \"ms_fwd\": %.4f, \"ms_fwd_bwd\": %.4f%s, \"path\": \"%s\"}",
+                first ? "" : ",\n", e.op.c_str(), e.shape.c_str(), f, fb, extra.c_str(), e.path().c_str());
     std::fflush(stdout);
     first = false;
   }
@@ -296,8 +333,12 @@ int main(int argc, char** argv) {
       dtype = next();
     else if (a == "--only")
       only = next();
+    else if (a == "--force-cudnn")
+      cuda::conv_force_cudnn() = true;
+    else if (a == "--no-bn-flat")
+      cuda::bn_flat_packs() = false;
     else {
-      std::fprintf(stderr, "usage: %s [--batch 32] [--iters 20] [--dtype fp16|bf16|fp32] [--only SUBSTR]\n",
+      std::fprintf(stderr, "usage: %s [--batch 32] [--iters 20] [--dtype fp16|bf16|fp32] [--only SUBSTR] [--force-cudnn] [--no-bn-flat]\n",
                    argv[0]);
       return 2;
     }

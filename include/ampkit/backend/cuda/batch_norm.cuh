@@ -13,9 +13,11 @@
 /// layout reads the NHWC tensor as a flat array in 16-byte packs (channel = flat index % C) and
 /// tiles it in super-rows of L = lcm(C, V) elements, so every thread still sees the same V
 /// channel slots on every step; per-slot partials are merged per channel (slots c, c+C, ...) in a
-/// fixed order. With C % V == 0 this is exactly the per-channel layout (L = C). The switch
-/// cuda::bn_flat_packs() (env AMPKIT_BN_FLAT_PACKS=0 turns it off) falls back to the per-channel
-/// layout with the pack width C allows (scalar for odd C).
+/// fixed order. With C % V == 0 this is exactly the per-channel layout (L = C). The same switch
+/// selects row-tiled elementwise passes (bn_apply_rows / bn_grad_apply_rows: each thread keeps
+/// its slots' coefficients in registers) for every C. cuda::bn_flat_packs() = false (env
+/// AMPKIT_BN_FLAT_PACKS=0) falls back to the older per-channel layout with the pack width C allows
+/// (scalar for odd C) and the grid-stride elementwise passes.
 ///
 /// Passes (x read twice forward, x and dL_dy twice backward; nothing else touches memory):
 ///   forward  stats_partial -> finalize (mean, invstd, running stats, scale/shift) -> apply
@@ -87,7 +89,7 @@ template <StorageScalar T>
 std::string bn_path_name(Shape s, const void* ptr = nullptr) {
   const BnLayout l = bn_layout<T>(s.n * s.h * s.w, s.c, {ptr});
   return std::string(l.flat ? "flat" : "per-channel") + " V=" + std::to_string(l.v) +
-         " L=" + std::to_string(l.row_len);
+         " L=" + std::to_string(l.row_len) + (bn_flat_packs().load() ? " rows" : " grid-stride");
 }
 
 /// How a block tiles the (M, C) matrix.
@@ -108,6 +110,16 @@ inline BnTiling bn_tiling(std::int64_t M, std::int64_t C, int V, int n_sm) {
   const std::int64_t want = std::max<std::int64_t>(1, std::int64_t{n_sm} * 4 / t.grid_x);
   const std::int64_t steps = (M + t.rows_per_step - 1) / t.rows_per_step;
   t.grid_y = static_cast<unsigned>(std::clamp<std::int64_t>(std::min(want, (steps + 3) / 4), 1, 65535));
+  return t;
+}
+
+/// Tiling of the elementwise passes: as bn_tiling, with enough blocks down the rows to fill the
+/// device (8 blocks of 256 per SM) since there is no partial per block to merge.
+inline BnTiling bn_apply_tiling(std::int64_t M, std::int64_t C, int V, int n_sm) {
+  BnTiling t = bn_tiling(M, C, V, n_sm);
+  const std::int64_t want = std::max<std::int64_t>(1, std::int64_t{n_sm} * 8 / t.grid_x);
+  const std::int64_t steps = (M + t.rows_per_step - 1) / t.rows_per_step;
+  t.grid_y = static_cast<unsigned>(std::clamp<std::int64_t>(std::min(want, steps), 1, 65535));
   return t;
 }
 
@@ -268,6 +280,85 @@ __global__ void bn_apply(const N* __restrict__ x, const N* __restrict__ residual
       for (int v = 0; v < V; ++v) z[v] = z[v] > 0.f ? z[v] : 0.f;
     }
     store_pack<N, V>(y + off, z);
+  }
+}
+
+/// y = epilogue(x*scale[c] + shift[c] [+ residual]) in the row tiling of the statistics kernels
+/// (super-rows of L elements, thread = one pack slot, rows strided by gridDim.y * R): each thread
+/// loads its V channels' scale/shift once, instead of 2V scattered per-element loads per pack
+/// (those cost more L1 wavefronts than the data itself). Same arithmetic as bn_apply.
+template <class N, int V, BatchNormEpilogue E>
+__global__ void __launch_bounds__(kBnThreads)
+    bn_apply_rows(const N* __restrict__ x, const N* __restrict__ residual, const float* __restrict__ scale,
+                  const float* __restrict__ shift, N* __restrict__ y, std::int64_t rows, int L, int C, int ppb) {
+  const int R = kBnThreads / ppb;
+  const int r = threadIdx.x / ppb, pl = threadIdx.x % ppb;
+  const int pack = blockIdx.x * ppb + pl;
+  if (r >= R || pack * V >= L) return;
+  float sc[V], sh[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int c = (pack * V + v) % C;  // slot -> channel
+    sc[v] = scale[c];
+    sh[v] = shift[c];
+  }
+  const std::int64_t step = std::int64_t{gridDim.y} * R;
+  for (std::int64_t row = std::int64_t{blockIdx.y} * R + r; row < rows; row += step) {
+    const std::int64_t off = row * L + pack * V;
+    float z[V];
+    load_pack<N, V>(x + off, z);
+#pragma unroll
+    for (int v = 0; v < V; ++v) z[v] = fmaf(z[v], sc[v], sh[v]);
+    if constexpr (E == BatchNormEpilogue::kAddRelu) {
+      float rv[V];
+      load_pack<N, V>(residual + off, rv);
+#pragma unroll
+      for (int v = 0; v < V; ++v) z[v] += rv[v];
+    }
+    if constexpr (E != BatchNormEpilogue::kNone) {
+#pragma unroll
+      for (int v = 0; v < V; ++v) z[v] = z[v] > 0.f ? z[v] : 0.f;
+    }
+    store_pack<N, V>(y + off, z);
+  }
+}
+
+/// bn_grad_apply in the row tiling (see bn_apply_rows). Same arithmetic.
+template <class N, int V, BatchNormEpilogue E>
+__global__ void __launch_bounds__(kBnThreads)
+    bn_grad_apply_rows(const N* __restrict__ x, const N* __restrict__ y, const N* __restrict__ dy,
+                       const float* __restrict__ mean, const float* __restrict__ coef, N* __restrict__ dx,
+                       N* __restrict__ dres, std::int64_t rows, int L, int C, int ppb) {
+  const int R = kBnThreads / ppb;
+  const int r = threadIdx.x / ppb, pl = threadIdx.x % ppb;
+  const int pack = blockIdx.x * ppb + pl;
+  if (r >= R || pack * V >= L) return;
+  float ca[V], cb[V], ce[V], mu[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int c = (pack * V + v) % C;
+    ca[v] = coef[c * 3];
+    cb[v] = coef[c * 3 + 1];
+    ce[v] = coef[c * 3 + 2];
+    mu[v] = mean[c];
+  }
+  const std::int64_t step = std::int64_t{gridDim.y} * R;
+  for (std::int64_t row = std::int64_t{blockIdx.y} * R + r; row < rows; row += step) {
+    const std::int64_t off = row * L + pack * V;
+    float xv[V], g[V];
+    load_pack<N, V>(x + off, xv);
+    load_pack<N, V>(dy + off, g);
+    if constexpr (E != BatchNormEpilogue::kNone) {
+      float yv[V];
+      load_pack<N, V>(y + off, yv);
+#pragma unroll
+      for (int v = 0; v < V; ++v) g[v] = yv[v] > 0.f ? g[v] : 0.f;
+    }
+    if constexpr (E == BatchNormEpilogue::kAddRelu) store_pack<N, V>(dres + off, g);
+    float out[V];
+#pragma unroll
+    for (int v = 0; v < V; ++v) out[v] = ca[v] * g[v] + cb[v] * (xv[v] - mu[v]) + ce[v];
+    store_pack<N, V>(dx + off, out);
   }
 }
 
@@ -451,9 +542,16 @@ void bn_forward(const Cuda& ctx, const ampkit::detail::BatchNormForwardArgs<T>& 
     }
     const std::int64_t n_pack = M * C / V;
     const unsigned grid = grid_for(n_pack, kBnThreads, n_sm);
+    const bool rows_kernel = bn_flat_packs().load();  // the switch also selects the row-tiled passes
+    const BnTiling ta = bn_apply_tiling(lay.rows, L, v, n_sm);
     auto apply = [&]<BatchNormEpilogue E>() {
-      bn_apply<N, V, E><<<grid, kBnThreads, 0, ctx.stream()>>>(native(a.x.data), native(a.residual.data),
-                                                               scale, shift, native(a.y.data), n_pack, C);
+      if (rows_kernel)
+        bn_apply_rows<N, V, E><<<dim3(ta.grid_x, ta.grid_y), kBnThreads, 0, ctx.stream()>>>(
+            native(a.x.data), native(a.residual.data), scale, shift, native(a.y.data), lay.rows, L, C,
+            ta.packs_per_block);
+      else
+        bn_apply<N, V, E><<<grid, kBnThreads, 0, ctx.stream()>>>(native(a.x.data), native(a.residual.data),
+                                                                 scale, shift, native(a.y.data), n_pack, C);
       AMPKIT_CUDA_CHECK_LAUNCH();
     };
     if (e == BatchNormEpilogue::kNone)
@@ -493,9 +591,16 @@ void bn_backward(const Cuda& ctx, const ampkit::detail::BatchNormBackwardArgs<T>
                                                           a.dL_dbeta.data, coef);
       AMPKIT_CUDA_CHECK_LAUNCH();
       const std::int64_t n_pack = M * C / V;
-      bn_grad_apply<N, V, E><<<grid_for(n_pack, kBnThreads, n_sm), kBnThreads, 0, ctx.stream()>>>(
-          native(a.x.data), native(a.y.data), native(a.dL_dy.data), a.save_mean.data, coef,
-          native(a.dL_dx.data), native(a.dL_dresidual.data), n_pack, C);
+      if (bn_flat_packs().load()) {  // the switch also selects the row-tiled passes
+        const BnTiling ta = bn_apply_tiling(lay.rows, L, V, n_sm);
+        bn_grad_apply_rows<N, V, E><<<dim3(ta.grid_x, ta.grid_y), kBnThreads, 0, ctx.stream()>>>(
+            native(a.x.data), native(a.y.data), native(a.dL_dy.data), a.save_mean.data, coef,
+            native(a.dL_dx.data), native(a.dL_dresidual.data), lay.rows, L, C, ta.packs_per_block);
+      } else {
+        bn_grad_apply<N, V, E><<<grid_for(n_pack, kBnThreads, n_sm), kBnThreads, 0, ctx.stream()>>>(
+            native(a.x.data), native(a.y.data), native(a.dL_dy.data), a.save_mean.data, coef,
+            native(a.dL_dx.data), native(a.dL_dresidual.data), n_pack, C);
+      }
       AMPKIT_CUDA_CHECK_LAUNCH();
     };
     if (e == BatchNormEpilogue::kNone)
