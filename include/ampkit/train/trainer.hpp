@@ -48,6 +48,7 @@
 #include "ampkit/precision.hpp"
 #include "ampkit/train/checkpoint_manager.hpp"
 #include "ampkit/train/config_schema.hpp"
+#include "ampkit/train/evaluate.hpp"
 #include "ampkit/train/launch.hpp"
 #include "ampkit/train/progress.hpp"
 #include "ampkit/train/run_logger.hpp"
@@ -70,6 +71,7 @@ struct TrainResult {
   float last_loss = 0.f;
   std::int64_t skipped_steps = 0;
   std::string last_checkpoint;
+  std::optional<EvalResult> last_val;  ///< the last validation (main rank), if any ran
 };
 
 // ---- config -> library settings ----------------------------------------------------------------
@@ -178,6 +180,11 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
   const std::string img_root = cfg.data.data_root + cfg.data.train_img_prefix;
   AMPKIT_CHECK(std::filesystem::exists(ann), "data: annotation file '", ann,
                "' not found (set data.data_root / data.train_ann_file, e.g. --cfg-options data.data_root=/data/coco/)");
+  if (cfg.train_cfg.val_interval > 0) {  // fail now, not after the first val_interval epochs
+    const std::string val_ann = cfg.data.data_root + cfg.data.val_ann_file;
+    AMPKIT_CHECK(std::filesystem::exists(val_ann), "data: val annotation file '", val_ann,
+                 "' not found (set data.val_ann_file, or train_cfg.val_interval = 0 to train without validation)");
+  }
   auto dataset = std::make_shared<data::BottomupCocoDataset>(data::CocoKeypoints::load(ann, img_root), data_config(cfg));
   AMPKIT_CHECK(dataset->size() > 0, "data: '", ann, "' has no image with a person annotation");
   const data::DistributedSampler sampler(dataset->size(), run.world_size, run.rank, true,
@@ -305,7 +312,7 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
   std::int64_t interval_images = 0;
   double interval_data = 0.0;
   auto interval_start = std::chrono::steady_clock::now();
-  bool warned_no_eval = false;
+  std::optional<ValSet> val_set;  // loaded at the first validation
   std::optional<amp::StepStats> last_stats;
   const std::int64_t start_epoch = start_iter / iters_per_epoch;
   const std::int64_t max_epochs = (max_iters + iters_per_epoch - 1) / iters_per_epoch;
@@ -442,13 +449,18 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
     const bool last = iter >= max_iters;
     if (main_rank && ((epoch + 1) % cfg.checkpoint.interval == 0 || last))
       result.last_checkpoint = save(ckpts.epoch_path(epoch + 1), epoch + 1, iter);
-    if (cfg.train_cfg.val_interval > 0 && ((epoch + 1) % cfg.train_cfg.val_interval == 0 || last) && !warned_no_eval) {
-      // TODO(train-integration): validation = BottomupResize val pipeline + forward (flip test) +
-      // eval::dekr decode + eval::CocoEvaluator, logged as "val/coco/AP" etc. The pieces exist in
-      // include/ampkit/eval and include/ampkit/data; they are not connected here yet.
-      log.warn("validation is not wired into the trainer yet (TODO(train-integration) in "
-               "include/ampkit/train/trainer.hpp): no AP is reported during training");
-      warned_no_eval = true;
+    if (cfg.train_cfg.val_interval > 0 && ((epoch + 1) % cfg.train_cfg.val_interval == 0 || last)) {
+      // Validation on the main rank only (mmpose evaluates on every rank's shard and gathers;
+      // here rank 0 decodes the whole val set). Multi-process runs: the other ranks must wait for
+      // it (a barrier after this block) before the next epoch's collectives.
+      if (main_rank) {
+        if (!val_set) val_set = ValSet::load(cfg);
+        EvalOptions vo;
+        vo.results_path = val_results_path(run.work_dir, epoch + 1);
+        vo.step = iter;
+        vo.epoch = epoch + 1;
+        result.last_val = run_evaluation<P, Backend>(ctx, model, cfg, log, vo, &*val_set);
+      }
     }
   }
   result.iterations = iter;
