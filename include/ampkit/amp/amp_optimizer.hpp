@@ -77,12 +77,20 @@ class AmpOptimizer {
   void end_micro_batch() { amp_accumulate_grads(*ctx_, flat()); }
   /// The optimizer step of a window: check, finalize, update + zero gradients. No host sync.
   void step() {
+    step([](GradPartial*, int) {});
+  }
+  /// step() with `between(partials, n_partials)` called after the check pass and before
+  /// finalize reads the partials: where a data-parallel run reduces the non-finite flag across
+  /// ranks (stream-ordered device work, no host sync). n_partials is 0 when no check ran.
+  template <class Between>
+  void step(Between&& between) {
     const auto f = flat();
     int np = 0;
     if (Scaler::kSkipsNonFinite || options_.clip.enabled || options_.track_grad_norm) {
       np = n_partials_;
       amp_grad_check(*ctx_, f, state_.data(), partials_.data(), np);
     }
+    between(partials_.data(), np);
     amp_finalize(*ctx_, state_.data(), partials_.data(), np, rule_, scaler_, options_);
     amp_apply_update(*ctx_, f, slots_.data(), rule_, state_.data());
   }

@@ -1,6 +1,7 @@
 // Launch environment: torchrun / Slurm / Open MPI variables, precedence, errors; Slurm host lists.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <map>
 #include <string>
 
@@ -233,4 +234,106 @@ TEST_CASE("format_seconds") {
   CHECK(format_seconds(milliseconds(1500)) == "1.5 s");
   CHECK(format_seconds(milliseconds(250)) == "0.25 s");
   CHECK(format_seconds(milliseconds(2005)) == "2.005 s");
+}
+
+// ---- the trainer's data-parallel plumbing (train/data_parallel.hpp) -----------------------------
+#include "ampkit/backend/host/context.hpp"
+#include "ampkit/dist/bucket_plan.hpp"
+#include "ampkit/train/data_parallel.hpp"
+
+namespace {
+
+/// A store with both kinds of parameters interleaved (as conv/BN layers register them) and one
+/// buffer, allocated on the host.
+template <PrecisionPolicy P>
+void register_mixed(nn::ParameterStore<P, Host>& s) {
+  using nn::ParamInit;
+  using nn::ParamKind;
+  s.add("conv1.weight", {8, 3, 3, 3}, Shape{8, 3, 3, 3}, ParamKind::kCompute, ParamInit::normal(0.1f));
+  s.add("bn1.weight", {8}, Shape{1, 1, 1, 8}, ParamKind::kFp32, ParamInit::constant(1.f));
+  s.add("bn1.bias", {8}, Shape{1, 1, 1, 8}, ParamKind::kFp32, ParamInit::constant(0.f));
+  s.add("conv2.weight", {100, 8, 1, 1}, Shape{100, 1, 1, 8}, ParamKind::kCompute, ParamInit::normal(0.1f));
+  s.add("conv2.bias", {100}, Shape{1, 1, 1, 100}, ParamKind::kCompute, ParamInit::constant(0.f));
+  s.add("bn2.weight", {100}, Shape{1, 1, 1, 100}, ParamKind::kFp32, ParamInit::constant(1.f));
+  s.add_buffer("bn1.running_mean", {8}, Shape{1, 1, 1, 8}, 0.f);
+}
+
+/// Every parameter of `kind` appears exactly once, at increasing offsets inside the buffer, and
+/// the bucket plan the reducer builds from the layout accepts it.
+void check_layout(const train::GradBuffer& g, std::size_t n_params) {
+  REQUIRE(g.sizes.size() == n_params);
+  REQUIRE(g.offsets.size() == n_params);
+  for (std::size_t i = 0; i + 1 < n_params; ++i) CHECK(g.offsets[i] + g.sizes[i] <= g.offsets[i + 1]);
+  CHECK(g.offsets.back() + g.sizes.back() <= g.data.size());
+  const BucketPlan plan(g.sizes, BucketOptions{64, 64, 4}, g.offsets);  // 16-float buckets: several
+  CHECK(plan.n_params() == n_params);
+  CHECK(plan.extent() <= g.data.size());
+  CHECK(plan.n_buckets() >= 2);
+}
+
+}  // namespace
+
+TEST_CASE("data parallel: fp32 policy averages one buffer holding both segments, sorted by offset") {
+  Host ctx(1);
+  nn::ParameterStore<Fp32, Host> s;
+  register_mixed(s);
+  s.allocate(ctx, 7);
+  std::vector<float> slots(4);
+  amp::StepState st;
+  const auto r = train::replica_buffers(s, nullptr, slots, &st);
+  REQUIRE(r.grads.size() == 1);
+  CHECK(r.grads[0].data.data() == s.grad_compute_all().data);
+  CHECK(r.grads[0].data.size() == static_cast<std::size_t>(s.n_compute_slots() + s.n_fp32_slots()));
+  check_layout(r.grads[0], s.params().size());
+  // BN parameters sit after the compute segment in the one buffer.
+  CHECK(r.grads[0].offsets.back() >= static_cast<std::size_t>(s.n_compute_slots()));
+  CHECK(r.master.size() == static_cast<std::size_t>(s.n_compute_slots() + s.n_fp32_slots()));
+  CHECK(r.bn_buffers.size() == 8);
+  CHECK(r.step_state.size() == sizeof(amp::StepState));
+  CHECK(r.optimizer_state.size() == 4);
+}
+
+TEST_CASE("data parallel: fp16 averages the fp32 accumulator and the fp32 BN gradients, never fp16") {
+  Host ctx(1);
+  nn::ParameterStore<AmpFp16, Host> s;
+  register_mixed(s);
+  s.allocate(ctx, 7);
+  std::vector<float> accum(static_cast<std::size_t>(s.n_compute_slots()));
+  amp::StepState st;
+  const auto r = train::replica_buffers(s, accum.data(), {}, &st);
+  REQUIRE(r.grads.size() == 2);
+  CHECK(r.grads[0].data.data() == accum.data());
+  check_layout(r.grads[0], 3);  // the three conv tensors
+  CHECK(r.grads[1].data.data() == s.grad_fp32_all().data);
+  check_layout(r.grads[1], 3);  // the three BN tensors
+  // Without the fp32 accumulator there is nothing fp32 to average: refused, with the fix.
+  CHECK_THROWS_WITH_AS(train::replica_buffers(s, nullptr, {}, &st), doctest::Contains("accumulative_counts >= 2"),
+                       ampkit::Error);
+}
+
+TEST_CASE("data parallel: resume point across world sizes") {
+  using train::resume_point;
+  // Same epoch length: exactly where it stopped, epoch boundary or not.
+  CHECK(resume_point(3, 300, 100, 100).iter == 300);
+  CHECK_FALSE(resume_point(3, 250, 100, 100).moved);
+  CHECK(resume_point(3, 250, 0, 100).iter == 250);  // older checkpoint without the length: trusted
+  // 1 GPU (100/epoch) -> 2 GPUs (50/epoch) at an epoch end: the next epoch, exactly.
+  const auto a = resume_point(3, 300, 100, 50);
+  CHECK(a.iter == 150);
+  CHECK(a.moved);
+  CHECK(a.note.find("start of epoch 4") != std::string::npos);
+  // 2 GPUs -> 4 GPUs inside epoch 3 (iteration 120 of 50/epoch): restart epoch 3 at 2 * 25.
+  const auto b = resume_point(2, 120, 50, 25);
+  CHECK(b.iter == 50);
+  CHECK(b.note.find("inside epoch 3") != std::string::npos);
+  CHECK(b.note.find("first 20 iterations") != std::string::npos);
+}
+
+TEST_CASE("data parallel: the replica checksum sees a one-ulp difference") {
+  std::vector<float> w(1000);
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = 0.001f * static_cast<float>(i) - 0.3f;
+  auto v = w;
+  CHECK(train::checksum(w) == train::checksum(v));
+  v[517] = std::nextafter(v[517], 1.f);
+  CHECK(train::checksum(w) != train::checksum(v));
 }

@@ -1,0 +1,219 @@
+/// @brief NcclDataParallel: the trainer's DataParallel (train/data_parallel.hpp) over NCCL, one
+/// process per GPU: weight broadcast, fp32 bucketed gradient averaging, the overflow flag reduced
+/// with max, BN buffer averaging, and a rank-0-only-work barrier with its own long timeout.
+///
+/// Gradient averaging: bucketed launches right AFTER backward, not overlapped with it. The model
+/// has no per-layer gradient hook, and under fp16/bf16 the fp32 gradient a bucket reduces exists
+/// only once the window's last micro-batch was folded into the fp32 accumulator (one pass after
+/// backward). The buckets (BucketPlan: 1 MiB first, 25 MiB after) are issued in one go on the
+/// reducer's high-priority comm stream, which waits on an event of the compute stream; the
+/// optimizer waits on the comm stream through an event. No host synchronisation. Overlap with
+/// backward (a per-layer hook calling GradReducer::mark_ready, and a per-bucket fold) is a
+/// follow-up (docs/architecture.md, Distribution).
+///
+/// Two communicators: the main one, whose watchdog ends any collective that outlives
+/// AMPKIT_DIST_TIMEOUT (300 s), and a second one used only by wait_for_main(), whose timeout is
+/// AMPKIT_DIST_SLOW_TIMEOUT (default 1800 s): rank 0 may evaluate or write a checkpoint for longer
+/// than a collective may take, and the waiting ranks must not mistake that for a dead peer. A
+/// rank that dies meanwhile still ends the others: dist_train.sh stops the job when a rank exits,
+/// and otherwise the slow timeout bounds the wait.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "ampkit/amp/step_state.hpp"
+#include "ampkit/backend/cuda/check.cuh"
+#include "ampkit/backend/cuda/context.cuh"
+#include "ampkit/backend/cuda/dist/batch_norm_sync.cuh"
+#include "ampkit/backend/cuda/dist/grad_reducer.cuh"
+#include "ampkit/backend/cuda/dist/process_group.cuh"
+#include "ampkit/dist/launch_env.hpp"
+#include "ampkit/train/data_parallel.hpp"
+
+namespace ampkit::dist {
+
+/// The default bound on wait_for_main() (rank 0 checkpointing or evaluating).
+inline constexpr std::chrono::seconds kDefaultSlowTimeout{1800};
+
+namespace detail {
+
+// One block: OR of every partial's non-finite flag -> flag[0] (1.f / 0.f), for a max all-reduce.
+__global__ void collect_nonfinite_kernel(const amp::GradPartial* __restrict__ partials, int n,
+                                         float* __restrict__ flag) {
+  __shared__ int s_any;
+  if (threadIdx.x == 0) s_any = 0;
+  __syncthreads();
+  int any = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) any |= partials[i].nonfinite;
+  if (any) atomicOr(&s_any, 1);
+  __syncthreads();
+  if (threadIdx.x == 0) flag[0] = s_any ? 1.f : 0.f;
+}
+
+// After the max all-reduce: any rank's inf/NaN marks this rank's check non-finite too.
+__global__ void apply_nonfinite_kernel(amp::GradPartial* __restrict__ partials, const float* __restrict__ flag) {
+  if (flag[0] != 0.f) partials[0].nonfinite = 1;
+}
+
+}  // namespace detail
+
+/// AMPKIT_DIST_SLOW_TIMEOUT (seconds) or the default; never below the collective timeout.
+inline std::chrono::seconds slow_timeout_from_env(const LaunchEnv& env) {
+  std::chrono::seconds t = kDefaultSlowTimeout;
+  if (const char* v = std::getenv("AMPKIT_DIST_SLOW_TIMEOUT"); v && *v) {
+    const int s = ::ampkit::dist::detail::parse_int("AMPKIT_DIST_SLOW_TIMEOUT", v);
+    AMPKIT_CHECK(s > 0, "AMPKIT_DIST_SLOW_TIMEOUT=", s, ": the timeout is in seconds and must be positive");
+    t = std::chrono::seconds(s);
+  }
+  return std::max(t, env.timeout);
+}
+
+class NcclDataParallel final : public train::DataParallel {
+ public:
+  /// Join the job (rendezvous + communicators) on ctx's GPU, which must be env.local_rank.
+  /// `on_abort` is told a failure message once (default: print it, and end the process 10 s
+  /// later if the main thread has not ended it by then: a rank must never hang on a dead peer).
+  NcclDataParallel(Cuda& ctx, const LaunchEnv& env, std::function<void(const std::string&)> on_abort = {})
+      : ctx_(&ctx), env_(env) {
+    AMPKIT_CHECK(ctx.device().index == env.local_rank, "NcclDataParallel: the CUDA context is on GPU ",
+                 ctx.device().index, " but local rank ", env.local_rank, " must use GPU ", env.local_rank);
+    if (!on_abort) on_abort = default_on_abort;
+    ProcessGroupOptions opts;
+    opts.on_abort = on_abort;
+    pg_ = ProcessGroup::create(env, opts);
+    // The second communicator's id travels over the first (no second TCP port to configure).
+    // Wrapped in a named struct: ncclUniqueId is a typedef of an unnamed struct, and nvcc 12's
+    // front end crashes destroying a std::vector of it (internal error in lexical.c).
+    struct IdBlob {
+      ncclUniqueId id;
+    };
+    IdBlob blob{};
+    if (env.rank == 0) AMPKIT_NCCL_CHECK(ncclGetUniqueId(&blob.id));
+    const ncclUniqueId id = pg_->all_gather(blob, "exchange of the barrier communicator's id").at(0).id;
+    ProcessGroupOptions slow;
+    slow.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(slow_timeout_from_env(env));
+    slow.on_abort = on_abort;
+    slow_pg_ = std::make_unique<ProcessGroup>(id, env.rank, env.world_size, env.local_rank, slow);
+    flag_ = ctx.alloc<float>(1);
+  }
+
+  ~NcclDataParallel() override {
+    reducers_.clear();  // their comm streams drain before the communicators go
+    slow_pg_.reset();
+    pg_.reset();
+  }
+
+  ProcessGroup& process_group() { return *pg_; }
+  const LaunchEnv& env() const { return env_; }
+  std::chrono::seconds slow_timeout() const {
+    return std::chrono::duration_cast<std::chrono::seconds>(slow_pg_->timeout());
+  }
+
+  int rank() const override { return env_.rank; }
+  int world_size() const override { return env_.world_size; }
+
+  void attach(train::ReplicaBuffers buffers) override {
+    AMPKIT_CHECK(reducers_.empty(), "NcclDataParallel::attach called twice");
+    buffers_ = std::move(buffers);
+    for (const train::GradBuffer& g : buffers_.grads)
+      reducers_.push_back(std::make_unique<GradReducer<Fp32>>(*pg_, g.data, g.sizes, BucketOptions{}, g.offsets));
+  }
+
+  void broadcast_from_rank0() override {
+    const cudaStream_t s = ctx_->stream();
+    if (!buffers_.master.empty()) pg_->broadcast(buffers_.master, 0, s, "broadcast of the initial weights from rank 0");
+    if (!buffers_.bn_buffers.empty())
+      pg_->broadcast(buffers_.bn_buffers, 0, s, "broadcast of the BatchNorm buffers from rank 0");
+    if (!buffers_.optimizer_state.empty())
+      pg_->broadcast(buffers_.optimizer_state, 0, s, "broadcast of the optimizer state from rank 0");
+    if (!buffers_.step_state.empty())
+      pg_->broadcast(buffers_.step_state.data(), buffers_.step_state.size(), ncclUint8, 0, s,
+                     "broadcast of the loss-scaler / step state from rank 0");
+    pg_->synchronize(s, "broadcast of the initial state from rank 0");
+  }
+
+  void average_gradients() override {
+    const cudaStream_t s = ctx_->stream();
+    // One reducer per flat buffer, one after the other: each finish() makes the compute stream
+    // wait for its comm stream, so the next reducer's comm stream (which waits on the compute
+    // stream) cannot start before it: the NCCL calls run in issue order on every rank.
+    for (auto& r : reducers_) {
+      r->begin(s, /*sync=*/true);
+      r->mark_ready(ParamRange{0, r->plan().n_params()});
+      r->finish();
+    }
+    ++n_syncs_;
+  }
+
+  void reduce_step_check(amp::GradPartial* partials, int n_partials) override {
+    if (n_partials <= 0) return;  // no check ran: nothing is skipped on any rank
+    const cudaStream_t s = ctx_->stream();
+    detail::collect_nonfinite_kernel<<<1, 256, 0, s>>>(partials, n_partials, flag_.data());
+    AMPKIT_CUDA_CHECK_LAUNCH();
+    reduce_overflow_flag(*pg_, flag_.data(), s);
+    detail::apply_nonfinite_kernel<<<1, 1, 0, s>>>(partials, flag_.data());
+    AMPKIT_CUDA_CHECK_LAUNCH();
+  }
+
+  void average_buffers() override {
+    if (buffers_.bn_buffers.empty()) return;
+    const std::span<float> b[] = {buffers_.bn_buffers};
+    sync_batch_norm_buffers(*pg_, b, ctx_->stream());
+  }
+
+  void wait_for_main(std::string_view what) override {
+    // Drain this rank's collectives first (bounded by the collective timeout), so the barrier on
+    // the second communicator never runs concurrently with the main one's kernels.
+    pg_->synchronize(ctx_->stream(), ::ampkit::detail::concat("collectives before the barrier after ", what));
+    slow_pg_->barrier();
+  }
+
+  std::int64_t n_gradient_syncs() const override { return n_syncs_; }
+  std::int64_t n_gradient_launches() const override {
+    std::int64_t n = 0;
+    for (const auto& r : reducers_) n += static_cast<std::int64_t>(r->n_launches());
+    return n;
+  }
+  /// Buckets per averaging, over all gradient buffers.
+  std::size_t n_buckets() const {
+    std::size_t n = 0;
+    for (const auto& r : reducers_) n += r->plan().n_buckets();
+    return n;
+  }
+
+ private:
+  static void default_on_abort(const std::string& message) {
+    std::fprintf(stderr, "ampkit: %s\n", message.c_str());
+    std::fflush(stderr);
+    // The main thread normally throws at its next collective call or wakes from its stream wait
+    // (the abort ends the stuck kernels). Should it be stuck elsewhere, do not let it hang.
+    std::thread(&exit_after_grace).detach();
+  }
+  static void exit_after_grace() {
+    std::this_thread::sleep_for(std::chrono::seconds(10));
+    std::fprintf(stderr, "ampkit: ending the process after a communication failure (see above)\n");
+    std::fflush(stderr);
+    std::_Exit(1);
+  }
+
+  Cuda* ctx_;
+  LaunchEnv env_;
+  std::unique_ptr<ProcessGroup> pg_, slow_pg_;
+  train::ReplicaBuffers buffers_;
+  std::vector<std::unique_ptr<GradReducer<Fp32>>> reducers_;
+  cuda::DeviceBuffer<float> flag_;
+  std::int64_t n_syncs_ = 0;
+};
+
+}  // namespace ampkit::dist

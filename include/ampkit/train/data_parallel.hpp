@@ -1,0 +1,180 @@
+/// @brief The trainer's view of data parallelism (one process per GPU, DDP semantics), kept free
+/// of CUDA and NCCL so the trainer stays one plain C++ template for both backends.
+///
+/// The NCCL implementation is ampkit::dist::NcclDataParallel (backend/cuda/dist/data_parallel.cuh);
+/// the application creates it from the launch environment and hands it to run_training through
+/// RunOptions::data_parallel. Null there means one process. What the trainer does with it:
+///   start            attach(replica_buffers(...)), broadcast_from_rank0(), store.sync_compute():
+///                    every replica starts from rank 0's master weights, BN buffers, optimizer
+///                    and step state (after a resume too, so ranks can never start apart).
+///   micro-batch      nothing on the first accumulative_counts - 1 micro-batches of a window
+///                    (mmengine's no_sync): gradients accumulate locally.
+///   window end       fold the micro-batch into the fp32 gradient, average_gradients() (fp32
+///                    buckets, stream-ordered), then the optimizer step with reduce_step_check()
+///                    between the gradient check and finalize (the overflow flag: max over ranks).
+///   epoch end        average_buffers() (mmengine's SyncBuffersHook: BN running statistics).
+///   rank-0-only work wait_for_main(): the others wait for rank 0's checkpoint / evaluation at a
+///                    barrier with the long timeout, not the collective one.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "ampkit/amp/step_state.hpp"
+#include "ampkit/core/error.hpp"
+#include "ampkit/nn/parameter_store.hpp"
+#include "ampkit/precision.hpp"
+
+namespace ampkit::train {
+
+/// One flat fp32 gradient buffer that is averaged across ranks, with its parameters' element
+/// ranges (increasing offsets) so buckets never split a parameter.
+struct GradBuffer {
+  std::span<float> data;
+  std::vector<std::size_t> sizes, offsets;
+};
+
+/// The device buffers of one run that data parallelism reads or writes.
+struct ReplicaBuffers {
+  std::span<float> master;           ///< fp32 master weights (broadcast)
+  std::span<float> bn_buffers;       ///< BN running statistics (broadcast, averaged per epoch)
+  std::span<float> optimizer_state;  ///< optimizer slots (broadcast)
+  std::span<std::byte> step_state;   ///< amp::StepState (broadcast)
+  std::vector<GradBuffer> grads;     ///< averaged at the end of each accumulation window
+};
+
+/// The buffers of `store` for data parallelism. `grad_accum` is the AMP optimizer's fp32
+/// micro-batch accumulator (required under fp16/bf16: the gradients are averaged in fp32, after
+/// the window's last micro-batch was folded into it; unused under fp32, where the gradients are
+/// fp32 already and the two segments form one buffer).
+template <PrecisionPolicy P, class Backend>
+ReplicaBuffers replica_buffers(const nn::ParameterStore<P, Backend>& store, float* grad_accum,
+                               std::span<float> optimizer_state, amp::StepState* step_state) {
+  using T = storage_t<P>;
+  constexpr bool kFp32 = std::is_same_v<T, float>;
+  ReplicaBuffers r;
+  const auto m = store.master_all();
+  r.master = {m.data, static_cast<std::size_t>(m.numel())};
+  const auto b = store.buffers_all();
+  r.bn_buffers = {b.data, static_cast<std::size_t>(b.numel())};
+  r.optimizer_state = optimizer_state;
+  r.step_state = {reinterpret_cast<std::byte*>(step_state), sizeof(amp::StepState)};
+  const std::size_t n_compute = static_cast<std::size_t>(store.n_compute_slots());
+  const std::size_t n_fp32 = static_cast<std::size_t>(store.n_fp32_slots());
+
+  // (offset, size) per parameter in the buffer it lives in, sorted: registration order mixes the
+  // two kinds, a bucket plan needs increasing offsets.
+  std::vector<std::pair<std::size_t, std::size_t>> compute, fp32;
+  for (const auto& p : store.params()) {
+    const auto slot = static_cast<std::size_t>(p.slot), n = static_cast<std::size_t>(p.numel);
+    if (p.kind == nn::ParamKind::kCompute) compute.emplace_back(slot, n);
+    else if (kFp32) compute.emplace_back(n_compute + slot, n);  // fp32: one buffer, both segments
+    else fp32.emplace_back(slot, n);
+  }
+  auto add = [&](float* data, std::size_t n, std::vector<std::pair<std::size_t, std::size_t>>& ps) {
+    if (ps.empty()) return;
+    std::sort(ps.begin(), ps.end());
+    GradBuffer g;
+    g.data = {data, n};
+    for (const auto& [o, s] : ps) {
+      g.offsets.push_back(o);
+      g.sizes.push_back(s);
+    }
+    r.grads.push_back(std::move(g));
+  };
+  if constexpr (kFp32) {
+    add(store.grad_compute_all().data, n_compute + n_fp32, compute);
+  } else {
+    AMPKIT_CHECK(grad_accum != nullptr || compute.empty(), "replica_buffers: under ", policy_name_v<P>,
+                 " the gradients are averaged in fp32: the AMP optimizer needs its fp32 accumulator "
+                 "(construct it with accumulative_counts >= 2 when distributed)");
+    add(grad_accum, n_compute, compute);
+    add(store.grad_fp32_all().data, n_fp32, fp32);
+  }
+  return r;
+}
+
+/// Where a resumed run continues when the world size (hence iterations per epoch) may differ
+/// from the run that wrote the checkpoint.
+struct ResumePoint {
+  std::int64_t iter = 0;  ///< completed global iterations to continue from
+  bool moved = false;     ///< not the checkpoint's own iteration (say why: `note`)
+  std::string note;
+};
+
+/// @param ckpt_epoch, ckpt_iter       the checkpoint's completed epochs and iterations
+/// @param ckpt_iters_per_epoch        iterations per epoch of the run that saved it (<= 0: unknown,
+///                                    older checkpoints: assume `iters_per_epoch`)
+/// @param iters_per_epoch             this run's (per-rank batches per epoch)
+/// An epoch-boundary checkpoint continues exactly at the next epoch whatever the world size. A
+/// mid-epoch one with a different epoch length cannot map its position in the (per-rank, sharded)
+/// sample order: it restarts the epoch it was in (those batches are trained again).
+inline ResumePoint resume_point(std::int64_t ckpt_epoch, std::int64_t ckpt_iter, std::int64_t ckpt_iters_per_epoch,
+                                std::int64_t iters_per_epoch) {
+  AMPKIT_CHECK(iters_per_epoch > 0 && ckpt_iter >= 0 && ckpt_epoch >= 0, "resume_point: bad arguments");
+  if (ckpt_iters_per_epoch <= 0 || ckpt_iters_per_epoch == iters_per_epoch) return {ckpt_iter, false, {}};
+  const std::int64_t full_epochs = ckpt_iter / ckpt_iters_per_epoch;
+  const bool at_boundary = ckpt_iter % ckpt_iters_per_epoch == 0;
+  ResumePoint r;
+  r.iter = full_epochs * iters_per_epoch;
+  r.moved = true;
+  r.note = ::ampkit::detail::concat("the checkpoint's run had ", ckpt_iters_per_epoch,
+                                    " iterations per epoch, this one has ", iters_per_epoch,
+                                    " (another world size or batch size): ");
+  if (at_boundary)
+    r.note += ::ampkit::detail::concat("continuing at the start of epoch ", full_epochs + 1, " (iteration ", r.iter,
+                                       ")");
+  else
+    r.note += ::ampkit::detail::concat("it was saved inside epoch ", full_epochs + 1,
+                                       ", whose sample order cannot be mapped; that epoch restarts at iteration ",
+                                       r.iter, " (its first ", ckpt_iter - full_epochs * ckpt_iters_per_epoch,
+                                       " iterations are trained again)");
+  return r;
+}
+
+/// FNV-1a over the bytes of `values`: one number per rank to show the replicas are identical.
+inline std::uint64_t checksum(std::span<const float> values) {
+  std::uint64_t h = 1469598103934665603ull;
+  const auto* p = reinterpret_cast<const unsigned char*>(values.data());
+  for (std::size_t i = 0; i < values.size_bytes(); ++i) {
+    h ^= p[i];
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+/// Data parallelism as the trainer uses it (see the file comment for when each is called). Every
+/// call is collective: all ranks make the same calls in the same order. Nothing but
+/// wait_for_main() and broadcast_from_rank0() blocks the host.
+class DataParallel {
+ public:
+  virtual ~DataParallel() = default;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  /// Register the run's buffers (once, before anything else).
+  virtual void attach(ReplicaBuffers buffers) = 0;
+  /// Master weights, BN buffers, optimizer and step state := rank 0's. Waits for completion.
+  virtual void broadcast_from_rank0() = 0;
+  /// Average the fp32 gradient buffers over ranks (the last micro-batch of a window only).
+  virtual void average_gradients() = 0;
+  /// Between the gradient check and finalize: make the check's non-finite flag the max over
+  /// ranks, so every rank makes the same skip decision.
+  virtual void reduce_step_check(amp::GradPartial* partials, int n_partials) = 0;
+  /// Average BN running statistics over ranks (mmengine's SyncBuffersHook, end of each epoch).
+  virtual void average_buffers() = 0;
+  /// All ranks meet here after rank-0-only work (`what`, e.g. "checkpoint"); bounded by the
+  /// long timeout (AMPKIT_DIST_SLOW_TIMEOUT), not the per-collective one.
+  virtual void wait_for_main(std::string_view what) = 0;
+  /// Gradient averagings so far (= optimizer steps) and their grouped NCCL launches.
+  virtual std::int64_t n_gradient_syncs() const = 0;
+  virtual std::int64_t n_gradient_launches() const = 0;
+};
+
+}  // namespace ampkit::train
