@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Data-parallel training end to end with the real dekr_amp on 2 GPUs (issue 9's "Verified"), on
+# the tiny DEKR and the bundled 4-image COCO sample. Self-checking: one PASS/FAIL line per check,
+# exit status 0 only if every check passed (77: skipped, fewer than 2 GPUs).
+#
+#   bash tests/gpu/dist/ddp_train.sh                 # binary: build/examples/dekr_amp/dekr_amp
+#   AMPKIT_BIN=build-x/examples/dekr_amp/dekr_amp bash tests/gpu/dist/ddp_train.sh
+#
+# Checks:
+#   1. equivalence (fp32 and --amp): 2 GPUs x batch 1 vs 1 GPU x batch 1 x accumulative_counts 2
+#      give the same weights after 6 optimizer steps. Why this pairing and not 1 GPU x batch 2:
+#      the model's BatchNorm trains with batch statistics (ampkit has no frozen-BN training mode,
+#      and SyncBN is not wired into DEKR), so the per-GPU BN batch must be the same in both runs.
+#      With batch 1 both runs see the same images in the same BN batches (the sampler gives rank r
+#      the permutation's elements r, r+2, ...; the 1-GPU run takes them two per window) and the same
+#      averaged gradient (mean over 2 ranks == sum of 2 micro-batches / 2), so DDP's all-reduce,
+#      its no_sync-free window and the broadcast of the initial weights are what is tested.
+#   2. with accumulative_counts=4: gradient all-reduces == optimizer steps == iterations / 4 on
+#      every rank (not one per micro-batch).
+#   3. the replicas are identical at the end: one weights checksum per rank, all equal.
+#   4. kill -9 one rank mid-run: the other ends within AMPKIT_DIST_TIMEOUT (+ margin) with a clear
+#      message naming itself, and no partial checkpoint is left behind.
+#   5. resume with another world size: the 2-GPU run's checkpoint continues on 1 GPU.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
+cd "$ROOT" || exit 2
+BIN=${AMPKIT_BIN:-$ROOT/build/examples/dekr_amp/dekr_amp}
+[ -x "$BIN" ] || { echo "ddp_train.sh: $BIN not built (cmake --build build --target dekr_amp, or set AMPKIT_BIN)"; exit 2; }
+export AMPKIT_BIN=$BIN
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+if [ "${NGPU:-0}" -lt 2 ]; then echo "ddp_train.sh: skipped: needs 2 GPUs, ${NGPU:-0} visible"; exit 77; fi
+PY=$(command -v python3 || command -v python || true)
+[ -n "$PY" ] || { echo "ddp_train.sh: needs python3 (standard library only) to compare checkpoints"; exit 2; }
+
+OUT=${DDP_TEST_DIR:-$(mktemp -d /tmp/ampkit_ddp.XXXXXX)}
+mkdir -p "$OUT"
+echo "ddp_train.sh: binary $BIN, outputs in $OUT"
+export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0,1}
+export NCCL_NVLS_ENABLE=0
+FAILS=0
+pass() { echo "PASS: $*"; }
+fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
+PORT=$((29600 + RANDOM % 300))
+
+# The tiny model on the sample, no validation, no warmup (the 1-GPU run has twice the iterations:
+# an iteration-based warmup would differ), cuDNN autotuning off (same algorithms in both runs).
+COMMON=(--cfg-options train_cfg.batch_size=1 train_cfg.num_workers=1 train_cfg.val_interval=0
+        param_scheduler.warmup_iters=0 runtime.cudnn_benchmark=false default_hooks.logger.interval=1
+        default_hooks.checkpoint.interval=1 default_hooks.checkpoint.max_keep_ckpts=-1 runtime.device=cuda)
+CFG=configs/demo_host.toml
+
+dist2() {  # dist2 WORKDIR LOG [args...]: 2 ranks through tools/dist_train.sh
+  local wd=$1 log=$2
+  shift 2
+  PORT=$PORT tools/dist_train.sh "$CFG" 2 --work-dir "$wd" "$@" > "$log" 2>&1
+  local rc=$?
+  PORT=$((PORT + 3))
+  return $rc
+}
+single() {  # single WORKDIR LOG [args...]: one process, no launcher variables
+  local wd=$1 log=$2
+  shift 2
+  env -u RANK -u WORLD_SIZE -u LOCAL_RANK "$BIN" train "$CFG" --work-dir "$wd" "$@" > "$log" 2>&1
+}
+rank_lines() { grep -E '^dekr_amp: rank [0-9]+ of [0-9]+:' "$1"; }
+
+# ---- 1 + 3: equivalence, replicas identical ------------------------------------------------------
+EPOCHS=3
+for prec in fp32 amp; do
+  flag=(); [ $prec = amp ] && flag=(--amp)
+  A=$OUT/eq_${prec}_2gpu B=$OUT/eq_${prec}_1gpu
+  dist2 "$A" "$A.log" "${flag[@]}" "${COMMON[@]}" train_cfg.max_epochs=$EPOCHS optim_wrapper.accumulative_counts=1
+  rcA=$?
+  single "$B" "$B.log" "${flag[@]}" "${COMMON[@]}" train_cfg.max_epochs=$EPOCHS optim_wrapper.accumulative_counts=2
+  rcB=$?
+  if [ $rcA -ne 0 ] || [ $rcB -ne 0 ]; then
+    fail "1 ($prec): runs failed (2 GPUs rc=$rcA: $A.log; 1 GPU rc=$rcB: $B.log)"; tail -5 "$A.log" "$B.log"; continue
+  fi
+  n_img=$(grep -oE 'training: [0-9]+ images' "$B.log" | head -1 | grep -oE '[0-9]+')
+  if [ $((n_img % 2)) -ne 0 ]; then
+    fail "1 ($prec): the sample has $n_img images; the pairing needs an even count (the 2-rank sampler pads odd ones)"
+  fi
+  # Tolerance: the two runs compute the same sums in a different association at most (NCCL's
+  # (g0 + g1) / 2 vs the accumulator's g0/2 + g1/2, exact halvings except for subnormals), so most
+  # weights agree to the last bit; an element whose gradient is at rounding-noise level can take
+  # a different Adam direction, which moves it by at most ~lr per step: max diff <= 2 * lr * steps.
+  # fp32: 99.9 % of the weights within 1e-6 (relative to max(1, |w|)); AMP (fp16 activations,
+  # whose rounding a different association reaches through the loss scale): 99 % within 1e-4.
+  if [ $prec = fp32 ]; then q=0.999; tol=1e-6; else q=0.99; tol=1e-4; fi
+  "$PY" - "$A/epoch_$EPOCHS.safetensors" "$B/epoch_$EPOCHS.safetensors" "$q" "$tol" "$prec" <<'EOF'
+import json, struct, sys, array, math
+def load(path):
+    with open(path, 'rb') as f:
+        n = struct.unpack('<Q', f.read(8))[0]
+        head = json.loads(f.read(n))
+        data = f.read()
+    meta = head.pop('__metadata__', {})
+    out = {}
+    for k, v in head.items():
+        if v['dtype'] != 'F32':
+            continue
+        a = array.array('f'); a.frombytes(data[v['data_offsets'][0]:v['data_offsets'][1]]); out[k] = a
+    return out, meta
+a, ma = load(sys.argv[1]); b, mb = load(sys.argv[2]); q = float(sys.argv[3]); tol = float(sys.argv[4])
+cfg = ma.get('ampkit.config', '')
+lr = 1e-3
+for line in cfg.splitlines():
+    if line.strip().startswith('lr ') or line.strip().startswith('lr='):
+        lr = float(line.split('=')[1].split('#')[0])
+# trained parameters only: BN running statistics are averaged per epoch in the DDP run and
+# updated per micro-batch in the 1-GPU one (different by design); optimizer state follows weights.
+names = [k for k in a if (k.endswith('.weight') or k.endswith('.bias')) and k in b]
+steps = int(ma.get('ampkit.iter', '0'))
+diffs = []; maxd = 0.0; equal = 0; total = 0; worst = ''
+for k in names:
+    x, y = a[k], b[k]
+    assert len(x) == len(y), k
+    for u, v in zip(x, y):
+        d = abs(u - v) / max(1.0, abs(u))
+        diffs.append(d); total += 1; equal += (u == v)
+        if abs(u - v) > maxd: maxd = abs(u - v); worst = k
+diffs.sort()
+pq = diffs[min(len(diffs) - 1, int(q * len(diffs)))]
+bound = 2 * lr * max(steps, 1)
+print(f"  {sys.argv[5]}: {total} weights in {len(names)} tensors, {equal} bit-identical ({100.0*equal/total:.2f} %), "
+      f"{q*100:g}th percentile rel diff {pq:.3g} (tol {tol:g}), max abs diff {maxd:.3g} in {worst} (bound 2*lr*steps = {bound:.3g})")
+sys.exit(0 if (pq <= tol and maxd <= bound and total > 0) else 1)
+EOF
+  if [ $? -eq 0 ]; then pass "1 ($prec): 2 GPUs x batch 1 == 1 GPU x batch 1 x accumulation 2 (weights after $EPOCHS epochs)"
+  else fail "1 ($prec): weights differ beyond the tolerance ($A vs $B)"; fi
+  # 3: every rank's checksum, all equal
+  mapfile -t sums < <(rank_lines "$A.log" | grep -oE 'checksum [0-9a-f]+' | awk '{print $2}')
+  if [ ${#sums[@]} -eq 2 ] && [ "${sums[0]}" = "${sums[1]}" ]; then pass "3 ($prec): replicas identical (checksum ${sums[0]} on both ranks)"
+  else fail "3 ($prec): replica checksums: ${sums[*]:-none} ($A.log)"; fi
+done
+
+# ---- 2: all-reduce count with accumulation 4 ------------------------------------------------------
+C=$OUT/accum4
+dist2 "$C" "$C.log" --amp "${COMMON[@]}" train_cfg.max_epochs=8 optim_wrapper.accumulative_counts=4
+if [ $? -ne 0 ]; then
+  fail "2: run failed ($C.log)"; tail -5 "$C.log"
+else
+  rank_lines "$C.log" | sed 's/^/  /'
+  ok=1; n=0
+  while read -r line; do
+    n=$((n + 1))
+    it=$(grep -oE '[0-9]+ iterations' <<< "$line" | grep -oE '^[0-9]+')
+    st=$(grep -oE '[0-9]+ optimizer steps' <<< "$line" | grep -oE '^[0-9]+')
+    ar=$(grep -oE '[0-9]+ gradient all-reduces' <<< "$line" | grep -oE '^[0-9]+')
+    { [ "$ar" = "$st" ] && [ "$st" -eq $((it / 4)) ] && [ "$st" -gt 0 ]; } || ok=0
+  done < <(rank_lines "$C.log")
+  mapfile -t sums < <(rank_lines "$C.log" | grep -oE 'checksum [0-9a-f]+' | awk '{print $2}')
+  if [ $ok -eq 1 ] && [ $n -eq 2 ]; then pass "2: gradient all-reduces == optimizer steps == iterations / 4 on both ranks"
+  else fail "2: all-reduce count does not match the optimizer steps ($C.log)"; fi
+  if [ ${#sums[@]} -eq 2 ] && [ "${sums[0]}" = "${sums[1]}" ]; then pass "3 (accumulation 4): replicas identical"
+  else fail "3 (accumulation 4): checksums ${sums[*]:-none}"; fi
+fi
+
+# ---- 5: resume the 2-GPU run on 1 GPU --------------------------------------------------------------
+R=$OUT/resume
+if [ -f "$OUT/eq_fp32_2gpu/epoch_2.safetensors" ]; then
+  single "$R" "$R.log" "${COMMON[@]}" train_cfg.max_epochs=4 --resume "$OUT/eq_fp32_2gpu/epoch_2.safetensors"
+  rc=$?
+  if [ $rc -eq 0 ] && grep -rqs 'resume: .*iterations per epoch' "$R" "$R.log"; then
+    pass "5: a 2-GPU checkpoint (epoch 2) resumes on 1 GPU at the start of epoch 3"
+  else fail "5: resume on another world size (rc=$rc, $R.log)"; tail -5 "$R.log"; fi
+else
+  fail "5: no 2-GPU checkpoint to resume from"
+fi
+
+# ---- 4: kill one rank mid-run ----------------------------------------------------------------------
+K=$OUT/kill
+TIMEOUT_S=20
+mkdir -p "$K"
+start_rank() {  # started directly (not through dist_train.sh, which would stop the peer itself)
+  RANK=$1 WORLD_SIZE=2 LOCAL_RANK=$1 LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$PORT \
+    AMPKIT_DIST_TIMEOUT=$TIMEOUT_S "$BIN" train "$CFG" --work-dir "$K" "${COMMON[@]}" train_cfg.max_epochs=100000 \
+    default_hooks.checkpoint.interval=5 > "$K/rank$1.log" 2>&1 &
+}
+start_rank 0; P0=$!
+start_rank 1; P1=$!
+# Wait until training runs (rank 0 logs iterations), then kill rank 1 abruptly.
+for _ in $(seq 1 600); do
+  [ "$(grep -c 'loss' "$K/rank0.log" 2>/dev/null)" -ge 3 ] && break
+  kill -0 $P0 2>/dev/null || break
+  sleep 0.5
+done
+sleep 2
+if ! kill -0 $P0 2>/dev/null || ! kill -0 $P1 2>/dev/null; then
+  fail "4: a rank ended before the kill ($K/rank0.log, $K/rank1.log)"; tail -5 "$K/rank0.log" "$K/rank1.log"
+  kill -KILL $P0 $P1 2>/dev/null
+else
+  kill -KILL $P1
+  t0=$(date +%s)
+  limit=$((TIMEOUT_S + 25))  # the timeout + the watchdog's reaction + process exit
+  while kill -0 $P0 2>/dev/null && [ $(($(date +%s) - t0)) -lt $limit ]; do sleep 0.2; done
+  if kill -0 $P0 2>/dev/null; then
+    fail "4: rank 0 still running ${limit}s after rank 1 was killed (timeout ${TIMEOUT_S}s)"
+    kill -KILL $P0
+  else
+    wait $P0; rc=$?; dt=$(($(date +%s) - t0))
+    msg=$(grep -E 'rank 0: .*(did not complete|communicator reported|failed|aborted)' "$K/rank0.log" | head -1)
+    partial=$(find "$K" -name '*.tmp*' -o -name '*.partial*' | head -1)
+    if [ $rc -ne 0 ] && [ -n "$msg" ] && [ -z "$partial" ]; then
+      pass "4: rank 0 ended ${dt}s after rank 1 was killed (timeout ${TIMEOUT_S}s), rc=$rc: ${msg:0:200}"
+    else
+      fail "4: rank 0 rc=$rc after ${dt}s, message '${msg:0:200}', partial checkpoint '${partial}' ($K/rank0.log)"
+      tail -8 "$K/rank0.log"
+    fi
+  fi
+fi
+wait 2>/dev/null
+
+echo
+if [ $FAILS -eq 0 ]; then echo "ddp_train.sh: ALL PASSED"; exit 0; fi
+echo "ddp_train.sh: $FAILS check(s) FAILED (outputs in $OUT)"
+exit 1
