@@ -25,6 +25,7 @@ struct CliArgs {
   std::string resume_from;  ///< empty with resume: the latest valid checkpoint in the work dir
   std::vector<std::string> cocoeval_args;  ///< everything after `cocoeval`
   bool list_keys = false;
+  bool json = false;  ///< test: print the stats as JSON instead of the summary
 };
 
 /// Parse `argv`. Returns the arguments, or the exit code after printing help (0) or an error (2).
@@ -56,6 +57,7 @@ inline std::variant<CliArgs, int> parse_cli(int argc, const char* const* argv) {
   test->add_option("config", a.config, "TOML config")->required()->check(CLI::ExistingFile);
   test->add_option("checkpoint", a.checkpoint, "checkpoint (.safetensors)")->required()->check(CLI::ExistingFile);
   common(test, true);
+  test->add_flag("--json", a.json, "print the ten stats as JSON (full precision) instead of the summary");
 
   auto* coco = app.add_subcommand("cocoeval", "COCO keypoint AP of a results file (pycocotools-exact)");
   coco->allow_extras();

@@ -16,6 +16,7 @@
 #include "ampkit/backend/host/dekr.hpp"
 #include "ampkit/dist/launch_env.hpp"
 #include "ampkit/eval/cocoeval_command.hpp"
+#include "ampkit/eval/draw_poses.hpp"
 #include "ampkit/train/config.hpp"
 #include "ampkit/train/launch.hpp"
 #include "app.hpp"
@@ -57,15 +58,7 @@ int run_host(const dekr_amp::Request& req, RunLogger& log) {
     if constexpr (ampkit::PrecisionTraits<P>::has_master_weights)
       log.info("(the host backend emulates " + std::string(ampkit::policy_name_v<P>) +
                " storage with round-to-nearest-even: numerically faithful, not faster)");
-    if (req.command == "test") {
-      // TODO(train-integration): evaluation (see include/ampkit/train/trainer.hpp).
-      AMPKIT_FAIL("dekr_amp test: evaluation is not wired into the trainer yet "
-                  "(TODO(train-integration) in include/ampkit/train/trainer.hpp)");
-    }
-    const auto r = run_training<P>(ctx, req.run, log);
-    log.info("done: " + std::to_string(r.iterations) + " iterations, last loss " + std::to_string(r.last_loss) +
-             (r.last_checkpoint.empty() ? std::string() : ", checkpoint " + r.last_checkpoint));
-    return 0;
+    return dekr_amp::run_command<P>(ctx, req, log);
   });
 }
 
@@ -107,6 +100,7 @@ int run(const dekr_amp::CliArgs& a) {
   req.command = a.command;
   req.precision = precision.value;
   req.checkpoint = a.checkpoint;
+  req.json = a.json;
   req.run.config = lc;
   req.run.work_dir = work_dir;
   req.run.resume = a.resume;
@@ -131,14 +125,26 @@ int run(const dekr_amp::CliArgs& a) {
   AMPKIT_CHECK(!env.distributed(), "multi-GPU training is not wired into dekr_amp yet "
                "(TODO(train-integration): NCCL process group in the trainer); run with one process");
 
+  int rc = 0;
   if (device.value == "cuda") {
 #if AMPKIT_DEKR_AMP_CUDA
-    return dekr_amp::run_cuda(req, log, env.local_rank);
+    rc = dekr_amp::run_cuda(req, log, env.local_rank);
 #else
     AMPKIT_FAIL("this dekr_amp was built without CUDA");
 #endif
+  } else {
+    rc = run_host(req, log);
   }
-  return run_host(req, log);
+  if (rc == 0 && a.command == "demo" && env.is_main()) {
+    // The predictions of the demo's test pass, drawn from its results file on the val images.
+    const auto& c = lc.config;
+    const std::string png = work_dir + "/demo_predictions.png";
+    const auto n = ampkit::eval::draw_results_png(c.data.data_root + c.data.val_ann_file,
+                                                  c.data.data_root + c.data.val_img_prefix,
+                                                  test_results_path(work_dir), png);
+    log.info("demo: predicted skeletons of " + std::to_string(n) + " people drawn on the sample images: " + png);
+  }
+  return rc;
 }
 
 }  // namespace

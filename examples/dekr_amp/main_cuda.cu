@@ -2,6 +2,7 @@
 // flag -> type dispatch happens here and in main.cpp's host twin, nowhere else.
 #include "ampkit/backend/cuda/amp_step.cuh"
 #include "ampkit/backend/cuda/dekr.cuh"
+#include "ampkit/backend/cuda/dekr_decode.cuh"
 #include "ampkit/backend/cuda/device.cuh"
 #include "ampkit/core/device_info.hpp"
 #include "app.hpp"
@@ -19,15 +20,7 @@ int run_cuda(const Request& req, ampkit::train::RunLogger& log, int local_rank) 
   return ampkit::dispatch_precision(req.precision, [&]<ampkit::PrecisionPolicy P>() -> int {
     ampkit::check_device_supports<P>(dev);  // refuse AMP without tensor cores, with advice
     log.info(ampkit::train::policy_banner<P>(req.run.config.config.amp));
-    if (req.command == "test") {
-      // TODO(train-integration): evaluation (see include/ampkit/train/trainer.hpp).
-      AMPKIT_FAIL("dekr_amp test: evaluation is not wired into the trainer yet "
-                  "(TODO(train-integration) in include/ampkit/train/trainer.hpp)");
-    }
-    const auto r = ampkit::train::run_training<P>(ctx, req.run, log);
-    log.info("done: " + std::to_string(r.iterations) + " iterations, last loss " + std::to_string(r.last_loss) +
-             (r.last_checkpoint.empty() ? std::string() : ", checkpoint " + r.last_checkpoint));
-    return 0;
+    return run_command<P>(ctx, req, log);
   });
 }
 
