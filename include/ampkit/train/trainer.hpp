@@ -23,6 +23,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -48,6 +49,7 @@
 #include "ampkit/precision.hpp"
 #include "ampkit/train/checkpoint_manager.hpp"
 #include "ampkit/train/config_schema.hpp"
+#include "ampkit/train/data_parallel.hpp"
 #include "ampkit/train/evaluate.hpp"
 #include "ampkit/train/launch.hpp"
 #include "ampkit/train/progress.hpp"
@@ -62,6 +64,8 @@ struct RunOptions {
   bool resume = false;
   std::string resume_from;  ///< empty with resume: the latest valid checkpoint in the work dir
   int rank = 0, world_size = 1;
+  /// The job's data parallelism (world_size > 1: required; see train/data_parallel.hpp).
+  std::shared_ptr<DataParallel> data_parallel;
 };
 
 /// What a run did (for the demo's summary and tests).
@@ -72,6 +76,11 @@ struct TrainResult {
   std::int64_t skipped_steps = 0;
   std::string last_checkpoint;
   std::optional<EvalResult> last_val;  ///< the last validation (main rank), if any ran
+  // data parallel runs only (world size > 1):
+  std::int64_t optimizer_steps = 0;    ///< StepState::n_steps at the end
+  std::int64_t gradient_syncs = 0;     ///< gradient averagings (must equal optimizer_steps)
+  std::int64_t gradient_launches = 0;  ///< their grouped NCCL launches
+  std::uint64_t weights_checksum = 0;  ///< FNV-1a of the fp32 master weights (equal on every rank)
 };
 
 // ---- config -> library settings ----------------------------------------------------------------
@@ -174,6 +183,10 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
   using T = storage_t<P>;
   const TrainConfig& cfg = run.config.config;
   const bool main_rank = run.rank == 0;
+  DataParallel* const dp = run.world_size > 1 ? run.data_parallel.get() : nullptr;
+  AMPKIT_CHECK(run.world_size == 1 || (dp && dp->world_size() == run.world_size && dp->rank() == run.rank),
+               "run_training: world size ", run.world_size, " needs a DataParallel of the same rank layout "
+               "(multi-process training runs on the CUDA backend, built by dekr_amp from the launch environment)");
 
   // ---- data ----
   const std::string ann = cfg.data.data_root + cfg.data.train_ann_file;
@@ -217,8 +230,12 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
                                   static_cast<float>(cfg.loss.displacement_weight), static_cast<float>(cfg.loss.beta)});
   amp::StepOptions step_opts;
   if (cfg.optim_wrapper.clip_grad_max_norm > 0) step_opts.clip = optim::ClipGradConfig::norm(cfg.optim_wrapper.clip_grad_max_norm);
+  // Distributed under fp16/bf16: the fp32 micro-batch accumulator always exists, because the
+  // gradients are averaged in fp32 (DataParallel; an fp16 sum over ranks can overflow).
+  const std::int64_t accum_buffers = dp ? std::max<std::int64_t>(2, cfg.optim_wrapper.accumulative_counts)
+                                        : cfg.optim_wrapper.accumulative_counts;
   amp::AmpOptimizer<P, optim::Adam, Backend> opt(ctx, model.store(), adam_rule(cfg.optimizer), loss_scaler<P>(cfg.amp),
-                                                 step_opts, cfg.optim_wrapper.accumulative_counts);
+                                                 step_opts, accum_buffers);
   optim::LrSchedule schedule = lr_schedule(cfg);
   amp::GradAccumulation accum(cfg.optim_wrapper.accumulative_counts);
   const std::int64_t n_slot_floats = opt.rule().n_slots() * (model.store().n_compute_slots() + model.store().n_fp32_slots());
@@ -257,6 +274,12 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
     std::memcpy(&st, state_bytes.data(), sizeof st);
     ctx.copy_to_device(TensorView<amp::StepState>(opt.state(), Shape{1, 1, 1, 1}), std::span<const amp::StepState>(&st, 1));
     start_iter = std::stoll(meta.at("ampkit.iter"));
+    // Another world size (or batch size) changes the iterations per epoch: map to an epoch start.
+    const auto rp = resume_point(std::stoll(meta.at("ampkit.epoch")), start_iter,
+                                 meta.contains("ampkit.iters_per_epoch") ? std::stoll(meta.at("ampkit.iters_per_epoch")) : 0,
+                                 iters_per_epoch);
+    if (rp.moved) log.warn("resume: " + rp.note);
+    start_iter = rp.iter;
     // Replay which iterations stepped (the accumulation pattern is a pure function of the count).
     amp::GradAccumulation replay(cfg.optim_wrapper.accumulative_counts);
     replay.initialize(0, max_iters, false, [](std::string_view) {});
@@ -269,6 +292,13 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
   }
   accum.initialize(start_iter, max_iters, /*model_has_batch_norm=*/true, [&](std::string_view w) { log.warn(std::string(w)); });
   model.store().zero_grad(ctx);
+  if (dp) {  // every replica starts from rank 0's state (fresh, pretrained or resumed)
+    dp->attach(replica_buffers(model.store(), opt.flat().grad_accum,
+                               std::span<float>(opt.optimizer_state(), static_cast<std::size_t>(n_slot_floats)),
+                               opt.state()));
+    dp->broadcast_from_rank0();
+    model.store().sync_compute(ctx);
+  }
 
   const auto save = [&](const std::string& path, std::int64_t epoch, std::int64_t iter) -> std::string {
     safetensors::Writer w;
@@ -283,6 +313,8 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
     w.metadata("ampkit.policy", std::string(policy_name_v<P>));
     w.metadata("ampkit.model", cfg.model.variant);
     w.metadata("ampkit.config", config_text);
+    w.metadata("ampkit.iters_per_epoch", std::to_string(iters_per_epoch));
+    w.metadata("ampkit.world_size", std::to_string(run.world_size));
     for (const auto& r : ckpts.save(w, path, epoch, iter)) log.info("removed old checkpoint " + r);
     log.info("saved checkpoint " + path);
     return path;
@@ -366,8 +398,17 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
       model.backward(ctx, TensorView<const T>(first_n(dL_dhm, hm_s, n)), TensorView<const T>(first_n(dL_dds, ds_s, n)));
       accum.count_backward();
       const bool updated = accum.should_update();
-      if (updated) opt.step();
-      else opt.end_micro_batch();
+      if (updated && dp) {
+        // Window end: fold into the fp32 gradient, average it over ranks, then the step with the
+        // non-finite flag max-reduced between check and finalize (no host sync anywhere).
+        opt.end_micro_batch();
+        dp->average_gradients();
+        opt.step([dp](amp::GradPartial* partials, int n) { dp->reduce_step_check(partials, n); });
+      } else if (updated) {
+        opt.step();
+      } else {
+        opt.end_micro_batch();  // no_sync: gradients accumulate locally
+      }
       schedule.after_iteration(updated);
       ++iter;
       ++in_epoch;
@@ -424,8 +465,10 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
         interval_images = 0;
         interval_data = 0.0;
       }
-      if (main_rank && cfg.checkpoint.iter_interval > 0 && iter % cfg.checkpoint.iter_interval == 0)
-        result.last_checkpoint = save(ckpts.iter_path(iter), epoch, iter);
+      if (cfg.checkpoint.iter_interval > 0 && iter % cfg.checkpoint.iter_interval == 0) {
+        if (main_rank) result.last_checkpoint = save(ckpts.iter_path(iter), epoch, iter);
+        if (dp) dp->wait_for_main("rank 0's checkpoint");
+      }
       if (detail::g_stop_signal) {
         if (main_rank) {
           log.warn("signal " + std::to_string(static_cast<int>(detail::g_stop_signal)) +
@@ -447,6 +490,7 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
     if (!epoch_done) break;
     result.epochs = epoch + 1;
     const bool last = iter >= max_iters;
+    if (dp) dp->average_buffers();  // mmengine's SyncBuffersHook: BN running statistics, every epoch
     if (main_rank && ((epoch + 1) % cfg.checkpoint.interval == 0 || last))
       result.last_checkpoint = save(ckpts.epoch_path(epoch + 1), epoch + 1, iter);
     if (cfg.train_cfg.val_interval > 0 && ((epoch + 1) % cfg.train_cfg.val_interval == 0 || last)) {
@@ -462,8 +506,27 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
         result.last_val = run_evaluation<P, Backend>(ctx, model, cfg, log, vo, &*val_set);
       }
     }
+    if (dp) dp->wait_for_main("rank 0's end-of-epoch checkpoint / validation");
   }
   result.iterations = iter;
+  if (dp) {
+    const auto st = ctx.to_host(TensorView<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(opt.state()),
+                                                                Shape{1, 1, 1, sizeof(amp::StepState)}));
+    amp::StepState s;
+    std::memcpy(&s, st.data(), sizeof s);
+    result.optimizer_steps = s.n_steps;
+    result.gradient_syncs = dp->n_gradient_syncs();
+    result.gradient_launches = dp->n_gradient_launches();
+    const auto w = ctx.to_host(TensorView<const float>(model.store().master_all()));
+    result.weights_checksum = checksum(std::span<const float>(w.data(), static_cast<std::size_t>(w.numel())));
+    // Every rank, on stdout (only rank 0 has a log): the replicas must agree (tests/gpu/dist/ddp_train.sh).
+    std::printf("dekr_amp: rank %d of %d: %lld iterations, %lld optimizer steps, %lld gradient all-reduces "
+                "(%lld grouped NCCL launches), weights checksum %016llx\n",
+                run.rank, run.world_size, static_cast<long long>(iter), static_cast<long long>(result.optimizer_steps),
+                static_cast<long long>(result.gradient_syncs), static_cast<long long>(result.gradient_launches),
+                static_cast<unsigned long long>(result.weights_checksum));
+    std::fflush(stdout);
+  }
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   return result;
