@@ -61,6 +61,8 @@ inline std::atomic<bool>& bn_flat_packs() {
 namespace cuda::detail {
 
 inline constexpr int kBnThreads = 256;
+/// Threads of the per-channel finalize blocks (a power of two: the tree halves it).
+inline constexpr int kBnFinalizeThreads = 128;
 
 /// How the (M, C) tensor is read: packs of V elements over super-rows of L elements
 /// (L = C for the per-channel layout, lcm(C, V) for the flat one), M * C / L super-rows.
@@ -207,20 +209,45 @@ __global__ void __launch_bounds__(kBnThreads)
 
 /// Per channel: merge the partials in order (block-major, then slot), then the statistics, running stats and the
 /// normalisation as one affine map y = x*scale + shift.
-__global__ void bn_stats_finalize(const float* __restrict__ partial, int n_part, int C, int L, std::int64_t M,
-                                  const float* __restrict__ gamma, const float* __restrict__ beta,
-                                  float* __restrict__ running_mean, float* __restrict__ running_var,
-                                  float* __restrict__ save_mean, float* __restrict__ save_invstd,
-                                  float* __restrict__ scale, float* __restrict__ shift, float momentum,
-                                  float eps) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
+__global__ void __launch_bounds__(kBnFinalizeThreads)
+bn_stats_finalize(const float* __restrict__ partial, int n_part, int C, int L, std::int64_t M,
+                  const float* __restrict__ gamma, const float* __restrict__ beta,
+                  float* __restrict__ running_mean, float* __restrict__ running_var,
+                  float* __restrict__ save_mean, float* __restrict__ save_invstd,
+                  float* __restrict__ scale, float* __restrict__ shift, float momentum, float eps) {
+  // One block per channel. A channel has n_part * (L / C) partials (blocks down the rows x its
+  // slots c, c+C, ... of the super-row). Each thread merges a fixed strided subset in order, then a
+  // fixed-shape tree merges the threads: deterministic, and ~n_part/128 sequential merges instead
+  // of n_part (a single thread per channel made this the slowest kernel of the step).
+  const int c = blockIdx.x;
+  const int per_part = L / C;
+  const std::int64_t n_items = std::int64_t{n_part} * per_part;
   float n = 0.f, mean = 0.f, m2 = 0.f;
-  for (int j = 0; j < n_part; ++j)
-    for (int slot = c; slot < L; slot += C) {  // slots c, c+C, ... of the super-row (one when L == C)
-      const float* p = partial + (std::int64_t{j} * L + slot) * 3;
-      welford_merge(n, mean, m2, p[0], p[1], p[2]);
+  for (std::int64_t k = threadIdx.x; k < n_items; k += kBnFinalizeThreads) {
+    const std::int64_t j = k / per_part;
+    const int slot = c + static_cast<int>(k % per_part) * C;
+    const float* p = partial + (j * L + slot) * 3;
+    welford_merge(n, mean, m2, p[0], p[1], p[2]);
+  }
+  __shared__ float s_n[kBnFinalizeThreads], s_mean[kBnFinalizeThreads], s_m2[kBnFinalizeThreads];
+  s_n[threadIdx.x] = n;
+  s_mean[threadIdx.x] = mean;
+  s_m2[threadIdx.x] = m2;
+  __syncthreads();
+  for (int stride = kBnFinalizeThreads / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) {
+      float a_n = s_n[threadIdx.x], a_mean = s_mean[threadIdx.x], a_m2 = s_m2[threadIdx.x];
+      welford_merge(a_n, a_mean, a_m2, s_n[threadIdx.x + stride], s_mean[threadIdx.x + stride],
+                    s_m2[threadIdx.x + stride]);
+      s_n[threadIdx.x] = a_n;
+      s_mean[threadIdx.x] = a_mean;
+      s_m2[threadIdx.x] = a_m2;
     }
+    __syncthreads();
+  }
+  if (threadIdx.x != 0) return;
+  mean = s_mean[0];
+  m2 = s_m2[0];
   const float var = m2 / static_cast<float>(M);
   const float invstd = 1.f / sqrtf(var + eps);
   save_mean[c] = mean;
@@ -229,9 +256,9 @@ __global__ void bn_stats_finalize(const float* __restrict__ partial, int n_part,
   const float unbiased = static_cast<float>(static_cast<double>(m2) / static_cast<double>(M - 1));
   running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * mean;
   running_var[c] = (1.f - momentum) * running_var[c] + momentum * unbiased;
-  const float s = invstd * gamma[c];
-  scale[c] = s;
-  shift[c] = beta[c] - mean * s;
+  const float sc = invstd * gamma[c];
+  scale[c] = sc;
+  shift[c] = beta[c] - mean * sc;
 }
 
 /// Inference: the affine map from the running statistics.
@@ -440,19 +467,37 @@ __global__ void __launch_bounds__(kBnThreads)
 
 /// Per channel: dgamma += sum(dz*xhat), dbeta += sum(dz), and dx = a*dz + b*(x - mean) + e with
 /// a = gamma*invstd, b = -gamma*invstd^3*sum(dz*(x-mean))/M, e = -gamma*invstd*sum(dz)/M.
-__global__ void bn_grad_finalize(const float* __restrict__ partial, int n_part, int C, int L, std::int64_t M,
-                                 const float* __restrict__ gamma, const float* __restrict__ invstd,
-                                 float* __restrict__ dgamma, float* __restrict__ dbeta,
-                                 float* __restrict__ coef) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
+__global__ void __launch_bounds__(kBnFinalizeThreads)
+bn_grad_finalize(const float* __restrict__ partial, int n_part, int C, int L, std::int64_t M,
+                 const float* __restrict__ gamma, const float* __restrict__ invstd,
+                 float* __restrict__ dgamma, float* __restrict__ dbeta, float* __restrict__ coef) {
+  // One block per channel; fixed strided subsets per thread, then a fixed-shape tree (as
+  // bn_stats_finalize): deterministic.
+  const int c = blockIdx.x;
+  const int per_part = L / C;
+  const std::int64_t n_items = std::int64_t{n_part} * per_part;
   float sdz = 0.f, sdzx = 0.f;
-  for (int j = 0; j < n_part; ++j)
-    for (int slot = c; slot < L; slot += C) {  // fixed order: block-major, then slot
-      const float* p = partial + (std::int64_t{j} * L + slot) * 2;
-      sdz += p[0];
-      sdzx += p[1];
+  for (std::int64_t k = threadIdx.x; k < n_items; k += kBnFinalizeThreads) {
+    const std::int64_t j = k / per_part;
+    const int slot = c + static_cast<int>(k % per_part) * C;
+    const float* p = partial + (j * L + slot) * 2;
+    sdz += p[0];
+    sdzx += p[1];
+  }
+  __shared__ float s_dz[kBnFinalizeThreads], s_dzx[kBnFinalizeThreads];
+  s_dz[threadIdx.x] = sdz;
+  s_dzx[threadIdx.x] = sdzx;
+  __syncthreads();
+  for (int stride = kBnFinalizeThreads / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) {
+      s_dz[threadIdx.x] += s_dz[threadIdx.x + stride];
+      s_dzx[threadIdx.x] += s_dzx[threadIdx.x + stride];
     }
+    __syncthreads();
+  }
+  if (threadIdx.x != 0) return;
+  sdz = s_dz[0];
+  sdzx = s_dzx[0];
   const float is = invstd[c], g = gamma[c], inv_m = 1.f / static_cast<float>(M);
   dgamma[c] += sdzx * is;
   dbeta[c] += sdz;
@@ -531,7 +576,7 @@ void bn_forward(const Cuda& ctx, const ampkit::detail::BatchNormForwardArgs<T>& 
       bn_stats_partial<N, V><<<dim3(t.grid_x, t.grid_y), kBnThreads, 0, ctx.stream()>>>(
           native(a.x.data), lay.rows, L, t.packs_per_block, partial);
       AMPKIT_CUDA_CHECK_LAUNCH();
-      bn_stats_finalize<<<cblocks, 128, 0, ctx.stream()>>>(
+      bn_stats_finalize<<<static_cast<unsigned>(C), kBnFinalizeThreads, 0, ctx.stream()>>>(
           partial, static_cast<int>(t.grid_y), C, L, M, a.gamma.data, a.beta.data, a.running_mean.data,
           a.running_var.data, a.save_mean.data, a.save_invstd.data, scale, shift, cfg.momentum, cfg.eps);
       AMPKIT_CUDA_CHECK_LAUNCH();
@@ -579,14 +624,13 @@ void bn_backward(const Cuda& ctx, const ampkit::detail::BatchNormBackwardArgs<T>
   auto ws = ctx.workspace(sizeof(float) * (3 * std::size_t(C) + std::size_t(t.grid_y) * L * 2));
   float* coef = reinterpret_cast<float*>(ws.data());
   float* partial = coef + 3 * C;
-  const unsigned cblocks = static_cast<unsigned>((C + 127) / 128);
   with_pack_width<T>(v, [&]<int V>() {
     auto run = [&]<BatchNormEpilogue E>() {
       bn_grad_partial<N, V, E><<<dim3(t.grid_x, t.grid_y), kBnThreads, 0, ctx.stream()>>>(
           native(a.x.data), native(a.y.data), native(a.dL_dy.data), a.save_mean.data, lay.rows, L, C,
           t.packs_per_block, partial);
       AMPKIT_CUDA_CHECK_LAUNCH();
-      bn_grad_finalize<<<cblocks, 128, 0, ctx.stream()>>>(partial, static_cast<int>(t.grid_y), C, L, M,
+      bn_grad_finalize<<<static_cast<unsigned>(C), kBnFinalizeThreads, 0, ctx.stream()>>>(partial, static_cast<int>(t.grid_y), C, L, M,
                                                           a.gamma.data, a.save_invstd.data, a.dL_dgamma.data,
                                                           a.dL_dbeta.data, coef);
       AMPKIT_CUDA_CHECK_LAUNCH();
