@@ -8,6 +8,7 @@
 #include <sstream>
 #include <string>
 
+#include "ampkit/dist/launch_env.hpp"
 #include "ampkit/train/run_logger.hpp"
 #include "ampkit/train/evaluate.hpp"
 #include "ampkit/train/trainer.hpp"
@@ -67,8 +68,9 @@ int run_command(Backend& ctx, const Request& req, ampkit::train::RunLogger& log)
 #if AMPKIT_DEKR_AMP_CUDA
 /// Visible CUDA devices (0 without a driver or GPU; never throws).
 int cuda_device_count();
-/// Run `req` on GPU `local_rank` with the requested policy. Throws ampkit::Error.
-int run_cuda(const Request& req, ampkit::train::RunLogger& log, int local_rank);
+/// Run `req` on GPU env.local_rank with the requested policy; with env.world_size > 1 as one rank
+/// of a data-parallel job (NCCL; the ranks meet at env.master_addr). Throws ampkit::Error.
+int run_cuda(const Request& req, ampkit::train::RunLogger& log, const ampkit::dist::LaunchEnv& env);
 #endif
 
 }  // namespace dekr_amp

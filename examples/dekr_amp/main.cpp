@@ -118,17 +118,17 @@ int run(const dekr_amp::CliArgs& a) {
   log.info("precision: " + precision.value + " (" + precision.reason + ")");
   log.info("device: " + device.value + " (" + device.reason + ")");
   if (env.distributed()) log.info("distributed: " + env.describe());
-  AMPKIT_CHECK(!env.distributed() || device.value == "cuda",
-               "multi-process training needs the CUDA backend (NCCL); the host backend runs one process");
-  // TODO(train-integration): with world_size > 1, build the NCCL process group (include/ampkit/dist)
-  // and pass the gradient all-reduce + BN buffer sync to the trainer; until then refuse it.
-  AMPKIT_CHECK(!env.distributed(), "multi-GPU training is not wired into dekr_amp yet "
-               "(TODO(train-integration): NCCL process group in the trainer); run with one process");
+  AMPKIT_CHECK(!env.distributed() || device.value == "cuda", "world size ", env.world_size, " (",
+               env.describe(), "): multi-process training needs the CUDA backend (NCCL) but the device is ",
+               device.value, " (", device.reason, "); the host backend trains in one process: start one "
+               "process (GPUS=1, no launcher variables) or train on GPUs");
+  AMPKIT_CHECK(!env.distributed() || a.command == "train", "dekr_amp ", a.command,
+               " runs in one process; start it without tools/dist_train.sh (world size ", env.world_size, ")");
 
   int rc = 0;
   if (device.value == "cuda") {
 #if AMPKIT_DEKR_AMP_CUDA
-    rc = dekr_amp::run_cuda(req, log, env.local_rank);
+    rc = dekr_amp::run_cuda(req, log, env);
 #else
     AMPKIT_FAIL("this dekr_amp was built without CUDA");
 #endif

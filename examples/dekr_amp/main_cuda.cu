@@ -4,6 +4,7 @@
 #include "ampkit/backend/cuda/dekr.cuh"
 #include "ampkit/backend/cuda/dekr_decode.cuh"
 #include "ampkit/backend/cuda/device.cuh"
+#include "ampkit/backend/cuda/dist/data_parallel.cuh"
 #include "ampkit/core/device_info.hpp"
 #include "app.hpp"
 
@@ -11,8 +12,21 @@ namespace dekr_amp {
 
 int cuda_device_count() { return ampkit::cuda::device_count(); }
 
-int run_cuda(const Request& req, ampkit::train::RunLogger& log, int local_rank) {
-  ampkit::Cuda ctx(local_rank);
+int run_cuda(const Request& req_in, ampkit::train::RunLogger& log, const ampkit::dist::LaunchEnv& env) {
+  ampkit::Cuda ctx(env.local_rank);
+  Request req = req_in;
+  if (env.distributed()) {
+    // One process per GPU: join the job (TCP rendezvous at MASTER_ADDR, then NCCL) before the
+    // model exists; the trainer broadcasts rank 0's weights and averages gradients through it.
+    auto dp = std::make_shared<ampkit::dist::NcclDataParallel>(ctx, env);
+    log.info("data parallel: " + env.describe() + ", NCCL " + std::to_string(NCCL_MAJOR) + "." +
+             std::to_string(NCCL_MINOR) + ", collective timeout " + ampkit::dist::format_seconds(
+                 std::chrono::duration_cast<std::chrono::milliseconds>(env.timeout)) +
+             " (AMPKIT_DIST_TIMEOUT), rank-0-only work timeout " + ampkit::dist::format_seconds(
+                 std::chrono::duration_cast<std::chrono::milliseconds>(dp->slow_timeout())) +
+             " (AMPKIT_DIST_SLOW_TIMEOUT); gradients averaged in fp32 buckets after backward");
+    req.run.data_parallel = std::move(dp);
+  }
   const auto& dev = ctx.device();
   log.info("GPU " + std::to_string(dev.index) + ": " + dev.name + ", compute capability " +
            std::to_string(dev.cc_major) + "." + std::to_string(dev.cc_minor) + ", " +
