@@ -64,8 +64,9 @@ namespace detail {
 /// the table before checking the count and writes past its 257-entry size array and 256-entry
 /// value array (found by tests/fuzz/fuzz_image; stb fixed it upstream in 2.28). A valid JPEG never
 /// has more than 256 symbols in a table, so this only turns memory corruption into an error.
-inline void check_jpeg_huffman_tables(const std::uint8_t* d, std::size_t n, const std::string& name) {
-  std::size_t i = 2;
+inline void check_jpeg_huffman_tables(const std::uint8_t* d, std::size_t n, const std::string& name,
+                                      std::size_t start) {
+  std::size_t i = start;  // just past the SOI marker
   while (i + 4 <= n) {
     if (d[i] != 0xFF) {  // entropy-coded data: markers are the only FFxx not followed by 00
       ++i;
@@ -103,7 +104,11 @@ inline void decode_image_into(const std::uint8_t* data, std::size_t n, const std
                               Image& img) {
   AMPKIT_CHECK(n > 0, "image '", name, "': the file is empty");
   AMPKIT_CHECK(n < (std::size_t{1} << 31), "image '", name, "': file too large (", n, " bytes)");
-  if (n >= 2 && data[0] == 0xFF && data[1] == 0xD8) {
+  // A JPEG starts with FF D8; stb_image also skips extra FF fill bytes before the D8 (found by
+  // tests/fuzz/fuzz_image: FF FF D8 went around the checks below).
+  std::size_t soi = 1;
+  while (soi < n && data[soi] == 0xFF) ++soi;
+  if (n >= 2 && data[0] == 0xFF && soi < n && data[soi] == 0xD8) {
     // stb_image decodes a JPEG cut short without complaint (the missing part comes out grey);
     // libjpeg calls it "premature end of JPEG file". Require the end-of-image marker, allowing
     // for padding after it.
@@ -116,7 +121,7 @@ inline void decode_image_into(const std::uint8_t* data, std::size_t n, const std
       if (data[i - 1] == 0xFF && data[i] == 0xD9) eoi = true;
     AMPKIT_CHECK(eoi, "image '", name, "': truncated JPEG (no end-of-image marker in the last ",
                  "bytes; the file is ", n, " bytes)");
-    detail::check_jpeg_huffman_tables(data, n, name);
+    detail::check_jpeg_huffman_tables(data, n, name, soi + 1);
   }
   int w = 0, h = 0, c = 0;
   // Hardening: stb decodes whatever size the header claims and reads zeros past the end of the

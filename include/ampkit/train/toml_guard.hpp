@@ -5,8 +5,12 @@
 /// key parser with the *assumption* (TOML_ASSERT_ASSUME) that the next character starts a bare or
 /// quoted key. `[# x]`, `[=]` or `[{` break it: with assertions on, the process aborts; with
 /// NDEBUG the assumption becomes `__builtin_assume`, i.e. undefined behaviour (found by
-/// tests/fuzz/fuzz_config). Such text is invalid TOML anyway, so rejecting it first changes no
-/// valid config. The scan tracks comments, strings and brackets so that a `[` starting a line
+/// tests/fuzz/fuzz_config). Likewise its whitespace test for non-ASCII code points
+/// (`is_non_ascii_horizontal_whitespace`) reaches TOML_UNREACHABLE for most code points in
+/// U+00A1..U+0499 (`lr = 1é`), so non-ASCII text where toml++ looks for whitespace - outside
+/// strings and comments, or after a line-ending backslash - is rejected too. Such text is
+/// invalid TOML anyway (keys and whitespace are ASCII), so rejecting it first changes no valid
+/// config. The scan tracks comments, strings and brackets so that a `[` starting a line
 /// inside a multi-line array or string is not taken for a header.
 #pragma once
 
@@ -43,6 +47,12 @@ inline std::string toml_table_header_problem(std::string_view text) {
       std::size_t j = i + (triple ? 3 : 1);
       for (; j < n; ++j) {
         if (c == '"' && text[j] == '\\') {
+          // A line-ending backslash trims the whitespace that follows, and toml++ then tests the
+          // next character with the same non-ASCII-whitespace table as below.
+          std::size_t k = j + 1;
+          while (k < n && (text[k] == ' ' || text[k] == '\t' || text[k] == '\r' || text[k] == '\n')) ++k;
+          if (k > j + 1 && k < n && static_cast<unsigned char>(text[k]) >= 0x80)
+            return "line " + std::to_string(line) + ": a non-ASCII character after a line-ending backslash";
           ++j;
           if (j < n && text[j] == '\n') ++line;
           continue;
@@ -60,15 +70,21 @@ inline std::string toml_table_header_problem(std::string_view text) {
       line_start = false;
       continue;
     }
+    if (static_cast<unsigned char>(c) >= 0x80)  // see the header comment
+      return "line " + std::to_string(line) + ": a non-ASCII character outside a string or comment";
     if (line_start && depth == 0 && c == '[') {
       std::size_t j = i + 1;
       bool space = false;
       while (j < n && (text[j] == ' ' || text[j] == '\t')) ++j, space = true;
+      bool second = false;  // `[[`: toml++ takes the second bracket only when it follows at once
       if (j < n && text[j] == '[' && !space) {
         ++j;
+        second = true;
         while (j < n && (text[j] == ' ' || text[j] == '\t')) ++j;
       }
-      if (j < n && !bare(text[j]) && text[j] != '"' && text[j] != '\'' && text[j] != ']' && text[j] != '[')
+      // `[ [` is reported by toml++ itself; `[[[` is not (found by tests/fuzz/fuzz_config).
+      if (j < n && !bare(text[j]) && text[j] != '"' && text[j] != '\'' && text[j] != ']' &&
+          !(text[j] == '[' && !second))
         return "line " + std::to_string(line) + ": a table header must start with a key";
     }
     line_start = false;

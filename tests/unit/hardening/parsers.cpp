@@ -117,6 +117,16 @@ TEST_CASE("images: stb_image 2.27's DHT overflow, 0x0 and huge headers are clear
     return error_of([&] { (void)ak::data::decode_image(b.data(), b.size(), rel); });
   };
   CHECK(err("dht_more_than_256_symbols.jpg").find("a Huffman table declares") != std::string::npos);
+  // FF FF D8: stb skips fill bytes before SOI, so the checks must too (the file also lacks EOI;
+  // with one appended the Huffman check is what stops it).
+  CHECK(err("dht_overflow_after_ff_fill_before_soi.jpg").find("truncated JPEG") != std::string::npos);
+  {
+    auto b = read_bytes(ak::testing::source_path("tests/fuzz/regressions/image/dht_overflow_after_ff_fill_before_soi.jpg"));
+    b.push_back(0xFF);
+    b.push_back(0xD9);
+    CHECK(error_of([&] { (void)ak::data::decode_image(b.data(), b.size(), "fill"); }).find("a Huffman table declares") !=
+          std::string::npos);
+  }
   CHECK(err("bmp_0x0.bmp").find("0x0 pixels") != std::string::npos);
   CHECK(err("bmp_16M_rows_from_195_bytes.bmp").find("is more than the 67108864 ampkit decodes") != std::string::npos);
   // The seeds still decode, pixel counts as encoded.
@@ -137,6 +147,8 @@ TEST_CASE("TOML: table headers toml++ 3.3 would assert on (UB under NDEBUG) are 
   CHECK(ak::train::toml_table_header_problem("[# x]\n") == "line 1: a table header must start with a key");
   CHECK(ak::train::toml_table_header_problem("a = 1\n\n [[ =x]]\n") == "line 3: a table header must start with a key");
   CHECK(ak::train::toml_table_header_problem("[\n") != "");
+  CHECK(ak::train::toml_table_header_problem("[[[a]]]\n") == "line 1: a table header must start with a key");
+  CHECK(ak::train::toml_table_header_problem("[ [a]]\n") == "");  // toml++ reports this one itself
   // valid TOML is untouched: quoted keys, nested arrays on their own lines, strings with '[#'
   CHECK(ak::train::toml_table_header_problem("[\"a b\"]\nx = [\n  [1, 2],\n  [+3, {a = 1}],\n]\n") == "");
   CHECK(ak::train::toml_table_header_problem("s = \"\"\"\n[# not a header\n\"\"\"\n[t]\n") == "");
@@ -145,6 +157,12 @@ TEST_CASE("TOML: table headers toml++ 3.3 would assert on (UB under NDEBUG) are 
   const std::string text(b.begin(), b.end());
   CHECK(error_of([&] { (void)ak::train::parse_config(text, "hostile.toml"); })
             .find("hostile.toml: TOML syntax error: line 7: a table header must start with a key") != std::string::npos);
+  // toml++ 3.3's non-ASCII whitespace table reaches TOML_UNREACHABLE for most of U+00A1..U+0499
+  CHECK(ak::train::toml_table_header_problem("lr = 1\xc3\xa9\n") ==
+        "line 1: a non-ASCII character outside a string or comment");
+  CHECK(ak::train::toml_table_header_problem("s = \"\"\"a \\\n  \xc3\xa9\"\"\"\n") ==
+        "line 1: a non-ASCII character after a line-ending backslash");
+  CHECK(ak::train::toml_table_header_problem("name = \"caf\xc3\xa9\" # d\xc3\xa9j\xc3\xa0 vu\n") == "");
   // every shipped config passes the guard
   for (const auto& e : fs::recursive_directory_iterator(ak::testing::source_path("configs"))) {
     if (e.path().extension() != ".toml") continue;
