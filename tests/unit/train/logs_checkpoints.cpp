@@ -327,3 +327,5 @@ TEST_CASE("checkpoint manager: a torn or foreign file is never resumed") {
         std::string::npos);
   CHECK(checkpoint_problem(m.epoch_path(1)).empty());
 }
+
+#include "evaluate_flow.inc"
