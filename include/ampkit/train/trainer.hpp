@@ -33,6 +33,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/resource.h>
+
 #include "ampkit/amp/amp_optimizer.hpp"
 #include "ampkit/amp/grad_accumulation.hpp"
 #include "ampkit/amp/loss_scaler.hpp"
@@ -172,6 +174,14 @@ std::optional<double> peak_memory_mib(Backend& ctx) {
   else
     return std::nullopt;
 }
+
+/// The process's peak resident set (MiB; getrusage, Linux reports KiB): the only memory figure of
+/// the host backend, logged as `peak_rss_mib` (whole process: model, data, loader workers'
+/// buffers), never as device memory.
+inline double peak_rss_mib() {
+  rusage u{};
+  return ::getrusage(RUSAGE_SELF, &u) == 0 ? static_cast<double>(u.ru_maxrss) / 1024.0 : -1.0;
+}
 }  // namespace detail
 
 /// Train DEKR as `run.config` says, on `ctx`, with policy P. Rank 0 writes the logs and the
@@ -244,6 +254,10 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
   CheckpointManager ckpts(run.work_dir, cfg.checkpoint.max_keep_ckpts);
   const std::string config_text = to_toml(cfg);
   std::int64_t start_iter = 0;
+  // The scaler/optimizer state of the last step, as the log points show it. A resumed run starts
+  // from the checkpoint's (the state after its last step), so that log points before the first
+  // window end show what the uninterrupted run shows (resume bit-exactness covers the logs too).
+  std::optional<amp::StepStats> last_stats;
   if (run.resume) {
     std::string path = run.resume_from;
     if (path.empty()) {
@@ -273,6 +287,7 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
     amp::StepState st;
     std::memcpy(&st, state_bytes.data(), sizeof st);
     ctx.copy_to_device(TensorView<amp::StepState>(opt.state(), Shape{1, 1, 1, 1}), std::span<const amp::StepState>(&st, 1));
+    if (st.n_steps > 0) last_stats = amp::StepStats{st};
     start_iter = std::stoll(meta.at("ampkit.iter"));
     // Another world size (or batch size) changes the iterations per epoch: map to an epoch start.
     const auto rp = resume_point(std::stoll(meta.at("ampkit.epoch")), start_iter,
@@ -345,7 +360,6 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
   double interval_data = 0.0;
   auto interval_start = std::chrono::steady_clock::now();
   std::optional<ValSet> val_set;  // loaded at the first validation
-  std::optional<amp::StepStats> last_stats;
   const std::int64_t start_epoch = start_iter / iters_per_epoch;
   const std::int64_t max_epochs = (max_iters + iters_per_epoch - 1) / iters_per_epoch;
   if (main_rank)
@@ -455,6 +469,7 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
           if (p.skipped) sc.emplace_back("skipped_steps", static_cast<double>(p.skipped->first));
           if (p.grad_norm) sc.emplace_back("grad_norm", *p.grad_norm);
           if (p.memory_mib) sc.emplace_back("memory_mib", *p.memory_mib);
+          if (const double rss = detail::peak_rss_mib(); rss >= 0) sc.emplace_back("peak_rss_mib", rss);
           log.scalars("train", iter, sc, {{"epoch", epoch + 1}, {"iter", in_epoch}});
         }
         AMPKIT_CHECK(std::isfinite(v.total), "the loss is ", v.total, " at iteration ", iter,

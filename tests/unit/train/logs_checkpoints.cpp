@@ -329,3 +329,4 @@ TEST_CASE("checkpoint manager: a torn or foreign file is never resumed") {
 }
 
 #include "evaluate_flow.inc"
+#include "resume_exact.inc"
