@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 root=$PWD
 JOBS=${JOBS:-$(nproc)}
 BUILD_ROOT=${BUILD_ROOT:-$root/build/test}
+# The logs live next to BUILD_ROOT ("$BUILD_ROOT.<step>.log"): make sure the parent exists in a fresh clone.
+mkdir -p "$BUILD_ROOT"
 log() { printf '\n== %s\n' "$*"; }
 
 # ---- 1. dependencies ------------------------------------------------------------------------
