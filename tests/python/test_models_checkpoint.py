@@ -6,7 +6,7 @@
 2. Loads the file with the `safetensors` package (numpy API): every model tensor must equal the
    golden file's tensor bit for bit (fp32 masters), metadata and extras must be present.
 3. With a torch interpreter (Debian's /usr/bin/python3), converts it to .pth with
-   tools/convert_checkpoint.py, loads that into tests/golden/dekr_torch.py's DEKR('tiny') with
+   tools/convert_checkpoint.py, loads that into bench/torch_reference's DEKR('tiny') with
    strict=True, converts back, and checks the round trip is exact.
 
 usage: test_models_checkpoint.py --test-binary PATH/test_models
@@ -57,9 +57,9 @@ def main():
         pth, back = os.path.join(tmp, "dekr_tiny.pth"), os.path.join(tmp, "back.safetensors")
         subprocess.run([TORCH_PY, conv, "to-pytorch", ckpt, pth], check=True)
         check = (
-            "import sys, torch; sys.path.insert(0, %r); import dekr_torch;"
-            "m = dekr_torch.DEKR('tiny'); sd = torch.load(%r)['state_dict'];"
-            "print(m.load_state_dict(sd, strict=True))" % (os.path.join(ROOT, "tests", "golden"), pth))
+            "import sys, torch; sys.path.insert(0, %r); import torch_reference;"
+            "m = torch_reference.DEKR('tiny'); sd = torch.load(%r)['state_dict'];"
+            "print(m.load_state_dict(sd, strict=True))" % (os.path.join(ROOT, "bench"), pth))
         subprocess.run([TORCH_PY, "-c", check], check=True)
         subprocess.run([TORCH_PY, conv, "to-ampkit", pth, back], check=True)
         again = load_file(back)
