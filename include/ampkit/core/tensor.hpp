@@ -6,6 +6,7 @@
 /// (a bias of K values is (1,1,1,K); a conv weight is (K,R,S,C/groups), i.e. KRSC).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -75,6 +76,41 @@ void check_shape(const char* op, const char* arg, const TensorView<T>& t, Shape 
   AMPKIT_CHECK(t.data != nullptr || t.numel() == 0, op, ": ", arg, " has no data");
 }
 
+/// Live and peak bytes of every HostBuffer in the process: the host backend's allocation count
+/// (tests compare it with train/memory_plan.hpp's dry run). Relaxed atomics: a count, not a
+/// synchronisation; the loader's worker threads allocate too.
+struct HostMemoryStats {
+  std::size_t live = 0;
+  std::size_t peak = 0;
+};
+
+namespace detail {
+struct HostMemoryCounter {
+  std::atomic<std::size_t> live{0}, peak{0};
+  void add(std::size_t b) {
+    const std::size_t now = live.fetch_add(b, std::memory_order_relaxed) + b;
+    std::size_t p = peak.load(std::memory_order_relaxed);
+    while (now > p && !peak.compare_exchange_weak(p, now, std::memory_order_relaxed)) {
+    }
+  }
+  void sub(std::size_t b) { live.fetch_sub(b, std::memory_order_relaxed); }
+};
+inline HostMemoryCounter& host_memory_counter() {
+  static HostMemoryCounter c;
+  return c;
+}
+}  // namespace detail
+
+inline HostMemoryStats host_memory_stats() {
+  auto& c = detail::host_memory_counter();
+  return {c.live.load(std::memory_order_relaxed), c.peak.load(std::memory_order_relaxed)};
+}
+/// Start a new high-water mark at the current live level.
+inline void reset_host_memory_peak() {
+  auto& c = detail::host_memory_counter();
+  c.peak.store(c.live.load(std::memory_order_relaxed), std::memory_order_relaxed);
+}
+
 /// Owning, 64-byte aligned host memory. Move-only: copying a large buffer by accident is a
 /// silent performance bug, so it has to be spelled `clone()`.
 template <class T>
@@ -86,6 +122,7 @@ class HostBuffer {
   explicit HostBuffer(std::size_t n) : size_(n) {
     if (n) {
       data_ = static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64}));
+      detail::host_memory_counter().add(n * sizeof(T));
     }
   }
   HostBuffer(const HostBuffer&) = delete;
@@ -119,7 +156,10 @@ class HostBuffer {
 
  private:
   void release() noexcept {
-    if (data_) ::operator delete(data_, std::align_val_t{64});
+    if (data_) {
+      ::operator delete(data_, std::align_val_t{64});
+      detail::host_memory_counter().sub(size_ * sizeof(T));
+    }
     data_ = nullptr;
     size_ = 0;
   }

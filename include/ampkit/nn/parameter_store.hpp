@@ -154,6 +154,9 @@ class ParameterStore {
     }
     buffers_t_ = ctx.template tensor<float>(vec(std::max<std::int64_t>(n_buffer_, 1)));
     allocated_ = true;
+    // A shape-only backend (ampkit::Meta, for memory plans) never reads values: skip the seeded
+    // initialisation, which for W32 is ~30 M random draws and a 118 MB host buffer.
+    if constexpr (requires { Backend::kShapeOnly; }) return;
 
     // Initialise on the host (deterministic for a seed on every backend), then copy once.
     HostTensor<float> host_master(vec(n_total), 0.f);
