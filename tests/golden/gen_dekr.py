@@ -139,6 +139,34 @@ def gen_256():
     tensors.update({"fp16/grad/" + k: v for k, v in grads16.items()})
     tensors.update({"fp16/" + k: v for k, v in running16.items()})
     print(f"256x256 fp16 (autocast rendering): loss {loss16[0]:.6g}")
+
+    # The spread of fp16 itself: the same step on inputs moved by one fp16 ulp in a random half of
+    # their elements, 3 times. Two fp16 computations that differ only in where roundings fall
+    # disagree by about this much per tensor (it measures each tensor's conditioning, e.g.
+    # BN-bias gradients that are the cancellation remainder of a following BN); the C++ test
+    # scales its fp16 limits by it. Stored as fp16/spread/<name>, shape [1]: the RMS over the 3
+    # runs of the relative L2 distance to the unperturbed run.
+    def rel(a, b):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+    runs = []
+    for _ in range(3):
+        bits = x.half().view(torch.int16)
+        step = torch.where(torch.rand(x.shape, generator=g) < 0.5, 1, 0).to(torch.int16)
+        model.load_state_dict(start)
+        with tr.fp16_emulation():
+            hm2, disp2, loss2, grads2, running2 = train_step(model, (bits + step).view(torch.float16).float(),
+                                                             targets, LOSS_SCALE)
+        d = {"out/heatmaps": rel(nhwc(hm2), nhwc(hm16)), "out/displacements": rel(nhwc(disp2), nhwc(disp16))}
+        d.update({"grad/" + k: rel(grads2[k], grads16[k]) for k in grads16})
+        d.update({k: rel(running2[k], running16[k]) for k in running16})
+        for i, k in enumerate(("loss/total", "loss/heatmap", "loss/displacement")):
+            d[k] = abs(loss2[i] - loss16[i]) / abs(loss16[i])
+        runs.append(d)
+    spread = {k: np.float32(np.sqrt(np.mean([r[k] ** 2 for r in runs]))) for k in runs[0]}
+    tensors.update({"fp16/spread/" + k: np.array([v], np.float32) for k, v in spread.items()})
+    print(f"  fp16 spread: outputs {spread['out/heatmaps']:.3g} / {spread['out/displacements']:.3g}, "
+          f"loss {spread['loss/total']:.3g}, gradients max {max(spread[k] for k in spread if k[:5] == 'grad/'):.3g}")
     for k in ("out/heatmaps", "out/displacements"):
         a, b = tensors["fp16/" + k].astype(np.float64), tensors[k].astype(np.float64)
         print(f"  fp16 vs fp32 {k}: rel L2 {np.linalg.norm(a - b) / np.linalg.norm(b):.3g}")

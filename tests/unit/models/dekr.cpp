@@ -21,6 +21,7 @@ using namespace ampkit;
 namespace {
 
 const std::string kGolden = "tests/golden/data/models_dekr_tiny.safetensors";
+const std::string kGolden256 = "tests/golden/data/models_dekr_tiny256.safetensors";
 
 /// Per-tensor check: |got - want| <= rtol*|want| + atol_frac*max|want| (the tensor's own scale,
 /// so a gradient of 1e-6 is judged against its tensor, not against the largest gradient).
@@ -49,6 +50,14 @@ struct TensorCheck {
       }
     }
     n_bad_tensors += bad;
+    if (name.find("out/") != std::string::npos) {  // outputs: also the relative L2 error, for the record
+      double num = 0, den = 0;
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+        den += double(want[i]) * want[i];
+      }
+      std::printf("  %s: relative L2 error %.3g\n", name.c_str(), std::sqrt(num / std::max(den, 1e-300)));
+    }
   }
   void report(const char* what) const {
     std::printf("%s: worst error/limit %.3g at %s, %d tensors out of tolerance\n", what, worst, worst_name.c_str(),
@@ -119,32 +128,113 @@ struct Tol {
   static constexpr double head_grad_l2 = fp32 ? 1e-2 : 0.2;
 };
 
+/// What one golden comparison reads and how tightly it judges.
+struct GoldenSpec {
+  std::string file;
+  std::string ref;  ///< prefix of the reference tensors: "" (fp32 PyTorch) or "fp16/" (autocast)
+  bool has_eval;
+  double out_rtol, out_atol, loss_rel, grad_l2, head_grad_l2;
+  /// > 0: judge outputs, loss, gradients and running statistics by relative L2 error <= spread_k x
+  /// the file's fp16/spread/<name> (instead of the fixed limits above).
+  double spread_k = 0;
+};
+
 template <class P>
-void golden_case() {
+GoldenSpec golden64() {
+  return {kGolden, "", true, Tol<P>::out_rtol, Tol<P>::out_atol, Tol<P>::fp32 ? 1e-5 : 2e-2, Tol<P>::grad_l2,
+          Tol<P>::head_grad_l2};
+}
+
+/// 256 x 256 input: the lowest branch is 8 x 8 (BN over 128 values per channel).
+/// fp32 vs PyTorch fp32: outputs and head gradients agree to ~1e-5 (measured 3.1e-6 outputs,
+///   1.2e-5 worst head gradient), so outputs keep 2e-4/2e-5 and head gradients get 1e-4 (8x the
+///   measurement). Backbone BN-bias (and the weights feeding them) gradients are the cancellation
+///   remainder of the following BN's mean subtraction (exactly 0 without the ReLU between), so
+///   their relative error is set by that cancellation, not by the number of layers: measured 4e-3
+///   in fp32; the limit stays 1e-2.
+/// fp16 vs PyTorch autocast (rendered on the CPU, tests/golden/gen_dekr.py): per tensor, relative
+///   L2 error <= 3 x the spread between two autocast runs whose inputs differ by one fp16 ulp in
+///   half the elements (RMS over 3 such runs, stored in the file). That spread is what two correct fp16 computations
+///   that round in different places disagree by; ampkit measured <= 1.4x of it (outputs 0.5x,
+///   loss 0.7x), so 3x leaves ~2x margin for the estimate's own sampling noise (3 runs).
+///   Fixed fp16 limits would have to be the worst tensor's (0.54 spread) for every tensor; the
+///   spread-scaled limit is ~50x tighter on the well-conditioned ones (outputs 3e-2 instead of
+///   100 eps elementwise, head weight gradients a few %).
+template <class P>
+GoldenSpec golden256() {
+  if constexpr (Tol<P>::fp32) return {kGolden256, "", false, 2e-4, 2e-5, 1e-5, 1e-2, 1e-4};
+  else return {kGolden256, "fp16/", false, 0, 0, 0, 0, 0, 3.0};
+}
+
+/// Relative L2 error of one tensor against `limit` (with printing), for the spread-scaled check.
+struct SpreadCheck {
+  double worst_ratio = 0;
+  std::string worst_name;
+  int n_bad = 0;
+  void check(const std::string& name, double err, double limit) {
+    const double ratio = std::isnan(err) ? INFINITY : err / limit;
+    if (ratio > worst_ratio) worst_ratio = ratio, worst_name = name;
+    if (!(err <= limit)) {
+      ++n_bad;
+      std::printf("  %s: relative error %.3g > %.3g\n", name.c_str(), err, limit);
+    }
+  }
+  void report(const char* what) const {
+    std::printf("%s: worst error / limit %.3g (%s), %d over\n", what, worst_ratio, worst_name.c_str(), n_bad);
+    CHECK_MESSAGE(n_bad == 0, what);
+  }
+};
+
+double rel_l2(std::span<const float> got, std::span<const float> want) {
+  REQUIRE(got.size() == want.size());
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+    den += double(want[i]) * want[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+template <class P>
+void golden_case(const GoldenSpec& spec) {
   using T = storage_t<P>;
   Host ctx;
-  const auto f = safetensors::File::load(testing::source_path(kGolden));
+  const auto f = safetensors::File::load(testing::source_path(spec.file));
   models::Dekr<P, Host> model(ctx, models::DekrConfig::tiny(), 7);
   CHECK(model.n_params() == 33304);
   const int n_loaded = nn::read_state(model.store(), ctx, f);
   CHECK(n_loaded == static_cast<int>(model.store().params().size() + model.store().buffers().size()));
   const auto x = f.tensor<T>("input");
+  const std::string& r = spec.ref;
   TensorCheck fwd;
 
   // Eval mode: running statistics.
-  auto ev = model.forward(ctx, x.cview(), false);
-  fwd.check("eval/heatmaps", to_floats(ctx, ev.heatmaps), f.read<float>("eval/heatmaps"), Tol<P>::out_rtol,
-            Tol<P>::out_atol);
-  fwd.check("eval/displacements", to_floats(ctx, ev.displacements), f.read<float>("eval/displacements"),
-            Tol<P>::out_rtol, Tol<P>::out_atol);
+  if (spec.has_eval) {
+    auto ev = model.forward(ctx, x.cview(), false);
+    fwd.check("eval/heatmaps", to_floats(ctx, ev.heatmaps), f.read_as<float>("eval/heatmaps"), spec.out_rtol,
+              spec.out_atol);
+    fwd.check("eval/displacements", to_floats(ctx, ev.displacements), f.read_as<float>("eval/displacements"),
+              spec.out_rtol, spec.out_atol);
+  }
 
   // Training mode: batch statistics, loss, backward.
   auto out = model.forward(ctx, x.cview(), true);
-  fwd.check("out/heatmaps", to_floats(ctx, out.heatmaps), f.read<float>("out/heatmaps"), Tol<P>::out_rtol,
-            Tol<P>::out_atol);
-  fwd.check("out/displacements", to_floats(ctx, out.displacements), f.read<float>("out/displacements"),
-            Tol<P>::out_rtol, Tol<P>::out_atol);
+  SpreadCheck spread;
+  const auto spread_limit = [&](const std::string& name) {
+    return spec.spread_k * f.read<float>("fp16/spread/" + name)[0];
+  };
+  if (spec.spread_k > 0) {
+    for (const char* name : {"out/heatmaps", "out/displacements"}) {
+      const auto got = to_floats(ctx, std::string(name) == "out/heatmaps" ? out.heatmaps : out.displacements);
+      spread.check(name, rel_l2(got, f.read_as<float>(r + name)), spread_limit(name));
+    }
+  } else {
+  fwd.check(r + "out/heatmaps", to_floats(ctx, out.heatmaps), f.read_as<float>(r + "out/heatmaps"), spec.out_rtol,
+            spec.out_atol);
+  fwd.check(r + "out/displacements", to_floats(ctx, out.displacements), f.read_as<float>(r + "out/displacements"),
+            spec.out_rtol, spec.out_atol);
   fwd.report(Tol<P>::fp32 ? "fp32 forward" : "fp16 forward");
+  }
 
   const auto gt_hm = f.tensor<float>("target/heatmaps"), hm_w = f.tensor<float>("target/heatmap_weights");
   const auto mask = f.tensor<float>("target/heatmap_mask"), gt_d = f.tensor<float>("target/displacements");
@@ -154,38 +244,60 @@ void golden_case() {
   DekrLoss<P, Host> loss(ctx);
   loss.forward(ctx, in);
   const auto v = loss.values(ctx);
-  const auto want = f.read<float>("loss");
+  const auto want = f.read<float>(r + "loss");
   std::printf("loss: ours %.7g (hm %.7g, disp %.7g, n_pos %.0f), torch %.7g (hm %.7g, disp %.7g, n_pos %.0f)\n",
               v.total, v.heatmap, v.displacement, v.n_positive, want[0], want[1], want[2], want[3]);
   CHECK(v.n_positive == want[3]);
-  CHECK(v.heatmap == doctest::Approx(want[1]).epsilon(Tol<P>::fp32 ? 1e-5 : 2e-2));
-  CHECK(v.displacement == doctest::Approx(want[2]).epsilon(Tol<P>::fp32 ? 1e-5 : 2e-2));
-  CHECK(v.total == doctest::Approx(want[0]).epsilon(Tol<P>::fp32 ? 1e-5 : 2e-2));
+  if (spec.spread_k > 0) {
+    const double got[3] = {v.total, v.heatmap, v.displacement};
+    const char* names[3] = {"loss/total", "loss/heatmap", "loss/displacement"};
+    for (int i = 0; i < 3; ++i) spread.check(names[i], std::abs(got[i] - want[i]) / std::abs(want[i]), spread_limit(names[i]));
+  } else {
+    CHECK(v.heatmap == doctest::Approx(want[1]).epsilon(spec.loss_rel));
+    CHECK(v.displacement == doctest::Approx(want[2]).epsilon(spec.loss_rel));
+    CHECK(v.total == doctest::Approx(want[0]).epsilon(spec.loss_rel));
+  }
 
-  // fp16 gradients need loss scaling (as in training): scale 1024, compare after unscaling.
+  // fp16 gradients need loss scaling (as in training): scale 1024 (the autocast reference used
+  // the same scale, so both round the same scaled values), compare after unscaling.
   const float scale = Tol<P>::fp32 ? 1.f : 1024.f;
+  if (!Tol<P>::fp32 && f.contains(r + "loss_scale")) CHECK(f.read<float>(r + "loss_scale")[0] == scale);
   auto dhm = ctx.tensor<T>(out.heatmaps.shape), dd = ctx.tensor<T>(out.displacements.shape);
   loss.backward(ctx, in, dhm.view(), dd.view(), scale);
   model.store().zero_grad(ctx);
   model.backward(ctx, dhm.cview(), dd.cview());
 
-  NormCheck grads(Tol<P>::grad_l2), head_grads(Tol<P>::head_grad_l2);
+  NormCheck grads(spec.grad_l2), head_grads(spec.head_grad_l2);
   const auto& store = model.store();
   for (const auto& p : store.params()) {
     const auto id = *store.find(p.name);
     std::vector<float> g = p.kind == nn::ParamKind::kCompute ? to_floats(ctx, TensorView<const T>(store.weight_grad(id)))
                                                              : to_floats(ctx, TensorView<const float>(store.fp32_grad(id)));
     for (auto& e : g) e /= scale;
-    (p.name.starts_with("head.") ? head_grads : grads).check("grad/" + p.name, g, f.read<float>("grad/" + p.name));
+    const auto want_g = f.read<float>(r + "grad/" + p.name);
+    if (spec.spread_k > 0)
+      spread.check("grad/" + p.name, rel_l2(g, want_g), spread_limit("grad/" + p.name));
+    else
+      (p.name.starts_with("head.") ? head_grads : grads).check("grad/" + p.name, g, want_g);
   }
-  grads.report(Tol<P>::fp32 ? "fp32 backbone gradients" : "fp16 backbone gradients");
-  head_grads.report(Tol<P>::fp32 ? "fp32 head gradients" : "fp16 head gradients");
+  if (spec.spread_k == 0) {
+    grads.report(Tol<P>::fp32 ? "fp32 backbone gradients" : "fp16 backbone gradients");
+    head_grads.report(Tol<P>::fp32 ? "fp32 head gradients" : "fp16 head gradients");
+  }
 
   TensorCheck running;
-  for (const auto& b : store.buffers())
-    running.check("running/" + b.name, to_floats(ctx, TensorView<const float>(store.buffer(*store.find_buffer(b.name)))),
-                  f.read<float>("running/" + b.name), Tol<P>::out_rtol, Tol<P>::out_atol);
-  running.report("BN running statistics");
+  for (const auto& b : store.buffers()) {
+    const auto got = to_floats(ctx, TensorView<const float>(store.buffer(*store.find_buffer(b.name))));
+    const auto want_b = f.read<float>(r + "running/" + b.name);
+    if (spec.spread_k > 0)
+      spread.check("running/" + b.name, rel_l2(got, want_b), spread_limit("running/" + b.name));
+    else
+      running.check("running/" + b.name, got, want_b, spec.out_rtol, spec.out_atol);
+  }
+  if (spec.spread_k > 0)
+    spread.report("fp16 vs autocast (outputs, loss, gradients, running statistics), limit 3 x fp16 spread");
+  else
+    running.report("BN running statistics");
 }
 
 }  // namespace
@@ -238,7 +350,11 @@ TEST_CASE("DEKR parameter counts and mmpose names") {
   CHECK(ours == torch_names);
 }
 
-TEST_CASE_TEMPLATE("DEKR tiny vs PyTorch: forward, loss, gradients", P, Fp32, AmpFp16) { golden_case<P>(); }
+TEST_CASE_TEMPLATE("DEKR tiny vs PyTorch: forward, loss, gradients", P, Fp32, AmpFp16) { golden_case<P>(golden64<P>()); }
+
+TEST_CASE_TEMPLATE("DEKR tiny 256x256 vs PyTorch (fp32) and PyTorch autocast (fp16)", P, Fp32, AmpFp16) {
+  golden_case<P>(golden256<P>());
+}
 
 TEST_CASE("DEKR checkpoint round trip with extras") {
   Host ctx;
