@@ -54,6 +54,7 @@
 #include "ampkit/train/data_parallel.hpp"
 #include "ampkit/train/evaluate.hpp"
 #include "ampkit/train/launch.hpp"
+#include "ampkit/train/memory_plan.hpp"
 #include "ampkit/train/progress.hpp"
 #include "ampkit/train/run_logger.hpp"
 
@@ -230,6 +231,36 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
   std::int64_t max_iters = cfg.train_cfg.max_epochs * iters_per_epoch;
   if (cfg.train_cfg.max_iters > 0) max_iters = std::min(max_iters, cfg.train_cfg.max_iters);
 
+  // ---- memory plan: known before anything is allocated; fails here, not in the first step ----
+  const std::int64_t accum_buffers = dp ? std::max<std::int64_t>(2, cfg.optim_wrapper.accumulative_counts)
+                                        : cfg.optim_wrapper.accumulative_counts;
+  {
+    MemoryPlanRequest req;
+    req.model = dekr_config(cfg);
+    req.batch_size = B;
+    req.input_w = cfg.codec.input_size[0];
+    req.input_h = cfg.codec.input_size[1];
+    req.accumulative_counts = accum_buffers;  // > 1: the fp32 accumulator exists (as AmpOptimizer below)
+    const MemoryPlan plan = plan_dekr_step<P>(req);
+    if (main_rank) {
+      const std::string t = plan.table();
+      for (std::size_t a = 0, b; a < t.size(); a = b + 1) {
+        b = t.find('\n', a);
+        if (b == std::string::npos) b = t.size();
+        if (b > a) log.info(t.substr(a, b - a));
+      }
+    }
+    // Device backends report free memory through their allocator's raw system (CUDA:
+    // cudaMemGetInfo); the host backend has no device memory to check.
+    if constexpr (requires { ctx.allocator().raw().free_bytes(); }) {
+      const std::size_t free_bytes = ctx.allocator().raw().free_bytes();
+      std::size_t fp16_total = 0;
+      if (std::is_same_v<storage_t<P>, float> && !memory_plan_problem(plan, free_bytes).empty())
+        fp16_total = plan_dekr_step<AmpFp16>(req).total();
+      check_memory_plan(plan, free_bytes, fp16_total);
+    }
+  }
+
   // ---- model, loss, optimizer, schedule ----
   models::Dekr<P, Backend> model(ctx, dekr_config(cfg), static_cast<std::uint64_t>(cfg.randomness.seed));
   if (!cfg.model.pretrained.empty()) {
@@ -240,10 +271,9 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
                                   static_cast<float>(cfg.loss.displacement_weight), static_cast<float>(cfg.loss.beta)});
   amp::StepOptions step_opts;
   if (cfg.optim_wrapper.clip_grad_max_norm > 0) step_opts.clip = optim::ClipGradConfig::norm(cfg.optim_wrapper.clip_grad_max_norm);
-  // Distributed under fp16/bf16: the fp32 micro-batch accumulator always exists, because the
-  // gradients are averaged in fp32 (DataParallel; an fp16 sum over ranks can overflow).
-  const std::int64_t accum_buffers = dp ? std::max<std::int64_t>(2, cfg.optim_wrapper.accumulative_counts)
-                                        : cfg.optim_wrapper.accumulative_counts;
+  // Distributed under fp16/bf16: the fp32 micro-batch accumulator always exists (accum_buffers
+  // above), because the gradients are averaged in fp32 (DataParallel; an fp16 sum over ranks can
+  // overflow).
   amp::AmpOptimizer<P, optim::Adam, Backend> opt(ctx, model.store(), adam_rule(cfg.optimizer), loss_scaler<P>(cfg.amp),
                                                  step_opts, accum_buffers);
   optim::LrSchedule schedule = lr_schedule(cfg);
@@ -252,6 +282,8 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
 
   // ---- checkpoints and resume ----
   CheckpointManager ckpts(run.work_dir, cfg.checkpoint.max_keep_ckpts);
+  if (main_rank)
+    for (const auto& f : ckpts.remove_stale_temps()) log.info("removed " + f + " (left by a writer that was killed mid-save)");
   const std::string config_text = to_toml(cfg);
   std::int64_t start_iter = 0;
   // The scaler/optimizer state of the last step, as the log points show it. A resumed run starts
@@ -430,9 +462,14 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
 
       // ---- log point (the only host synchronisation of the loop) ----
       if (iter % cfg.logger.interval == 0 || iter == max_iters || detail::g_stop_signal) {
+        // Enqueue the read of the step state BEFORE the loss read-back synchronises the stream:
+        // the copy has landed when values() returns, so the line shows this very step's scale,
+        // skips and grad norm (polling right after an async request showed stats several log
+        // intervals old on the GPU), and it costs no extra synchronisation.
+        const bool asked = opt.request_stats();
         const auto v = loss.values(ctx);
-        if (updated && opt.request_stats())
-          if (auto s = opt.poll_stats()) last_stats = s;  // throws if the loss scale collapsed
+        if (asked)  // poll throws if the loss scale collapsed; before the first step there is nothing to show
+          if (auto s = opt.poll_stats(); s && s->n_steps() > 0) last_stats = s;
         const auto now = std::chrono::steady_clock::now();
         const double dt = std::chrono::duration<double>(now - interval_start).count();
         const std::int64_t n_it = std::max<std::int64_t>(1, iter % cfg.logger.interval ? iter % cfg.logger.interval
