@@ -12,18 +12,18 @@ fp16: ampkit Precision<fp16, fp32_master> vs torch.autocast("cuda", float16) on 
 torch_reference's fp16 rendering of autocast on the CPU (torch 1.13 CPU autocast has no fp16).
 Both fp16 sides scale the loss by --loss-scale before backward (as GradScaler) and unscale.
 
-Limits (relative L2 error per tensor, ||got - want|| / ||want||):
-  fp32  outputs 1e-4 and loss 1e-5 (fp32 summation-order differences through ~100 layers are
-        ~1e-6); head gradients 1e-3; backbone gradients 1e-2: BN-bias gradients (and what feeds
-        them) are the cancellation remainder of the following BN's mean subtraction, and two
-        correct fp32 implementations measured 4e-3 apart on the tiny net at 256 x 256.
-  fp16  4 x the fp16 spread of that tensor: the RMS distance between the autocast step and the
-        same step on inputs moved by one fp16 ulp in a random half of their elements (4 runs).
-        Two correct fp16 computations that round in different places disagree by about that
-        much; on the tiny net ampkit measured <= 1.4x of it on the golden case and <= 3.5x (one
-        8-element BN tensor, spread from 2 runs) on this script's tiny 256 x 256 case; the spread
-        of a small tensor is a noisy estimate, hence 4 runs and 4x. A floor of 1e-4 (0.2 fp16 ulp)
-        covers tensors whose spread is ~0.
+Limits: per tensor, relative L2 error ||got - want|| / ||want|| <= 4 x that tensor's spread
+(--spread-k), floor 1e-6 (fp32) / 1e-4 (fp16). The spread is the RMS (4 runs, --spread-runs) of
+the distance between PyTorch's step and the same PyTorch step on perturbed data:
+  fp32  inputs and weights moved by one fp32 ulp in a random half of their elements;
+  fp16  inputs moved by one fp16 ulp in a random half of their elements.
+That is how far two correct computations that round in different places fall apart, tensor by
+tensor: large exactly where the step is ill-conditioned (backbone BN-bias gradients are the
+cancellation remainder of the next BN's mean subtraction; measured 1.7e-2 apart in fp32 between
+ampkit and PyTorch on W32 at 128 x 128, where outputs agree to 5e-5) and small elsewhere. Fixed
+limits would have to be the worst tensor's for every tensor. On the tiny net ampkit measured
+<= 1.4x the fp16 spread (tests/unit/models/dekr.cpp); the spread of a small tensor is itself a
+noisy estimate, hence 4 runs and 4x.
 Also printed per tensor: max relative error (max|d| / max|want|) and mean relative error
 (mean|d| / mean|want|). Exit status 0 when every tensor passes.
 """
@@ -98,16 +98,6 @@ def metrics(got, want):
             float(d.mean() / max(np.abs(want).mean(), 1e-300)))
 
 
-def fp32_limit(name):
-    if name.startswith("out/"):
-        return 1e-4
-    if name.startswith("loss"):
-        return 1e-5
-    if name.startswith("grad/head."):
-        return 1e-3
-    return 1e-2  # backbone gradients and running statistics (see the module docstring)
-
-
 def compare(ours, ref, limits, log):
     """Per-tensor table; returns the number of failures."""
     names = ["out/heatmaps", "out/displacements"] + [k for k in ref if k.startswith("grad/")] + \
@@ -150,6 +140,8 @@ def main():
     ap.add_argument("--policies", default="fp32,fp16")
     ap.add_argument("--loss-scale", type=float, default=1024.0)
     ap.add_argument("--seed", type=int, default=20251201)
+    ap.add_argument("--spread-runs", type=int, default=4, help="perturbed PyTorch runs that measure the spread")
+    ap.add_argument("--spread-k", type=float, default=4.0, help="limit = spread_k x spread per tensor")
     ap.add_argument("--work", default=os.environ.get("OUT", "/tmp/ampkit-compare-w32"))
     a = ap.parse_args()
     backend = a.backend or ("cuda" if a.device == "cuda" else "host")
@@ -187,29 +179,40 @@ def main():
         t0 = time.time()
         ref = torch_step(model, start, x, targets, policy, a.loss_scale, a.device)
         t_torch = time.time() - t0
+        # The spread: the same step on perturbed data, --spread-runs times (RMS). fp16: inputs
+        # moved by one fp16 ulp in a random half of their elements; fp32: inputs and weights
+        # moved by one fp32 ulp in a random half (a rounding-sized change at every layer, as two
+        # summation orders give).
+        g = torch.Generator().manual_seed(a.seed + 1)
+        spreads = []
+        for _ in range(a.spread_runs):
+            if policy == "fp16":
+                bits = x.half().cpu().view(torch.int16)
+                step = torch.where(torch.rand(x.shape, generator=g) < 0.5, 1, 0).to(torch.int16)
+                x2, start2 = (bits + step).view(torch.float16).float().to(a.device), start
+            else:
+                def ulp(t):
+                    m = (torch.rand(t.shape, generator=g) < 0.5).to(t.device)
+                    return torch.where(m, torch.nextafter(t, torch.full_like(t, float("inf"))), t)
+                x2 = ulp(x)
+                start2 = {k: (ulp(v) if v.is_floating_point() and "running" not in k else v) for k, v in start.items()}
+            spreads.append(torch_step(model, start2, x2, targets, policy, a.loss_scale, a.device))
+        spread = {}
+        for k in ref:
+            if k == "loss":
+                for i, part in enumerate(("loss/total", "loss/heatmap", "loss/displacement")):
+                    spread[part] = float(np.sqrt(np.mean([((s["loss"][i] - ref["loss"][i]) / ref["loss"][i]) ** 2
+                                                          for s in spreads])))
+            else:
+                spread[k] = float(np.sqrt(np.mean([rel_l2(s[k], ref[k]) ** 2 for s in spreads])))
+        floor = 1e-4 if policy == "fp16" else 1e-6
+
+        def limits(name, spread=spread, floor=floor):
+            return max(a.spread_k * spread[name], floor)
         if policy == "fp32":
-            limits = fp32_limit
             what = "fp32 vs PyTorch fp32 (TF32 off)"
         else:
             ref32 = torch_step(model, start, x, targets, "fp32", 1.0, a.device)
-            g = torch.Generator().manual_seed(a.seed + 1)
-            spreads = []
-            for _ in range(4):
-                bits = x.half().cpu().view(torch.int16)
-                step = torch.where(torch.rand(x.shape, generator=g) < 0.5, 1, 0).to(torch.int16)
-                x2 = (bits + step).view(torch.float16).float().to(a.device)
-                spreads.append(torch_step(model, start, x2, targets, policy, a.loss_scale, a.device))
-            spread = {}
-            for k in ref:
-                if k == "loss":
-                    for i, part in enumerate(("loss/total", "loss/heatmap", "loss/displacement")):
-                        spread[part] = float(np.sqrt(np.mean([((s["loss"][i] - ref["loss"][i]) / ref["loss"][i]) ** 2
-                                                              for s in spreads])))
-                else:
-                    spread[k] = float(np.sqrt(np.mean([rel_l2(s[k], ref[k]) ** 2 for s in spreads])))
-
-            def limits(name, spread=spread):
-                return max(4.0 * spread[name], 1e-4)
             what = ("fp16 policy vs PyTorch " + ("autocast fp16" if a.device == "cuda" else
                                                  "autocast rendering (CPU)") + f", loss scale {a.loss_scale:g}")
             d32 = max(rel_l2(ref[k], ref32[k]) for k in ("out/heatmaps", "out/displacements"))
