@@ -135,6 +135,7 @@ for prec in fp32 amp; do
     else fail "3 ($prec, $opt): replica checksums: ${sums[*]:-none} ($A.log)"; fi
   done
 done
+
 # ---- 2: all-reduce count with accumulation 4 ------------------------------------------------------
 C=$OUT/accum4
 dist2 "$C" "$C.log" --amp "${COMMON[@]}" train_cfg.max_epochs=8 optim_wrapper.accumulative_counts=4
