@@ -235,9 +235,14 @@ inline std::string memory_plan_problem(const MemoryPlan& plan, std::size_t free_
   // do: every one is (N,H,W,C)) and the state does not.
   const std::size_t fixed = plan.state() - plan.inputs + plan.workspace_allowance;
   const std::size_t per_image = (plan.total() - fixed) / static_cast<std::size_t>(r.batch_size) + 1;
-  const std::int64_t fit_batch = free_bytes > fixed ? static_cast<std::int64_t>((free_bytes - fixed) / per_image) : 0;
+  // At most one less than now: the plan says the current batch does not fit, whatever the linear
+  // estimate says (block rounding is not linear).
+  const std::int64_t fit_batch =
+      free_bytes > fixed ? std::min<std::int64_t>(static_cast<std::int64_t>((free_bytes - fixed) / per_image),
+                                                  r.batch_size - 1)
+                         : 0;
   std::string advice;
-  if (fit_batch >= 1 && fit_batch < r.batch_size) {
+  if (fit_batch >= 1) {
     // Keep the effective batch exactly when a divisor of it is not much smaller than what fits;
     // otherwise round the accumulation up (the effective batch grows a little).
     const std::int64_t effective = r.batch_size * r.accumulative_counts;

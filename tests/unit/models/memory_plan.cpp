@@ -196,6 +196,9 @@ TEST_CASE("memory plan: fails before the first step with one message and advice 
   const auto p32 = train::plan_dekr_step("fp32", w32(32));
   const std::string m32 = train::memory_plan_problem(p32, free_bytes, plan.total());
   CHECK(m32.find("--amp (fp16 needs " + std::to_string((plan.total() + (1 << 20) - 1) >> 20)) != std::string::npos);
+  // Just short of the total: the next smaller batch, never the current one.
+  const std::string near = train::memory_plan_problem(plan, plan.total() - 1);
+  CHECK(near.find("train_cfg.batch_size = 16 with optim_wrapper.accumulative_counts = 2") != std::string::npos);
   // Nothing fits: say so instead of advising batch 0.
   const std::string none = train::memory_plan_problem(plan, std::size_t{100} << 20);
   CHECK(none.find("even batch 1 does not fit") != std::string::npos);
