@@ -5,7 +5,8 @@ was already in the work dir lost or changed.
 
 Cases: missing config file; unknown key (file and --cfg-options); wrong type; a work dir that
 cannot be created / is not writable; a dataset path without the annotation file; a dataset whose
-images are missing; a corrupted checkpoint for `train --resume` and for `test`.
+images are missing; a corrupted checkpoint for `train --resume` and for `test`. And the one case
+that must NOT stop a run: a single corrupt image is skipped, counted and named at the epoch's end.
 
 Runs the real binary on the host backend (--device host), so it needs no GPU.
 Usage: test_dekr_amp_bad_input.py --tool build/examples/dekr_amp/dekr_amp
@@ -156,6 +157,36 @@ def main():
         case('dataset path with no images', tool,
              ['train', HOST_CFG] + host + ['--cfg-options'] + SMALL + [f'data.data_root={no_images}/'],
              [f"image '{no_images}/images/", 'cannot open'], work)
+
+        # One truncated JPEG among good ones: skipped and counted (data.bad_sample = skip, the
+        # default), reported at the epoch's end with its file name; the run itself succeeds.
+        one_bad = os.path.join(tmp, 'one_bad')
+        shutil.copytree(SAMPLE, one_bad)
+        jpgs = sorted(f for f in os.listdir(os.path.join(one_bad, 'images')) if f.endswith('.jpg'))
+        victim = os.path.join(one_bad, 'images', jpgs[0])
+        with open(victim, 'rb') as f:
+            head = f.read(200)
+        with open(victim, 'wb') as f:
+            f.write(head)
+        run_dir = os.path.join(tmp, 'one_bad_work')
+        # 4 images, batch 2: two iterations read every image once.
+        two_iters = [x if x != 'train_cfg.max_iters=1' else 'train_cfg.max_iters=2' for x in SMALL]
+        r = subprocess.run([tool, 'train', HOST_CFG, '--device', 'host', '--work-dir', run_dir, '--cfg-options']
+                           + two_iters + ['train_cfg.batch_size=2', f'data.data_root={one_bad}/'],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT,
+                           env={**os.environ, 'USE_AMP': '', 'GPUS': ''})
+        out = r.stdout + r.stderr
+        problems = []
+        if r.returncode != 0:
+            problems.append(f'exit status {r.returncode}')
+        if '1 bad samples replaced' not in out:
+            problems.append("no '1 bad samples replaced' report")
+        if jpgs[0] not in out:
+            problems.append(f'the report does not name {jpgs[0]}')
+        print(f"{'ok ' if not problems else 'FAIL'} one corrupt image is skipped and counted: rc {r.returncode}")
+        if problems:
+            failures.append('one corrupt image')
+            print('     ' + '; '.join(problems) + '\n     output tail: ' + ' | '.join(out.splitlines()[-4:]))
 
         bad = os.path.join(work, 'epoch_1.safetensors')
         case('corrupted checkpoint for --resume', tool,

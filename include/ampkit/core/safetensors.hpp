@@ -224,6 +224,34 @@ class File {
     return from_bytes(std::move(bytes), path);
   }
 
+  /// Read and validate only the header of a file: names, dtypes, shapes, offsets and metadata,
+  /// checked against the file's size (so a truncated file is still rejected), without reading the
+  /// tensor data. For listing and choosing checkpoints of hundreds of MB each; raw()/read() on
+  /// the result fail with a message.
+  static File load_header(const std::string& path) {
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    AMPKIT_CHECK(in, "safetensors: cannot open '", path, "': ", std::strerror(errno));
+    const std::streamoff size = in.tellg();
+    AMPKIT_CHECK(size >= 0, "safetensors: cannot size '", path, "'");
+    File f;
+    f.origin_ = path;
+    f.header_only_ = true;
+    std::uint64_t n = 0;
+    if (size >= 8) {
+      in.seekg(0);
+      in.read(reinterpret_cast<char*>(&n), 8);
+      AMPKIT_CHECK(in.good(), "safetensors: short read from '", path, "'");
+    }
+    // parse() reports a bad length; read the header only when the length is plausible.
+    const bool plausible = size >= 8 && n <= kMaxHeaderBytes && n <= static_cast<std::uint64_t>(size) - 8;
+    f.bytes_.resize(static_cast<std::size_t>(plausible ? 8 + n : std::min<std::streamoff>(size, 8)));
+    in.seekg(0);
+    if (!f.bytes_.empty()) in.read(reinterpret_cast<char*>(f.bytes_.data()), static_cast<std::streamsize>(f.bytes_.size()));
+    AMPKIT_CHECK(in.good() || f.bytes_.empty(), "safetensors: short read from '", path, "'");
+    f.parse(static_cast<std::uint64_t>(size));
+    return f;
+  }
+
   /// Validate an in-memory image of a file; `origin` names it in messages.
   static File from_bytes(std::vector<std::uint8_t> bytes, std::string origin = "<memory>") {
     File f;
@@ -252,14 +280,14 @@ class File {
 
   /// The raw bytes of a tensor (unaligned: copy out with memcpy, or use read()).
   std::span<const std::uint8_t> raw(std::string_view name) const {
-    const auto& t = info(name);
+    const auto& t = data_info(name);
     return {bytes_.data() + data_start_ + t.begin, t.bytes()};
   }
 
   /// Copy a tensor out; its dtype must be exactly T's.
   template <class T>
   std::vector<T> read(std::string_view name) const {
-    const auto& t = info(name);
+    const auto& t = data_info(name);
     AMPKIT_CHECK(t.dtype == dtype_of_v<T>, "safetensors: '", origin_, "' tensor '", name, "' is ",
                  dtype_name(t.dtype), ", read as ", dtype_name(dtype_of_v<T>));
     std::vector<T> out(static_cast<std::size_t>(t.numel()));
@@ -272,7 +300,7 @@ class File {
   template <class T>
   requires(StorageScalar<T> || std::is_same_v<T, double>) std::vector<T> read_as(std::string_view name)
   const {
-    const auto& t = info(name);
+    const auto& t = data_info(name);
     AMPKIT_CHECK(detail::is_float(t.dtype), "safetensors: '", origin_, "' tensor '", name, "' is ",
                  dtype_name(t.dtype), ", not a floating-point type");
     const std::size_t es = dtype_size(t.dtype);
@@ -308,6 +336,12 @@ class File {
   }
 
  private:
+  const TensorInfo& data_info(std::string_view name) const {
+    AMPKIT_CHECK(!header_only_, "safetensors: '", origin_, "' was opened with load_header(); tensor '", name,
+                 "' needs File::load()");
+    return info(name);
+  }
+
   const TensorInfo* find(std::string_view name) const {
     auto it = index_.find(std::string(name));
     return it == index_.end() ? nullptr : &tensors_[it->second];
@@ -318,9 +352,11 @@ class File {
     throw Error(ampkit::detail::concat("safetensors: '", origin_, "': ", std::forward<A>(a)...));
   }
 
-  void parse() {
+  /// @param file_size the whole file's size; bytes_ holds all of it, or (header-only) at least
+  ///        the 8-byte length and the header
+  void parse(std::optional<std::uint64_t> file_size = std::nullopt) {
     using nlohmann::json;
-    const std::uint64_t size = bytes_.size();
+    const std::uint64_t size = file_size.value_or(bytes_.size());
     if (size < 8) fail("file is ", size, " bytes, too short for the 8-byte header length");
     std::uint64_t n = 0;
     std::memcpy(&n, bytes_.data(), 8);
@@ -422,6 +458,7 @@ class File {
   std::string origin_;
   std::vector<std::uint8_t> bytes_;
   std::uint64_t data_start_ = 0;
+  bool header_only_ = false;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, std::size_t, std::less<>> index_;
   std::map<std::string, std::string> metadata_;

@@ -5,9 +5,11 @@
 ///
 /// Each sample's random draws come from SampleRng(seed, epoch, dataset index) and each sample
 /// has a fixed position in its batch, so neither thread count nor scheduling can change a byte.
-/// A sample that throws either ends the epoch with that error at the batch it belongs to
-/// (BadSamplePolicy::kThrow), or is replaced by the next index in the epoch's order and counted
-/// (kSkip); the error always names the sample and its file. Workers never die silently and the
+/// A sample that throws is replaced by the next index in the epoch's order and counted (kSkip,
+/// the default: one unreadable JPEG in 118k must not end a 140-epoch run), or ends the epoch with
+/// that error at the batch it belongs to (BadSamplePolicy::kThrow); the error always names the
+/// sample and its file. Under kSkip a sample whose substitutes all fail too (a dataset whose
+/// images are missing) is an error naming how many were tried. Workers never die silently and the
 /// consumer never waits on a batch that cannot complete.
 #pragma once
 
@@ -47,7 +49,7 @@ struct LoaderConfig {
   int prefetch = 2;
   bool drop_last = false;
   std::uint64_t seed = 0;
-  BadSamplePolicy bad_sample = BadSamplePolicy::kThrow;
+  BadSamplePolicy bad_sample = BadSamplePolicy::kSkip;
   /// kSkip: how many substitutes to try for one bad sample before giving up.
   int max_substitutes = 8;
 };
@@ -233,7 +235,17 @@ class Loader {
           break;
         } catch (const std::exception& e) {
           err = std::current_exception();
-          if (cfg_.bad_sample == BadSamplePolicy::kThrow || attempt >= cfg_.max_substitutes) break;
+          if (cfg_.bad_sample == BadSamplePolicy::kThrow) break;
+          // Substitutes are distinct samples: never more than the rest of the epoch's order.
+          const std::size_t max_sub = std::min<std::size_t>(static_cast<std::size_t>(std::max(cfg_.max_substitutes, 0)),
+                                                            order.size() - 1);
+          if (static_cast<std::size_t>(attempt) >= max_sub) {
+            // Not one bad file but a broken dataset: say so instead of showing only the last file.
+            err = std::make_exception_ptr(Error(
+                "sample " + std::to_string(order[item % order.size()]) + " and the " + std::to_string(max_sub) +
+                " substitutes tried after it all failed (data.bad_sample = skip); last: " + e.what()));
+            break;
+          }
           skipped.push_back(e.what());
         } catch (...) {
           err = std::current_exception();

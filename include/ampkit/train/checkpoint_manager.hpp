@@ -13,6 +13,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -71,7 +72,10 @@ inline std::string checkpoint_problem(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) return "no such file";
   try {
-    const auto f = safetensors::File::load(path);  // validates header, offsets, sizes
+    // The header against the file size is everything File::load() validates too (safetensors has
+    // no checksum): offsets tile the data exactly, so truncation is caught without reading the
+    // hundreds of MB of weights and optimizer state.
+    const auto f = safetensors::File::load_header(path);
     const auto& m = f.metadata();
     if (!m.contains("ampkit.run") || m.at("ampkit.run") != "train")
       return "not an ampkit training checkpoint (no \"ampkit.run\" = \"train\" metadata)";
@@ -129,6 +133,27 @@ class CheckpointManager {
     return out;
   }
 
+  /// Delete `<name>.tmp.<pid>` files that a writer killed mid-save left behind (save() writes to
+  /// such a temp, then renames it): only those whose process no longer exists on this host, so
+  /// a save in progress is never touched. A work dir belongs to one run on one host at a time.
+  /// Returns the files deleted.
+  std::vector<std::string> remove_stale_temps() const {
+    std::vector<std::string> removed;
+    std::error_code ec;
+    if (!std::filesystem::is_directory(dir_, ec)) return removed;
+    static const std::regex re(R"(.+\.tmp\.(\d+))");
+    for (const auto& de : std::filesystem::directory_iterator(dir_, ec)) {
+      std::smatch m;
+      const std::string name = de.path().filename().string();
+      if (!de.is_regular_file() || !std::regex_match(name, m, re) || m[1].length() > 9) continue;
+      const auto pid = static_cast<::pid_t>(std::stol(m[1].str()));
+      if (pid == ::getpid() || pid <= 0) continue;
+      if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to judge): keep
+      if (std::filesystem::remove(de.path(), ec)) removed.push_back(de.path().string());
+    }
+    return removed;
+  }
+
   /// What `--resume` without a path continues from: the `latest` target if it is valid, else the
   /// newest valid checkpoint. `note` receives one line per file skipped and why. nullopt: none.
   std::optional<std::string> find_resume(const std::function<void(const std::string&)>& note = {}) const {
@@ -171,7 +196,7 @@ class CheckpointManager {
  private:
   static std::int64_t read_iter(const std::string& path) {
     try {
-      const auto f = safetensors::File::load(path);
+      const auto f = safetensors::File::load_header(path);  // list() runs at every save: no data reads
       const auto& m = f.metadata();
       if (auto it = m.find("ampkit.iter"); it != m.end()) return std::stoll(it->second);
     } catch (const std::exception&) {

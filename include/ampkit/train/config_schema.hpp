@@ -131,8 +131,9 @@ struct DataConfig {
   std::string train_img_prefix = "train2017/";
   std::string val_ann_file = "annotations/person_keypoints_val2017.json";
   std::string val_img_prefix = "val2017/";
-  /// "throw" (stop at a bad image with its name) or "skip" (replace it and report per epoch).
-  std::string bad_sample = "throw";
+  /// "skip" (replace a sample that cannot be read by the next one, count it, report per epoch;
+  /// the default, so one corrupt JPEG cannot end a long run) or "throw" (stop at it, named).
+  std::string bad_sample = "skip";
   /// Evaluate on at most this many val images (0: all).
   std::int64_t val_max_images = 0;
 };
@@ -245,7 +246,7 @@ void visit_fields(Config& c, V&& v) {
   v("data.train_img_prefix", c.data.train_img_prefix, "");
   v("data.val_ann_file", c.data.val_ann_file, "");
   v("data.val_img_prefix", c.data.val_img_prefix, "");
-  v("data.bad_sample", c.data.bad_sample, "throw or skip");
+  v("data.bad_sample", c.data.bad_sample, "skip (default) or throw");
   v("data.val_max_images", c.data.val_max_images, "0: all");
   v("test_cfg.flip_test", c.test_cfg.flip_test, "");
   v("test_cfg.shift_heatmap", c.test_cfg.shift_heatmap, "");

@@ -450,6 +450,8 @@ TEST_CASE("loader: a failing sample surfaces at its batch, named; skip policy su
   std::vector<std::size_t> order(12);
   std::iota(order.begin(), order.end(), std::size_t{0});
   LoaderConfig cfg;
+  CHECK(cfg.bad_sample == BadSamplePolicy::kSkip);  // the default: never end a run at one bad file
+  cfg.bad_sample = BadSamplePolicy::kThrow;
   cfg.batch_size = 4;
   cfg.n_workers = 3;
   {
@@ -520,12 +522,25 @@ TEST_CASE("loader: a missing image mid-epoch names the file") {
   auto ds = std::make_shared<BottomupCocoDataset>(CocoKeypoints::load(path, kImages), BottomupTrainConfig{});
   const std::vector<Shape> shapes = {ds->image_shape(), ds->heatmap_shape(), ds->heatmap_shape(),
                                      ds->displacement_shape(), ds->displacement_shape(), ds->mask_shape()};
+  const auto fill = [ds](std::size_t i, SampleRng& rng, std::span<const TensorView<float>> v) {
+    ds->train_sample(i, rng, {v[0], {v[1], v[2], v[3], v[4]}, v[5]});
+  };
   LoaderConfig cfg;
   cfg.batch_size = 2;
   cfg.n_workers = 2;
-  Loader<> loader(cfg, shapes, [ds](std::size_t i, SampleRng& rng, std::span<const TensorView<float>> v) {
-    ds->train_sample(i, rng, {v[0], {v[1], v[2], v[3], v[4]}, v[5]});
-  });
+  {
+    // Default (skip): the epoch completes with the image replaced, and the report names it.
+    Loader<> loader(cfg, shapes, fill);
+    loader.begin_epoch(0, {0, 1, 2, 3});
+    int n = 0;
+    while (loader.next()) ++n;
+    CHECK(n == 2);
+    CHECK(loader.report().n_skipped == 1);
+    REQUIRE(loader.report().messages.size() == 1);
+    CHECK(loader.report().messages[0].find("missing_000000196141.jpg") != std::string::npos);
+  }
+  cfg.bad_sample = BadSamplePolicy::kThrow;
+  Loader<> loader(cfg, shapes, fill);
   loader.begin_epoch(0, {0, 1, 2, 3});
   REQUIRE(loader.next().has_value());
   std::string msg;

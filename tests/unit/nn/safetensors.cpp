@@ -6,6 +6,8 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -195,4 +197,40 @@ TEST_CASE("safetensors: a truncated copy of a valid file is rejected, never read
     std::vector<std::uint8_t> part(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(cut));
     CHECK_THROWS_AS((void)st::File::from_bytes(part), Error);
   }
+}
+
+TEST_CASE("safetensors: load_header reads names, shapes and metadata only, and still catches truncation") {
+  const auto dir = std::filesystem::temp_directory_path() / ("ampkit_sth_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "h.safetensors").string();
+  auto x = testing::random_tensor<half>({2, 3, 5, 7}, 21);
+  auto y = testing::random_tensor<float>({1, 1, 4, 9}, 22);
+  st::Writer().add<half>("x", x.cview()).add<float>("y", y.cview()).metadata("ampkit.iter", "17").save(path);
+  const auto full = st::File::load(path);
+  const auto head = st::File::load_header(path);
+  CHECK(head.names() == full.names());
+  CHECK(head.metadata() == full.metadata());
+  CHECK(head.info("x").shape == full.info("x").shape);
+  CHECK(head.info("y").dtype == st::Dtype::kF32);
+  CHECK(head.info("y").bytes() == 36 * sizeof(float));
+  // Data access needs the whole file: a clear message, not a read of memory that is not there.
+  CHECK_THROWS_WITH_AS((void)head.read<float>("y"), doctest::Contains("load_header"), Error);
+  CHECK_THROWS_WITH_AS((void)head.tensor<float>("y"), doctest::Contains("load_header"), Error);
+
+  // Every truncation load() rejects, load_header() rejects too (it checks offsets against the
+  // file's size), and so do a bad length and a header cut short.
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string cut_path = (dir / "cut.safetensors").string();
+  for (std::size_t cut : {std::size_t{0}, std::size_t{5}, std::size_t{8}, std::size_t{40}, bytes.size() - 1}) {
+    std::ofstream(cut_path, std::ios::binary | std::ios::trunc) << bytes.substr(0, cut);
+    INFO("cut at ", cut);
+    CHECK_THROWS_AS((void)st::File::load(cut_path), Error);
+    CHECK_THROWS_AS((void)st::File::load_header(cut_path), Error);
+  }
+  std::ofstream(cut_path, std::ios::binary | std::ios::trunc) << bytes << "xx";  // trailing bytes
+  CHECK_THROWS_WITH_AS((void)st::File::load_header(cut_path), doctest::Contains("trailing bytes"), Error);
+  CHECK_THROWS_WITH_AS((void)st::File::load_header((dir / "none.safetensors").string()),
+                       doctest::Contains("cannot open"), Error);
+  std::filesystem::remove_all(dir);
 }

@@ -5,8 +5,10 @@
 // AMPKIT_TFEVENTS_OUT=DIR and reads the file with TensorBoard's own reader.
 #include <doctest/doctest.h>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -326,6 +328,34 @@ TEST_CASE("checkpoint manager: a torn or foreign file is never resumed") {
   CHECK(checkpoint_problem(dir.str() + "/epoch_9.safetensors").find("not an ampkit training checkpoint") !=
         std::string::npos);
   CHECK(checkpoint_problem(m.epoch_path(1)).empty());
+}
+
+TEST_CASE("checkpoint manager: temp files of killed writers are removed, a live writer's are kept") {
+  TempDir dir("stale");
+  CheckpointManager m(dir.str(), -1);
+  auto w = ckpt_writer(5);
+  m.save(w, m.epoch_path(1), 1, 100);
+  // A child that exits at once gives a pid that is certainly dead (reaped, not reused this fast
+  // in practice); our own pid stands for a writer still running.
+  const ::pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) ::_exit(0);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  const std::string dead = m.epoch_path(2) + ".tmp." + std::to_string(child);
+  const std::string dead_latest = m.latest_path() + ".tmp." + std::to_string(child);
+  const std::string live = m.epoch_path(3) + ".tmp." + std::to_string(::getpid());
+  const std::string other = dir.str() + "/notes.tmp.txt";  // not a writer's temp name
+  for (const auto& p : {dead, dead_latest, live, other}) std::ofstream(p) << "partial";
+  auto removed = m.remove_stale_temps();
+  std::sort(removed.begin(), removed.end());
+  std::vector<std::string> want{dead, dead_latest};
+  std::sort(want.begin(), want.end());
+  CHECK(removed == want);
+  CHECK(fs::exists(live));
+  CHECK(fs::exists(other));
+  CHECK(fs::exists(m.epoch_path(1)));
+  CHECK(m.find_resume() == std::optional<std::string>(m.epoch_path(1)));
 }
 
 #include "evaluate_flow.inc"
