@@ -14,9 +14,7 @@
 ///   lr schedule after every iteration (mmengine ParamSchedulerHook), after every epoch
 /// Nothing in the iteration waits for the host except the log points (every logger.interval
 /// iterations the loss values and the scaler state are read back).
-///
-/// What is not wired yet is marked `TODO(train-integration)` below and fails with a clear
-/// message at run time; nothing returns a made-up number.
+
 #pragma once
 
 #include <chrono>
@@ -48,6 +46,7 @@
 #include "ampkit/nn/checkpoint.hpp"
 #include "ampkit/optim/adam.hpp"
 #include "ampkit/optim/lr_schedule.hpp"
+#include "ampkit/optim/sgd.hpp"
 #include "ampkit/precision.hpp"
 #include "ampkit/train/checkpoint_manager.hpp"
 #include "ampkit/train/config_schema.hpp"
@@ -130,11 +129,17 @@ inline data::BottomupTrainConfig data_config(const TrainConfig& c) {
 }
 
 inline optim::Adam adam_rule(const OptimizerConfig& o) {
-  AMPKIT_CHECK(o.type == "Adam" || o.type == "AdamW", "optimizer.type '", o.type,
-               "': dekr_amp trains with Adam or AdamW (optim::Sgd exists in the library; "
-               "TODO(train-integration): dispatch the rule type here)");
+  AMPKIT_CHECK(o.type == "Adam" || o.type == "AdamW", "optimizer.type '", o.type, "' is not Adam or AdamW");
   optim::AdamConfig a{o.betas[0], o.betas[1], o.eps, o.weight_decay, o.type == "AdamW"};
   return optim::Adam{a};
+}
+
+/// torch.optim.SGD(lr, momentum, weight_decay) as mmengine builds it (no dampening, no Nesterov).
+inline optim::Sgd sgd_rule(const OptimizerConfig& o) {
+  AMPKIT_CHECK(o.type == "SGD", "optimizer.type '", o.type, "' is not SGD");
+  optim::Sgd r{optim::SgdConfig{o.momentum, 0.0, false, o.weight_decay}};
+  r.config.validate();
+  return r;
 }
 
 template <PrecisionPolicy P>
@@ -189,8 +194,12 @@ inline double peak_rss_mib() {
 /// checkpoints. Throws ampkit::Error with one clear line on bad input.
 /// @tparam P        precision policy (chosen by the binary's top level: dispatch_precision)
 /// @tparam Backend  ampkit::Host or ampkit::Cuda
-template <PrecisionPolicy P, class Backend>
-TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
+namespace detail {
+
+/// The whole run with the optimizer rule as a compile-time type (the update is fused into the
+/// step's kernels); run_training picks it from optimizer.type.
+template <PrecisionPolicy P, class Backend, optim::OptimizerRule Rule>
+TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& log, const Rule& rule) {
   using T = storage_t<P>;
   const TrainConfig& cfg = run.config.config;
   const bool main_rank = run.rank == 0;
@@ -274,8 +283,7 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
   // Distributed under fp16/bf16: the fp32 micro-batch accumulator always exists (accum_buffers
   // above), because the gradients are averaged in fp32 (DataParallel; an fp16 sum over ranks can
   // overflow).
-  amp::AmpOptimizer<P, optim::Adam, Backend> opt(ctx, model.store(), adam_rule(cfg.optimizer), loss_scaler<P>(cfg.amp),
-                                                 step_opts, accum_buffers);
+  amp::AmpOptimizer<P, Rule, Backend> opt(ctx, model.store(), rule, loss_scaler<P>(cfg.amp), step_opts, accum_buffers);
   optim::LrSchedule schedule = lr_schedule(cfg);
   amp::GradAccumulation accum(cfg.optim_wrapper.accumulative_counts);
   const std::int64_t n_slot_floats = opt.rule().n_slots() * (model.store().n_compute_slots() + model.store().n_fp32_slots());
@@ -309,6 +317,12 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
     if (meta.contains("ampkit.policy") && meta.at("ampkit.policy") != policy_name_v<P>)
       log.info("resume: converting a " + meta.at("ampkit.policy") + " checkpoint to " +
                std::string(policy_name_v<P>) + " (the fp32 master weights and optimizer state carry over exactly)");
+    // The state slots mean different things under another rule (Adam's moments are not a
+    // momentum buffer): refuse instead of continuing with garbage.
+    AMPKIT_CHECK(!meta.contains("ampkit.optimizer") || meta.at("ampkit.optimizer") == cfg.optimizer.type, "--resume '",
+                 path, "' was trained with optimizer.type = ", meta.at("ampkit.optimizer"),
+                 ", the config says ", cfg.optimizer.type, " (resume with the same optimizer, or start a new run "
+                 "from its weights with model.pretrained)");
     const auto slots = f.template read<float>("optimizer.state");
     AMPKIT_CHECK(static_cast<std::int64_t>(slots.size()) == n_slot_floats, "--resume '", path, "': optimizer state has ",
                  slots.size(), " values, this model needs ", n_slot_floats);
@@ -359,6 +373,7 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
                         {static_cast<std::int64_t>(sizeof(amp::StepState))});
     w.metadata("ampkit.policy", std::string(policy_name_v<P>));
     w.metadata("ampkit.model", cfg.model.variant);
+    w.metadata("ampkit.optimizer", cfg.optimizer.type);
     w.metadata("ampkit.config", config_text);
     w.metadata("ampkit.iters_per_epoch", std::to_string(iters_per_epoch));
     w.metadata("ampkit.world_size", std::to_string(run.world_size));
@@ -582,6 +597,17 @@ TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   return result;
+}
+
+}  // namespace detail
+
+/// Train as the config says (see the file comment); optimizer.type chooses the compile-time
+/// optimizer rule: Adam / AdamW (optim::Adam) or SGD with momentum (optim::Sgd).
+template <PrecisionPolicy P, class Backend>
+TrainResult run_training(Backend& ctx, const RunOptions& run, RunLogger& log) {
+  const OptimizerConfig& o = run.config.config.optimizer;
+  if (o.type == "SGD") return detail::run_training_with<P>(ctx, run, log, sgd_rule(o));
+  return detail::run_training_with<P>(ctx, run, log, adam_rule(o));
 }
 
 }  // namespace ampkit::train
