@@ -280,7 +280,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", action="store_true", help="train the three runs (and the fp32 repeat) first")
     ap.add_argument("--binary", default="build-parity/examples/dekr_amp/dekr_amp")
-    ap.add_argument("--config", default="configs/demo_host.toml")
+    ap.add_argument("--config", default="configs/parity_host_tiny.toml")
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--repeat-iters", type=int, default=40, help="length of the fp32 repeat (0: none)")
     ap.add_argument("--threads", type=int, default=2, help="runtime.host_threads")

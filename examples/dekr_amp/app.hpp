@@ -60,7 +60,8 @@ int run_command(Backend& ctx, const Request& req, ampkit::train::RunLogger& log)
     ap << std::fixed << std::setprecision(4) << r.report.stats[0];
     log.info("demo: COCO keypoint AP = " + ap.str() + " on " + std::to_string(r.report.n_images) + " images after " +
              std::to_string(t.iterations) + " iterations (" + std::string(ampkit::policy_name_v<P>) +
-             "); a short run on a handful of images, so the AP shows the flow works, not the model's accuracy");
+             "); trained and evaluated on the same images, so the AP measures how well the model memorised "
+             "the sample, not its COCO accuracy");
   }
   return 0;
 }

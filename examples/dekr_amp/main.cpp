@@ -138,11 +138,16 @@ int run(const dekr_amp::CliArgs& a) {
   if (rc == 0 && a.command == "demo" && env.is_main()) {
     // The predictions of the demo's test pass, drawn from its results file on the val images.
     const auto& c = lc.config;
+    // Only confident people and joints: the decoder keeps up to 30 candidate roots per image (the
+    // results file and the AP use them all), and the low-score ones would hide the real skeletons.
+    ampkit::eval::DrawOptions draw;
+    draw.min_person_score = 0.2;
+    draw.keypoint_thr = 0.1;
     const std::string png = work_dir + "/demo_predictions.png";
     const auto n = ampkit::eval::draw_results_png(c.data.data_root + c.data.val_ann_file,
                                                   c.data.data_root + c.data.val_img_prefix,
-                                                  test_results_path(work_dir), png);
-    log.info("demo: predicted skeletons of " + std::to_string(n) + " people drawn on the sample images: " + png);
+                                                  test_results_path(work_dir), png, draw);
+    log.info("demo: predicted skeletons of " + std::to_string(n) + " people (score >= 0.2) drawn on the sample images: " + png);
   }
   return rc;
 }
