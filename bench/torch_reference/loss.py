@@ -2,17 +2,22 @@
 KeypointMSELoss(use_target_weight=True, loss_weight=1) on the heatmaps, times the heatmap mask,
 plus SoftWeightSmoothL1Loss(use_target_weight=True, supervise_empty=False, beta=1/9,
 loss_weight=0.002) on the displacements: sum(w * smoothL1) / number of positive weights.
-Predictions are widened to fp32 first (autocast runs mse_loss in fp32; the smooth-L1 promotes).
+Predictions are widened to fp32 first (autocast runs mse_loss in fp32; the smooth-L1 promotes);
+fp64 predictions (compare_w32.py's fp64 reference) stay fp64.
 """
 
 import torch
 import torch.nn.functional as F
 
 
+def _wide(t):
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def dekr_loss(hm, disp, gt_hm, hm_w, mask, gt_d, d_w, w_hm=1.0, w_d=0.002, beta=1.0 / 9):
     """Returns (total, heatmap, displacement, n_pos); n_pos is a tensor (no host synchronisation)."""
-    l_hm = (F.mse_loss(hm.float(), gt_hm, reduction="none") * (hm_w * mask)).mean() * w_hm
-    delta = disp.float() - gt_d
+    l_hm = (F.mse_loss(_wide(hm), gt_hm, reduction="none") * (hm_w * mask)).mean() * w_hm
+    delta = _wide(disp) - gt_d
     ad = delta.abs()
     s = torch.where(ad < beta, delta * delta / (2 * beta), ad - beta / 2)
     n_pos = (d_w > 0).sum()

@@ -8,10 +8,11 @@ else as is, F32, with mmpose's names; `num_batches_tracked` and the AdaptiveActi
 import torch
 
 
-def to_ampkit(t):
+def to_ampkit(t, dtype=torch.float32):
     """A 4-D tensor NCHW/OIHW -> NHWC/KRSC numpy float32 (always a copy: a view of a BN buffer
-    would change with the next training forward); other ranks unchanged."""
-    t = t.detach().float().cpu()
+    would change with the next training forward); other ranks unchanged. dtype=torch.float64
+    keeps an fp64 reference's digits."""
+    t = t.detach().to(dtype).cpu()
     return (t.permute(0, 2, 3, 1) if t.dim() == 4 else t).contiguous().numpy().copy()
 
 
