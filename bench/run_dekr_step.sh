@@ -38,8 +38,7 @@ else
 fi
 note() { echo "# $*" | tee -a "$F"; }
 
-export PATH=/usr/local/cuda/bin:$PATH
-SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null)
+source tools/gpu_env.sh   # PATH, pip cuDNN/NCCL (CUDNN_ROOT, NCCL_ROOT, rpath), .deps
 note "run_dekr_step.sh $mode, $(date -Is)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/# gpu: /' | tee -a "$F"
 python3 -c 'import torch, torchvision; print("# torch", torch.__version__, "torchvision", torchvision.__version__, "cudnn", torch.backends.cudnn.version())' 2>&1 | tee -a "$F"
@@ -48,12 +47,6 @@ python3 -c 'import torch, torchvision; print("# torch", torch.__version__, "torc
 BIN=${DEKR_STEP_BIN:-}
 if [ -z "$BIN" ] || [ ! -x "$BIN" ]; then
   B=${GPU_BUILD:-/tmp/ampkit-build}
-  rpath=
-  if [ -d "$SP/nvidia/cudnn/lib" ]; then
-    export CUDNN_ROOT=$SP/nvidia/cudnn NCCL_ROOT=$SP/nvidia/nccl
-    rpath="$SP/nvidia/cudnn/lib;$SP/nvidia/nccl/lib;$SP/nvidia/cu13/lib"
-  fi
-  [ -d .deps/include ] && export AMPKIT_EXTRA_INCLUDE=$PWD/.deps/include
   t0=$SECONDS
   cmake -S . -B "$B/cmake" -G Ninja -DCMAKE_BUILD_TYPE=Release -DAMPKIT_CUDA_ARCHITECTURES=90 \
         -DCMAKE_BUILD_RPATH="$rpath" > "$OUT/dekr_step_build.log" 2>&1 &&

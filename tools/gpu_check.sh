@@ -7,14 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 label=${1:-gpu}; shift || true
 out=${OUT:-/tmp/ampkit-gpu-out}; mkdir -p "$out"
-export PATH=/usr/local/cuda/bin:$PATH NCCL_NVLS_ENABLE=0
-SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null)
-rpath=
-if [ -d "$SP/nvidia/cudnn/lib" ]; then
-  export CUDNN_ROOT=$SP/nvidia/cudnn NCCL_ROOT=$SP/nvidia/nccl
-  rpath="$SP/nvidia/cudnn/lib;$SP/nvidia/nccl/lib;$SP/nvidia/cu13/lib"
-fi
-[ -d .deps/include ] && export AMPKIT_EXTRA_INCLUDE=$PWD/.deps/include
+source tools/gpu_env.sh   # PATH, pip cuDNN/NCCL (CUDNN_ROOT, NCCL_ROOT, rpath), .deps
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 nvcc --version | tail -2 | tee -a "$out/gpu.txt"
 B=${GPU_BUILD:-/tmp/ampkit-build}

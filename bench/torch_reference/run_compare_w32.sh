@@ -11,17 +11,10 @@ export OUT=${OUT:-/tmp/ampkit-gpu-out}
 mkdir -p "$OUT"
 PY=${TORCH_PY:-/opt/torch/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-export PATH=/usr/local/cuda/bin:$PATH
-SP=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null)
+source tools/gpu_env.sh   # PATH, pip cuDNN/NCCL (CUDNN_ROOT, NCCL_ROOT, rpath), .deps
 BIN=${DEKR_PEER_BIN:-}
 if [ -z "$BIN" ] || [ ! -x "$BIN" ]; then
   B=${GPU_BUILD:-/tmp/ampkit-build}
-  rpath=
-  if [ -d "$SP/nvidia/cudnn/lib" ]; then
-    export CUDNN_ROOT=$SP/nvidia/cudnn NCCL_ROOT=$SP/nvidia/nccl
-    rpath="$SP/nvidia/cudnn/lib;$SP/nvidia/nccl/lib;$SP/nvidia/cu13/lib"
-  fi
-  [ -d .deps/include ] && export AMPKIT_EXTRA_INCLUDE=$PWD/.deps/include
   t0=$SECONDS
   { cmake -S . -B "$B/cmake" -G Ninja -DCMAKE_BUILD_TYPE=Release -DAMPKIT_CUDA_ARCHITECTURES=90 \
           -DAMPKIT_WARNINGS_AS_ERRORS=OFF -DCMAKE_BUILD_RPATH="$rpath" && cmake --build "$B/cmake" --target ampkit_dekr_peer; } \
