@@ -32,6 +32,7 @@
 #include "ampkit/loss/dekr_loss.hpp"
 #include "ampkit/models/dekr.hpp"
 #include "ampkit/optim/adam.hpp"
+#include "ampkit/optim/optimizer.hpp"
 #include "ampkit/precision.hpp"
 
 namespace ampkit::train {
@@ -58,7 +59,8 @@ struct MemoryPlan {
   std::size_t weights = 0;     ///< storage-type copies of conv weights (0 for fp32: the master is read)
   std::size_t master = 0;      ///< fp32 master weights + BN running statistics
   std::size_t grads = 0;       ///< gradients (storage type for convs, fp32 for BN)
-  std::size_t optimizer = 0;   ///< Adam moments, fp32 micro-batch accumulator, step state
+  std::size_t optimizer = 0;   ///< the rule's state slots (Adam: 2 moments, SGD: momentum), fp32 micro-batch accumulator, step state
+  std::string optimizer_name = "Adam";
   std::size_t inputs = 0;      ///< image, targets, output gradients of one micro-batch, loss result
   // ---- the step ----
   std::size_t activations = 0;         ///< kept by the layers from forward for backward (they stay allocated between steps)
@@ -97,7 +99,7 @@ struct MemoryPlan {
     line("params (compute copy)", weights, policy == "fp32" ? "(fp32: the master is the compute copy)" : "");
     line("master (fp32)", master, "incl. BN running statistics");
     line("grads", grads, "");
-    line("optimizer", optimizer, "Adam moments (+ fp32 accumulator)");
+    line("optimizer", optimizer, (optimizer_name + " state (+ fp32 accumulator)").c_str());
     line("inputs", inputs, "image, targets, output gradients");
     line("activations", activations, "kept for backward");
     line("transient (forward)", forward_transient, "");
@@ -129,8 +131,9 @@ inline std::size_t workspace_allowance_bytes(std::size_t peak_allocated) {
 }
 
 /// Dry-run one training step of DEKR with policy P (see the file comment).
-template <PrecisionPolicy P>
-MemoryPlan plan_dekr_step(const MemoryPlanRequest& r) {
+/// @param rule the optimizer rule the run uses (its number of fp32 state slots per value)
+template <PrecisionPolicy P, optim::OptimizerRule Rule = optim::Adam>
+MemoryPlan plan_dekr_step(const MemoryPlanRequest& r, const Rule& rule = Rule{}) {
   using T = storage_t<P>;
   AMPKIT_CHECK(r.batch_size >= 1, "memory plan: batch size must be >= 1, got ", r.batch_size);
   AMPKIT_CHECK(r.accumulative_counts >= 1, "memory plan: accumulative_counts must be >= 1, got ", r.accumulative_counts);
@@ -140,6 +143,7 @@ MemoryPlan plan_dekr_step(const MemoryPlanRequest& r) {
   MemoryPlan plan;
   plan.policy = std::string(policy_name_v<P>);
   plan.request = r;
+  plan.optimizer_name = Rule::name();
 
   Meta ctx;
   models::Dekr<P, Meta> model(ctx, r.model, 0);
@@ -163,8 +167,8 @@ MemoryPlan plan_dekr_step(const MemoryPlanRequest& r) {
 
   std::size_t mark = ctx.memory_stats().allocated;
   DekrLoss<P, Meta> loss(ctx);
-  amp::AmpOptimizer<P, optim::Adam, Meta> opt(ctx, model.store(), optim::Adam{}, amp::loss_scaler_t<P>{}, amp::StepOptions{},
-                                              r.accumulative_counts);
+  amp::AmpOptimizer<P, Rule, Meta> opt(ctx, model.store(), rule, amp::loss_scaler_t<P>{}, amp::StepOptions{},
+                                       r.accumulative_counts);
   const std::size_t loss_bytes = detail::rounded(4, sizeof(float));
   plan.optimizer = ctx.memory_stats().allocated - mark - loss_bytes;
 

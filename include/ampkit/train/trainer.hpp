@@ -250,7 +250,7 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
     req.input_w = cfg.codec.input_size[0];
     req.input_h = cfg.codec.input_size[1];
     req.accumulative_counts = accum_buffers;  // > 1: the fp32 accumulator exists (as AmpOptimizer below)
-    const MemoryPlan plan = plan_dekr_step<P>(req);
+    const MemoryPlan plan = plan_dekr_step<P>(req, rule);
     if (main_rank) {
       const std::string t = plan.table();
       for (std::size_t a = 0, b; a < t.size(); a = b + 1) {
@@ -265,7 +265,7 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
       const std::size_t free_bytes = ctx.allocator().raw().free_bytes();
       std::size_t fp16_total = 0;
       if (std::is_same_v<storage_t<P>, float> && !memory_plan_problem(plan, free_bytes).empty())
-        fp16_total = plan_dekr_step<AmpFp16>(req).total();
+        fp16_total = plan_dekr_step<AmpFp16>(req, rule).total();
       check_memory_plan(plan, free_bytes, fp16_total);
     }
   }

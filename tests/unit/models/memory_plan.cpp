@@ -10,6 +10,7 @@
 #include "ampkit/backend/host/amp_step.hpp"
 #include "ampkit/backend/host/dekr.hpp"
 #include "ampkit/optim/adam.hpp"
+#include "ampkit/optim/sgd.hpp"
 #include "ampkit/train/memory_plan.hpp"
 #include "support/testing.hpp"
 
@@ -134,6 +135,18 @@ TEST_CASE("memory plan: W32 parameter state from the parameter store") {
   acc.accumulative_counts = 4;
   CHECK(train::plan_dekr_step("fp16", acc).optimizer >= p16.optimizer + 4 * (n - n / 100));
   CHECK(train::plan_dekr_step("fp32", acc).optimizer == p32.optimizer);
+  // SGD with momentum keeps one fp32 buffer per value where Adam keeps two; plain SGD none.
+  const auto sgd = train::plan_dekr_step<AmpFp16>(w32(2), optim::Sgd{optim::SgdConfig{0.9}});
+  const auto plain = train::plan_dekr_step<AmpFp16>(w32(2), optim::Sgd{});
+  CHECK(sgd.optimizer_name == "SGD");
+  // (4 bytes per value, give or take one 2 MiB allocator block: the slots are one rounded buffer)
+  const std::size_t block = std::size_t{2} << 20;
+  CHECK(p16.optimizer - sgd.optimizer + block >= 4 * n);
+  CHECK(p16.optimizer - sgd.optimizer <= 4 * n + block);
+  CHECK(sgd.optimizer - plain.optimizer + block >= 4 * n);
+  CHECK(sgd.optimizer - plain.optimizer <= 4 * n + block);
+  CHECK(plain.optimizer < (std::size_t{4} << 20));  // step state and partials only
+  CHECK(sgd.table().find("SGD state") != std::string::npos);
 }
 
 TEST_CASE("memory plan: policy and batch scaling") {
