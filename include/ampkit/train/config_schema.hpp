@@ -85,6 +85,8 @@ struct OptimizerConfig {
   double eps = 1e-8;
   double weight_decay = 0.0;
   double momentum = 0.9;  ///< SGD only
+  double dampening = 0.0;  ///< SGD only (torch.optim.SGD's dampening)
+  bool nesterov = false;   ///< SGD only: Nesterov momentum (needs momentum > 0 and dampening 0)
 };
 
 /// mmengine OptimWrapper: accumulation and clipping (DEKR uses none).
@@ -221,6 +223,8 @@ void visit_fields(Config& c, V&& v) {
   v("optimizer.eps", c.optimizer.eps, "");
   v("optimizer.weight_decay", c.optimizer.weight_decay, "");
   v("optimizer.momentum", c.optimizer.momentum, "SGD only");
+  v("optimizer.dampening", c.optimizer.dampening, "SGD only");
+  v("optimizer.nesterov", c.optimizer.nesterov, "SGD only: needs momentum > 0 and dampening 0");
   v("optim_wrapper.accumulative_counts", c.optim_wrapper.accumulative_counts, "");
   v("optim_wrapper.clip_grad_max_norm", c.optim_wrapper.clip_grad_max_norm, "0: off");
   v("param_scheduler.warmup_start_factor", c.param_scheduler.warmup_start_factor, "");
@@ -425,6 +429,9 @@ inline void validate(const TrainConfig& c, std::string_view where = "config") {
   chk(c.optimizer.type == "Adam" || c.optimizer.type == "AdamW" || c.optimizer.type == "SGD",
       "optimizer.type is '", c.optimizer.type, "'; use Adam, AdamW or SGD");
   chk(c.optimizer.lr > 0, "optimizer.lr must be positive, given ", c.optimizer.lr);
+  chk(c.optimizer.momentum >= 0 && c.optimizer.dampening >= 0, "optimizer.momentum and optimizer.dampening must be >= 0");
+  chk(c.optimizer.type != "SGD" || !c.optimizer.nesterov || (c.optimizer.momentum > 0 && c.optimizer.dampening == 0),
+      "optimizer.nesterov needs optimizer.momentum > 0 and optimizer.dampening = 0 (as torch.optim.SGD)");
   chk(c.optimizer.betas.size() == 2, "optimizer.betas is a pair (beta1, beta2)");
   chk(c.optim_wrapper.accumulative_counts >= 1, "optim_wrapper.accumulative_counts must be >= 1, given ",
       c.optim_wrapper.accumulative_counts);

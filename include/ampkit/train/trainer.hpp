@@ -134,10 +134,10 @@ inline optim::Adam adam_rule(const OptimizerConfig& o) {
   return optim::Adam{a};
 }
 
-/// torch.optim.SGD(lr, momentum, weight_decay) as mmengine builds it (no dampening, no Nesterov).
+/// torch.optim.SGD(lr, momentum, dampening, weight_decay, nesterov), as mmengine builds it.
 inline optim::Sgd sgd_rule(const OptimizerConfig& o) {
   AMPKIT_CHECK(o.type == "SGD", "optimizer.type '", o.type, "' is not SGD");
-  optim::Sgd r{optim::SgdConfig{o.momentum, 0.0, false, o.weight_decay}};
+  optim::Sgd r{optim::SgdConfig{o.momentum, o.dampening, o.nesterov, o.weight_decay}};
   r.config.validate();
   return r;
 }
