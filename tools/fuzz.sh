@@ -11,6 +11,9 @@
 #   FUZZ_TARGETS  space-separated subset (default: every tests/fuzz/fuzz_*.cpp)
 #   FUZZ_JOBS     targets fuzzed at once (default: nproc, at most the number of targets)
 #   FUZZ_BUILD    build and working-corpus folder (default: build/fuzz)
+#   FUZZ_SEED     libFuzzer's -seed (default: 1 when CI is set, so a CI run explores the same
+#                 mutations each time and cannot turn red at random; unset by hand: a fresh seed
+#                 every run, printed in the log as "Seed: N", to find new inputs)
 #   FUZZ_KEEP_CORPUS=1  keep the working corpus between runs (default: start from the seeds)
 #   FUZZ_MERGE=1  after fuzzing, minimise each working corpus into tests/fuzz/corpus/<target>
 #                 (by hand only; commit seeds that stay small)
@@ -18,6 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+if [ -z "${FUZZ_SEED:-}" ] && [ -n "${CI:-}" ]; then FUZZ_SEED=1; fi
+FUZZ_SEED=${FUZZ_SEED:-0}  # 0: libFuzzer picks one
 FUZZ_BUILD=${FUZZ_BUILD:-$root/build/fuzz}
 mkdir -p "$FUZZ_BUILD"
 FUZZ_BUILD=$(cd "$FUZZ_BUILD" && pwd)
@@ -75,7 +80,7 @@ run_one() {
     fi
   fi
   local dirs=("$work"); [ -d "$seeds" ] && dirs+=("$seeds")
-  if "$bin" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 \
+  if "$bin" -max_total_time="$FUZZ_SECONDS" -seed="$FUZZ_SEED" -timeout=10 -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 \
        -artifact_prefix="$art" "${dirs[@]}" >"$log" 2>&1; then
     local runs eps rss cov
     runs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+).*/\1/p' "$log")
@@ -93,7 +98,7 @@ run_one() {
     return 1
   fi
 }
-export -f run_one; export FUZZ_SECONDS
+export -f run_one; export FUZZ_SECONDS FUZZ_SEED
 say "replaying seeds + regressions, then fuzzing ${FUZZ_SECONDS}s per target ($jobs at a time)"
 set +e
 printf '%s\n' $targets | xargs -P "$jobs" -I{} bash -c 'run_one {}' | tee "$FUZZ_BUILD/summary.txt"

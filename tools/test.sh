@@ -90,7 +90,7 @@ else
 fi
 
 # ---- 4b. fuzz every parser (clang + ASan/UBSan/LSan, installed if missing; FUZZ_SECONDS per target) --
-FUZZ_BUILD="$BUILD_ROOT/fuzz" tools/fuzz.sh && summary+=("fuzz: all targets clean") || { summary+=("fuzz: FAILED"); fail=1; }
+FUZZ_BUILD="$BUILD_ROOT/fuzz" FUZZ_SEED="${FUZZ_SEED:-1}" tools/fuzz.sh && summary+=("fuzz: all targets clean") || { summary+=("fuzz: FAILED"); fail=1; }
 
 # ---- 5. summary ------------------------------------------------------------------------------
 log "summary"

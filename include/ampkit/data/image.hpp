@@ -59,14 +59,21 @@ struct Image {
 inline constexpr std::int64_t kMaxImagePixels = std::int64_t{1} << 26;
 
 namespace detail {
-/// Walk the JPEG markers (skipping segment payloads and entropy-coded data) and reject any
-/// Huffman table (DHT) declaring more than 256 symbols. Why: stb_image 2.27 (Debian 12's) builds
-/// the table before checking the count and writes past its 257-entry size array and 256-entry
-/// value array (found by tests/fuzz/fuzz_image; stb fixed it upstream in 2.28). A valid JPEG never
-/// has more than 256 symbols in a table, so this only turns memory corruption into an error.
+/// Walk the JPEG markers (skipping segment payloads and entropy-coded data) and reject what
+/// stb_image 2.27 (Debian 12's) turns into memory errors instead of a decode error, both found
+/// by tests/fuzz/fuzz_image:
+///   - a Huffman table (DHT) declaring more than 256 symbols: stb builds the table before checking
+///     the count and writes past its 257-entry size array (fixed upstream in 2.28);
+///   - a scan (SOS) that selects a Huffman table no DHT has defined before it: stb decodes with
+///     the uninitialised table (its decoder state is malloc'ed, not zeroed) and indexes its
+///     arrays with garbage. DC tables are needed by scans that start at coefficient 0, AC tables
+///     by scans that reach past it (so valid progressive JPEGs, whose DC-only scans name an AC
+///     table they never use, still decode).
+/// A valid JPEG has neither, so this only turns memory corruption into an error.
 inline void check_jpeg_huffman_tables(const std::uint8_t* d, std::size_t n, const std::string& name,
                                       std::size_t start) {
   std::size_t i = start;  // just past the SOI marker
+  bool defined[2][4] = {};  // [class: 0 DC, 1 AC][table id] seen in a DHT so far
   while (i + 4 <= n) {
     if (d[i] != 0xFF) {  // entropy-coded data: markers are the only FFxx not followed by 00
       ++i;
@@ -90,7 +97,26 @@ inline void check_jpeg_huffman_tables(const std::uint8_t* d, std::size_t n, cons
         for (std::size_t j = p + 1; j < p + 17 && j < n; ++j) symbols += d[j];
         AMPKIT_CHECK(symbols <= 256, "image '", name, "': corrupt JPEG (a Huffman table declares ", symbols,
                      " symbols, at most 256 exist)");
+        const int tc = d[p] >> 4, th = d[p] & 15;
+        if (tc <= 1 && th <= 3) defined[tc][th] = true;  // other ids: stb rejects the table itself
         p += 17 + symbols;
+      }
+    }
+    if (m == 0xDA && i + 5 <= n) {
+      // SOS: Ns, then (component id, DC/AC table ids) per component, then Ss, Se, Ah/Al.
+      const std::size_t ns = d[i + 4];
+      const std::size_t tail = i + 5 + 2 * ns;
+      if (tail + 1 < n && tail + 1 < i + 2 + len) {
+        const int ss = d[tail], se = d[tail + 1];
+        // A DC refinement scan (Ss = 0, Ah != 0) reads raw bits, no DC table.
+        const bool dc_decoded = ss == 0 && (tail + 2 >= n || (d[tail + 2] >> 4) == 0);
+        for (std::size_t c = 0; c < ns; ++c) {
+          const int td = d[i + 6 + 2 * c] >> 4, ta = d[i + 6 + 2 * c] & 15;
+          AMPKIT_CHECK(!dc_decoded || (td <= 3 && defined[0][td]), "image '", name,
+                       "': corrupt JPEG (a scan uses DC Huffman table ", td, ", which no DHT segment defines)");
+          AMPKIT_CHECK(se == 0 || (ta <= 3 && defined[1][ta]), "image '", name,
+                       "': corrupt JPEG (a scan uses AC Huffman table ", ta, ", which no DHT segment defines)");
+        }
       }
     }
     i += 2 + len;
