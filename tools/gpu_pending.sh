@@ -13,8 +13,16 @@
 #   data      ampkit_data_pipeline on this machine's CPUs: samples/s per core and with 16 threads (issue 6)
 #   demo      dekr_amp demo --device cuda: AP, PNG, and the log's grad_norm changing every line
 #             (the step-stats readout no longer lags)
-# The 2-GPU checks are tests/gpu/dist/ddp_train.sh on nvidia-h200-x2 (tests/gpu/dist/README.md);
-# compute-sanitizer is tools/sanitize_gpu.sh (tens of minutes: a call of its own).
+#   decode    the DEKR decoder's timing case (512x640 input, flip test): images/s (issue 7)
+#   ddp       tests/gpu/dist/ddp_train.sh (2 GPUs: equivalence, all-reduce count, dead rank, resume)
+#   scaling   bench/run_ddp_scaling.sh: W32 512 AMP img/s on 1 vs 2 GPUs (issue 9)
+#   precision tools/compare_precision.sh on W32 512, batch 2: the fp32/fp16/bf16 memory and speed
+#             table of docs/amp_guide.md (issue 8)
+#   parity    tools/plot_parity.py --device cuda on configs/demo_gpu.toml: the W32 loss curves under
+#             the three policies (issue 5; the PNG is drawn afterwards where matplotlib is)
+#   sanitize  tools/sanitize_gpu.sh memcheck over the GPU op tests (SANITIZE_FILTER narrows it)
+# "all" is the first six (about 8 minutes); name the others. Every part needs `build` first, in
+# this call or an earlier one on the same machine (GPU_BUILD keeps the build between calls).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-/tmp/ampkit-gpu-out}; mkdir -p "$OUT"
@@ -22,7 +30,10 @@ source tools/gpu_env.sh   # PATH, pip cuDNN/NCCL (CUDNN_ROOT, NCCL_ROOT, rpath),
 B=${GPU_BUILD:-/tmp/ampkit-build}/cmake
 S=$OUT/summary.txt
 PARTS=${PARTS:-all}
-want() { [ "$PARTS" = all ] || [[ ",$PARTS," == *",$1,"* ]]; }
+want() {
+  case $1 in build | tests | w32 | plan | data | demo) [ "$PARTS" = all ] && return 0 ;; esac
+  [[ ",$PARTS," == *",$1,"* ]]
+}
 log() { echo "== $*" | tee -a "$S"; }
 log "$(date -Is) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | sort | uniq -c | tr -s ' ') $(nproc) CPUs"
 
@@ -32,7 +43,7 @@ if want build; then
   cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DAMPKIT_CUDA_ARCHITECTURES=90 \
         -DAMPKIT_WARNINGS_AS_ERRORS=OFF -DCMAKE_BUILD_RPATH="$rpath" > "$OUT/build.log" 2>&1
   targets=$(cd "$B" && ninja -t targets all 2>/dev/null |
-            grep -oE '^(test_gpu_[a-z_]+|dekr_amp|ampkit_dekr_step|ampkit_dekr_peer):' | tr -d ':' | sort -u)
+            grep -oE "^(${BUILD_TARGETS:-test_gpu_[a-z_]+|dekr_amp|ampkit_dekr_step|ampkit_dekr_peer}):" | tr -d ':' | sort -u)
   timeout 330 cmake --build "$B" -j "$(nproc)" --target $targets -- -k 0 >> "$OUT/build.log" 2>&1
   log "build ($(echo $targets | wc -w) targets): rc=$? in $((SECONDS - t0)) s"
   grep -E "^FAILED" "$OUT/build.log" | head -5 | tee -a "$S"
@@ -83,5 +94,58 @@ if want demo; then
   n_lines=$(grep -cE 'grad_norm' "$OUT/demo.log")
   log "grad_norm: $n_norms distinct values on $n_lines log lines (the readout lagged when far fewer)"
   png=$(ls /tmp/demo/*.png 2>/dev/null | head -1); [ -n "$png" ] && cp "$png" "$OUT/demo_predictions.png"
+fi
+if want decode; then
+  t0=$SECONDS
+  "$B/tests/gpu/eval/test_gpu_eval" -tc="*timing*" -s > "$OUT/decode.log" 2>&1
+  log "decode timing: rc=$? in $((SECONDS - t0)) s"
+  grep -E "images/s" "$OUT/decode.log" | tee -a "$S"
+fi
+
+if want ddp; then
+  t0=$SECONDS
+  AMPKIT_BIN=$B/examples/dekr_amp/dekr_amp DDP_TEST_DIR=/tmp/ddp DDP_ADAM=${DDP_ADAM:-0} \
+    timeout ${DDP_TIMEOUT:-240} bash tests/gpu/dist/ddp_train.sh > "$OUT/ddp.log" 2>&1
+  log "ddp_train.sh: rc=$? in $((SECONDS - t0)) s"
+  grep -E "PASS|FAIL|SKIP|ratio|verdict" "$OUT/ddp.log" | tee -a "$S"
+fi
+
+if want scaling; then
+  t0=$SECONDS
+  AMPKIT_BIN=$B/examples/dekr_amp/dekr_amp timeout ${SCALING_TIMEOUT:-200} bash bench/run_ddp_scaling.sh > "$OUT/scaling.log" 2>&1
+  log "ddp scaling: rc=$? in $((SECONDS - t0)) s"
+  tee -a "$S" < "$OUT/scaling.log" | tail -12
+fi
+
+if want precision; then
+  t0=$SECONDS
+  AMPKIT_BIN=$B/examples/dekr_amp/dekr_amp WORK_ROOT=/tmp/compare_precision OUT=$OUT/compare_precision.md \
+    ITERS=${PRECISION_ITERS:-60} timeout ${PRECISION_TIMEOUT:-200} bash tools/compare_precision.sh \
+    configs/dekr_hrnet-w32_coco-512x512.toml 1 --cfg-options data.data_root=data/coco_sample/ \
+    data.train_ann_file=annotations/person_keypoints_sample.json data.train_img_prefix=images/ \
+    train_cfg.batch_size=2 default_hooks.logger.tensorboard=false runtime.device=cuda > "$OUT/precision.log" 2>&1
+  log "compare_precision (W32 512, batch 2): rc=$? in $((SECONDS - t0)) s"
+  tee -a "$S" < "$OUT/precision.log" | tail -10
+fi
+
+if want parity; then
+  t0=$SECONDS
+  rm -rf /tmp/parity_w32
+  PYTHONUNBUFFERED=1 timeout ${PARITY_TIMEOUT:-240} python3 tools/plot_parity.py --run --device cuda \
+    --binary "$B/examples/dekr_amp/dekr_amp" --config configs/demo_gpu.toml --iters ${PARITY_ITERS:-300} \
+    --work-root /tmp/parity_w32 --out-json "$OUT/parity_h200_w32.json" --out-png "$OUT/parity_h200_w32.png" \
+    --no-plot > "$OUT/parity.log" 2>&1
+  log "parity W32 (plot_parity.py --device cuda): rc=$? in $((SECONDS - t0)) s"
+  grep -E "PASS|FAIL|wrote|error" "$OUT/parity.log" | tee -a "$S"
+  # the work dirs, for drawing the PNG where matplotlib is
+  tar czf "$OUT/parity_runs.tgz" -C /tmp parity_w32 2>/dev/null
+fi
+
+if want sanitize; then
+  t0=$SECONDS
+  SANITIZE_TOOLS=${SANITIZE_TOOLS:-memcheck} SANITIZE_OUT=/tmp/sanitize timeout ${SANITIZE_TIMEOUT:-300} \
+    bash tools/sanitize_gpu.sh "$B" > "$OUT/sanitize.log" 2>&1
+  log "compute-sanitizer (${SANITIZE_TOOLS:-memcheck}; filter ${SANITIZE_FILTER:-all}): rc=$? in $((SECONDS - t0)) s"
+  tail -15 "$OUT/sanitize.log" | tee -a "$S"
 fi
 log "done"

@@ -27,6 +27,14 @@ int run_cuda(const Request& req_in, ampkit::train::RunLogger& log, const ampkit:
              " (AMPKIT_DIST_SLOW_TIMEOUT); gradients averaged in fp32 buckets after backward");
     req.run.data_parallel = std::move(dp);
   }
+  // runtime.cudnn_benchmark / randomness.deterministic mean what torch.backends.cudnn's two flags
+  // mean: time the algorithms per shape or take cuDNN's ranking; only deterministic ones or any.
+  const auto& cfg = req.run.config.config;
+  ctx.set_cudnn_options({.benchmark = cfg.runtime.cudnn_benchmark, .deterministic = cfg.randomness.deterministic});
+  if (cfg.randomness.deterministic)
+    log.info("randomness.deterministic: cuDNN convolutions use deterministic algorithms only; deformable "
+             "convolution's input gradient still adds with atomics (as torchvision's does), so two runs agree "
+             "to rounding, not bit for bit");
   const auto& dev = ctx.device();
   log.info("GPU " + std::to_string(dev.index) + ": " + dev.name + ", compute capability " +
            std::to_string(dev.cc_major) + "." + std::to_string(dev.cc_minor) + ", " +

@@ -152,6 +152,7 @@ struct TestConfig {
 struct RandomnessConfig {
   /// mmengine draws a random seed when unset; a fixed default makes every run reproducible.
   std::int64_t seed = 0;
+  /// CUDA: deterministic cuDNN convolution algorithms only (torch.backends.cudnn.deterministic).
   bool deterministic = false;
 };
 
@@ -168,6 +169,8 @@ struct LoggerConfig {
 
 struct RuntimeConfig {
   std::string device = "auto";  ///< auto (CUDA if present), cuda or host
+  /// CUDA: time cuDNN's algorithms once per conv shape and keep the fastest (true), or take cuDNN's
+  /// heuristic ranking (false); mmengine's env_cfg.cudnn_benchmark. Ignored on the host backend.
   bool cudnn_benchmark = false;
   std::int64_t host_threads = 0;  ///< host backend threads (0: all cores)
 };
@@ -258,14 +261,14 @@ void visit_fields(Config& c, V&& v) {
   v("test_cfg.align_corners", c.test_cfg.align_corners, "");
   v("test_cfg.rescore_checkpoint", c.test_cfg.rescore_checkpoint, "");
   v("randomness.seed", c.randomness.seed, "");
-  v("randomness.deterministic", c.randomness.deterministic, "");
+  v("randomness.deterministic", c.randomness.deterministic, "CUDA: deterministic cuDNN algorithms only");
   v("default_hooks.checkpoint.interval", c.checkpoint.interval, "epochs");
   v("default_hooks.checkpoint.max_keep_ckpts", c.checkpoint.max_keep_ckpts, "-1: all");
   v("default_hooks.checkpoint.iter_interval", c.checkpoint.iter_interval, "0: off");
   v("default_hooks.logger.interval", c.logger.interval, "iterations");
   v("default_hooks.logger.tensorboard", c.logger.tensorboard, "");
   v("runtime.device", c.runtime.device, "auto, cuda or host");
-  v("runtime.cudnn_benchmark", c.runtime.cudnn_benchmark, "");
+  v("runtime.cudnn_benchmark", c.runtime.cudnn_benchmark, "CUDA: time conv algorithms (true) or cuDNN heuristics");
   v("runtime.host_threads", c.runtime.host_threads, "0: all cores");
 }
 

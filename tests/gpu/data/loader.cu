@@ -134,10 +134,24 @@ TEST_CASE("gpu data: a sample error reaches the caller through the device loader
     if (i == 3) AMPKIT_FAIL("image 'corrupt.jpg': cannot decode");
     synthetic_sample(i, rng, out);
   };
-  cuda::DeviceLoader loader(cuda, cfg, {{1, 2, 2, 1}}, fn);
-  loader.begin_epoch(0, {0, 1, 2, 3, 4, 5});
-  REQUIRE(loader.next().has_value());
-  CHECK_THROWS_WITH_AS(loader.next(), doctest::Contains("corrupt.jpg"), Error);
-  CHECK(loader.next().has_value());
-  CHECK_FALSE(loader.next().has_value());
+  SUBCASE("data.bad_sample = raise: the batch that holds it throws, the epoch goes on") {
+    cfg.bad_sample = BadSamplePolicy::kThrow;
+    cuda::DeviceLoader loader(cuda, cfg, {{1, 2, 2, 1}}, fn);
+    loader.begin_epoch(0, {0, 1, 2, 3, 4, 5});
+    REQUIRE(loader.next().has_value());
+    CHECK_THROWS_WITH_AS(loader.next(), doctest::Contains("corrupt.jpg"), Error);
+    CHECK(loader.next().has_value());
+    CHECK_FALSE(loader.next().has_value());
+  }
+  SUBCASE("data.bad_sample = skip (the default): replaced by the next index, counted, named") {
+    REQUIRE(cfg.bad_sample == BadSamplePolicy::kSkip);
+    cuda::DeviceLoader loader(cuda, cfg, {{1, 2, 2, 1}}, fn);
+    loader.begin_epoch(0, {0, 1, 2, 3, 4, 5});
+    int n = 0;
+    while (loader.next()) ++n;
+    CHECK(n == 3);
+    CHECK(loader.report().n_skipped == 1);
+    REQUIRE(loader.report().messages.size() == 1);
+    CHECK(loader.report().messages[0].find("corrupt.jpg") != std::string::npos);
+  }
 }

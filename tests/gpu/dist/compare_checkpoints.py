@@ -39,7 +39,8 @@ With --info the verdict is printed but the exit status is 0 (unless the input is
 Host validation (host backend, deterministic: two identical commands give identical files).
 Tiny DEKR of configs/demo_host.toml at 256x256 (the GPU test's size), the 4 sample images, batch 1,
 3 epochs = 6 optimizer steps. SGD is optimizer.type=Adam with betas=[0, 0.999], eps=100, lr=0.01,
-i.e. p -= 1e-4 * g / (1 + |g|/100), because dekr_amp's trainer dispatches Adam/AdamW only.
+i.e. p -= 1e-4 * g / (1 + |g|/100), because dekr_amp's trainer then dispatched Adam/AdamW only
+(ddp_train.sh now uses optimizer.type=SGD with lr 1e-4: the same update to 8e-5 relative).
 Commands (from the repo root; build-ddp2 = the host-only build of dekr_amp):
     H=(--device host --cfg-options "codec.input_size=[256, 256]" "codec.heatmap_size=[64, 64]"
        train_cfg.num_workers=1 train_cfg.val_interval=0 param_scheduler.warmup_iters=0

@@ -49,9 +49,13 @@ fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
 PORT=$((29600 + RANDOM % 300))
 
 # The tiny model on the sample, no validation, no warmup (the 1-GPU run has twice the iterations:
-# an iteration-based warmup would differ), cuDNN autotuning off (same algorithms in both runs).
+# an iteration-based warmup would differ), cuDNN's heuristic algorithm choice (no timing: the same
+# algorithms in every run) restricted to deterministic ones. What stays nondeterministic on the GPU
+# is deformable convolution's input gradient (float atomicAdd, as torchvision's), hence the noise
+# floor below.
 COMMON=(--cfg-options train_cfg.batch_size=1 train_cfg.num_workers=1 train_cfg.val_interval=0
-        param_scheduler.warmup_iters=0 runtime.cudnn_benchmark=false default_hooks.logger.interval=1
+        param_scheduler.warmup_iters=0 runtime.cudnn_benchmark=false randomness.deterministic=true
+        default_hooks.logger.interval=1
         default_hooks.checkpoint.interval=1 default_hooks.checkpoint.max_keep_ckpts=-1 runtime.device=cuda)
 CFG=configs/demo_host.toml
 
@@ -75,16 +79,16 @@ rank_lines() { grep -E '^dekr_amp: rank [0-9]+ of [0-9]+:' "$1"; }
 # noise-level gradient element into a full lr-sized step; on the host a 1e-6 relative perturbation
 # of the loss grows to a ratio of 0.45 in 6 Adam steps, against 3.5e-5 with SGD), by
 # compare_checkpoints.py's ratio ||w_2GPU - w_1GPU|| / ||w_1GPU - w0|| per epoch, against a noise
-# floor: the 1-GPU command run twice. dekr_amp's trainer dispatches Adam/AdamW only, so SGD is Adam
-# with beta1 = 0 and eps = 100 >> |g| (<= 6e-3 here): p -= (lr/100) * g / (1 + |g|/100), SGD with
-# lr_sgd = lr/100 = 1e-4 (host: 8e-5 relative from eps = 1e6). lr_sgd 1e-4 keeps the 6 steps in the
-# linear regime (host, 256x256: lr x 2 gives a ratio of 1.04, 1.04, 1.00 per epoch; with lr_sgd 1e-3 a
-# 1e-6 perturbation already grows to 6e-3 by epoch 3). The Adam variant (the users' optimizer) is
+# floor: the 1-GPU command run twice. The SGD runs use optimizer.type=SGD, lr 1e-4, no momentum
+# (until 2026-11-30 this was Adam with beta1 = 0 and eps = 100 >> |g|, the same update to 8e-5
+# relative, from before the trainer had SGD). lr 1e-4 keeps the 6 steps in the linear regime (host,
+# 256x256: lr x 2 gives a ratio of 1.04, 1.04, 1.00 per epoch; with lr 1e-3 a 1e-6 perturbation
+# already grows to 6e-3 by epoch 3). The Adam variant (the users' optimizer) is
 # printed for information. w0: a 1-iteration run with lr 1e-30 saves the initial weights (to ~1e-30;
 # the initialisation is done on the host from randomness.seed, the same for every device,
 # precision and world size).
 EPOCHS=3
-SGD=(optimizer.type=Adam "optimizer.betas=[0.0, 0.999]" optimizer.eps=100.0 optimizer.lr=${DDP_SGD_LR_X_EPS:-0.01})
+SGD=(optimizer.type=SGD optimizer.momentum=0.0 optimizer.lr=${DDP_SGD_LR:-1e-4})
 CMP="$ROOT/tests/gpu/dist/compare_checkpoints.py"
 S=$OUT/start
 single "$S" "$S.log" "${COMMON[@]}" train_cfg.max_iters=1 optimizer.lr=1e-30 optim_wrapper.accumulative_counts=1
@@ -99,7 +103,14 @@ for prec in fp32 amp; do
   # then, amplified by batch-1 BN: the same perturbation gives 1.8e-3 at epoch 1 and 0.1 at epochs
   # 2-3, so AMP is judged at epoch 1 (its 2 steps exercise the fp32 averaging, the max-reduced
   # overflow check and the shared loss scale) and its later epochs are printed only.
-  if [ $prec = fp32 ]; then bnd=(--bound 1e-2 --noise-min 1e-4); else bnd=(--bound 3e-2 --noise-min 1e-3 --judge-epoch 1); fi
+  # On the H200 (2026-11-30, before randomness.deterministic was wired to cuDNN) the GPU's own
+  # run-to-run noise was the whole story: fp32 ratio 1.12e-5 / 9.75e-5 / 9.0e-3 at epochs 1/2/3
+  # against a noise floor of 1.15e-5 / 9.74e-5 / 6.1e-4 (one sample of a chaotic growth: epoch 3's
+  # floor is not a stable reference), AMP 0.064 against a floor of 0.067 at epoch 1. So fp32 is
+  # judged over epochs 1-2 (4 optimizer steps, each with its all-reduce or accumulation window)
+  # and AMP at epoch 1 with an absolute bound of 0.3, above the measured floor and below the ~1 of
+  # a semantic difference (host: >= 0.5 at epoch 1 for every one tried); later epochs are printed.
+  if [ $prec = fp32 ]; then bnd=(--bound 1e-2 --noise-min 1e-4 --judge-epoch 2); else bnd=(--bound 0.3 --noise-min 1e-3 --judge-epoch 1); fi
   for opt in sgd adam; do
     [ $opt = adam ] && [ "${DDP_ADAM:-1}" = 0 ] && continue
     if [ $opt = sgd ]; then ox=("${SGD[@]}"); A=$OUT/eq_${prec}_2gpu B=$OUT/eq_${prec}_1gpu

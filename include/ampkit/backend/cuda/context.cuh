@@ -17,6 +17,16 @@
 
 namespace ampkit {
 
+/// How convolutions pick their cuDNN algorithms (the meaning of torch.backends.cudnn.benchmark and
+/// .deterministic; the config keys runtime.cudnn_benchmark and randomness.deterministic).
+struct CudnnOptions {
+  /// true: time every candidate once per shape (cudnnFind*) and keep the fastest; false: take
+  /// cuDNN's heuristic ranking (cudnnGet*_v7) without running anything.
+  bool benchmark = true;
+  /// Only algorithms cuDNN reports as CUDNN_DETERMINISTIC (no atomics in the reduction order).
+  bool deterministic = false;
+};
+
 /// Backend tag and context for the CUDA backend. Ops are free functions overloaded on it,
 /// with the same signatures as on ampkit::Host. Not copyable (it owns handles and a stream).
 class Cuda {
@@ -52,6 +62,10 @@ class Cuda {
   cuda::DeviceAllocator& allocator() const { return *alloc_; }
   const std::shared_ptr<cuda::DeviceAllocator>& allocator_ptr() const { return alloc_; }
   MemoryStats memory_stats() const { return alloc_->stats(); }
+  /// Algorithm choice for the convolutions run on this context from now on (shapes already planned
+  /// under other options keep their plans: the options are part of the plan cache's key).
+  const CudnnOptions& cudnn_options() const { return cudnn_options_; }
+  void set_cudnn_options(CudnnOptions o) { cudnn_options_ = o; }
 
   template <class T>
   cuda::DeviceBuffer<T> alloc(std::size_t n) const {
@@ -99,6 +113,7 @@ class Cuda {
   cublasHandle_t cublas_ = nullptr;
   cublasLtHandle_t cublaslt_ = nullptr;
   std::shared_ptr<cuda::DeviceAllocator> alloc_;
+  CudnnOptions cudnn_options_;
 };
 
 }  // namespace ampkit

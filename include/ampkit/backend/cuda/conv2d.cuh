@@ -7,7 +7,10 @@
 /// filter and convolution descriptors and keeps them; the first call of each direction (forward,
 /// backward data, backward filter) runs cudnnFind* for it and keeps the fastest algorithm that
 /// fits the workspace limit together with the math type Find measured it with. Find synchronises
-/// and allocates, so run one warm-up step before capturing a CUDA graph.
+/// and allocates, so run one warm-up step before capturing a CUDA graph. The context's
+/// CudnnOptions change this: benchmark = false takes cuDNN's heuristic ranking (cudnnGet*_v7, no
+/// timing), deterministic = true skips algorithms cuDNN does not report as deterministic. Both are
+/// part of the key, so plans made under other options are never reused.
 ///
 /// Grouped convs with few channels per group (C/groups, K/groups <= 32, stride 1) take the direct
 /// kernels of grouped_conv2d.cuh instead (cuDNN serves them as many tiny GEMMs, several times
@@ -51,9 +54,10 @@ struct ConvKey {
   cudnnDataType_t dtype;
   std::int64_t n, c, h, w, k, r, s;
   Conv2dParams p;
+  bool benchmark = true, deterministic = false;  // CudnnOptions
   auto tie() const {
     return std::tuple(device, static_cast<int>(dtype), n, c, h, w, k, r, s, p.stride_h, p.stride_w, p.pad_h,
-                      p.pad_w, p.dilation_h, p.dilation_w, p.groups);
+                      p.pad_w, p.dilation_h, p.dilation_w, p.groups, benchmark, deterministic);
   }
   bool operator<(const ConvKey& o) const { return tie() < o.tie(); }
 };
@@ -150,21 +154,25 @@ class ConvPlanCache {
   std::map<ConvKey, std::unique_ptr<ConvPlan>> plans_;
 };
 
-/// Pick the first (fastest) usable result of a Find call, or fail naming the op and shape.
+/// Pick the first (fastest measured, or best ranked) usable result of a Find / Get_v7 call: it
+/// ran, fits the workspace limit, has an allowed math type and, under deterministic, is reported
+/// deterministic. Fails naming the op and shape when none is.
 template <class Perf>
-const Perf& pick(const Perf* res, int n, cudnnDataType_t dt, const char* op, const ConvKey& k) {
+const Perf& pick(const Perf* res, int n, const char* op, const ConvKey& k) {
   for (int i = 0; i < n; ++i)
     if (res[i].status == CUDNN_STATUS_SUCCESS && res[i].memory <= kConvWorkspaceLimit &&
-        conv_math_ok(dt, res[i].mathType))
+        conv_math_ok(k.dtype, res[i].mathType) && (!k.deterministic || res[i].determinism == CUDNN_DETERMINISTIC))
       return res[i];
-  AMPKIT_FAIL(op, ": cuDNN has no usable algorithm for input (", k.n, ",", k.h, ",", k.w, ",", k.c,
-              ") weights (", k.k, ",", k.r, ",", k.s, ",", k.c / k.p.groups, ") groups=", k.p.groups, " (", n,
-              " candidates measured)");
+  AMPKIT_FAIL(op, ": cuDNN has no usable", k.deterministic ? " deterministic" : "", " algorithm for input (", k.n,
+              ",", k.h, ",", k.w, ",", k.c, ") weights (", k.k, ",", k.r, ",", k.s, ",", k.c / k.p.groups,
+              ") groups=", k.p.groups, " (", n, k.benchmark ? " candidates measured)" : " candidates ranked)",
+              k.deterministic ? "; set randomness.deterministic = false" : "");
 }
 
 template <StorageScalar T>
 ConvKey conv_key(const Cuda& ctx, Shape x, Shape w, const Conv2dParams& p) {
-  return {ctx.device().index, cudnn_type_v<T>, x.n, x.c, x.h, x.w, w.n, w.h, w.w, p};
+  return {ctx.device().index, cudnn_type_v<T>, x.n, x.c, x.h, x.w, w.n, w.h, w.w, p, ctx.cudnn_options().benchmark,
+          ctx.cudnn_options().deterministic};
 }
 
 /// y(M,K) += bias[k], in place.
@@ -238,9 +246,14 @@ void conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> w, Ten
     if (!plan.has_fwd) {
       cudnnConvolutionFwdAlgoPerf_t res[CUDNN_CONVOLUTION_FWD_ALGO_COUNT * 3];
       int n = 0;
-      AMPKIT_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(ctx.cudnn(), plan.x, plan.w, plan.fwd, plan.y,
-                                                              static_cast<int>(std::size(res)), &n, res));
-      const auto& r = pick(res, n, key.dtype, "conv2d_forward", key);
+      const int want = static_cast<int>(std::size(res));
+      if (key.benchmark)
+        AMPKIT_CUDNN_CHECK(
+            cudnnFindConvolutionForwardAlgorithm(ctx.cudnn(), plan.x, plan.w, plan.fwd, plan.y, want, &n, res));
+      else
+        AMPKIT_CUDNN_CHECK(
+            cudnnGetConvolutionForwardAlgorithm_v7(ctx.cudnn(), plan.x, plan.w, plan.fwd, plan.y, want, &n, res));
+      const auto& r = pick(res, n, "conv2d_forward", key);
       AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.fwd, conv_math_use(key.dtype, r.mathType)));
       AMPKIT_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(ctx.cudnn(), plan.x, plan.w, plan.fwd,
                                                                  plan.y, r.algo, &plan.fwd_ws));
@@ -278,9 +291,14 @@ void conv2d_backward_data(Cuda& ctx, TensorView<const T> dL_dy, TensorView<const
     if (!plan.has_bwd_data) {
       cudnnConvolutionBwdDataAlgoPerf_t res[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT * 3];
       int n = 0;
-      AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(
-          ctx.cudnn(), plan.w, plan.y, plan.bwd_data, plan.x, static_cast<int>(std::size(res)), &n, res));
-      const auto& r = pick(res, n, key.dtype, "conv2d_backward_data", key);
+      const int want = static_cast<int>(std::size(res));
+      if (key.benchmark)
+        AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(ctx.cudnn(), plan.w, plan.y, plan.bwd_data,
+                                                                     plan.x, want, &n, res));
+      else
+        AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(ctx.cudnn(), plan.w, plan.y, plan.bwd_data,
+                                                                       plan.x, want, &n, res));
+      const auto& r = pick(res, n, "conv2d_backward_data", key);
       AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.bwd_data, conv_math_use(key.dtype, r.mathType)));
       AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
           ctx.cudnn(), plan.w, plan.y, plan.bwd_data, plan.x, r.algo, &plan.bwd_data_ws));
@@ -313,9 +331,14 @@ void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T
     if (!plan.has_bwd_filter) {
       cudnnConvolutionBwdFilterAlgoPerf_t res[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT * 3];
       int n = 0;
-      AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(
-          ctx.cudnn(), plan.x, plan.y, plan.bwd_filter, plan.w, static_cast<int>(std::size(res)), &n, res));
-      const auto& r = pick(res, n, key.dtype, "conv2d_backward_filter", key);
+      const int want = static_cast<int>(std::size(res));
+      if (key.benchmark)
+        AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(ctx.cudnn(), plan.x, plan.y,
+                                                                       plan.bwd_filter, plan.w, want, &n, res));
+      else
+        AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(ctx.cudnn(), plan.x, plan.y,
+                                                                         plan.bwd_filter, plan.w, want, &n, res));
+      const auto& r = pick(res, n, "conv2d_backward_filter", key);
       AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.bwd_filter, conv_math_use(key.dtype, r.mathType)));
       AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
           ctx.cudnn(), plan.x, plan.y, plan.bwd_filter, plan.w, r.algo, &plan.bwd_filter_ws));

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Data-parallel scaling of DEKR-W32 512x512 AMP training (issue 9's benchmark): the real dekr_amp,
+# 1 process on 1 GPU against 2 processes on 2 GPUs (tools/dist_train.sh), for batch 10 per GPU and
+# for batch 2 per GPU with accumulation 4 (the users' memory-starved configuration). Scaling =
+# img/s on 2 GPUs / img/s on 1 GPU (target >= 1.9, i.e. 95 % efficiency).
+#
+#   AMPKIT_BIN=build/examples/dekr_amp/dekr_amp bash bench/run_ddp_scaling.sh
+#
+# What is timed: whole training iterations (data loading on worker threads, H2D copy, forward,
+# loss, backward, the bucketed fp32 gradient all-reduce, the optimizer), as the trainer logs them:
+# img/s = images of all ranks per second of wall time, logged every LOG_INTERVAL iterations; the
+# number reported is the median of the logged intervals after the first two (cuDNN algorithm
+# timing, allocator growth and the first batches fall into those). Data: the 4 bundled COCO images
+# listed REPEAT times under new image ids (so an epoch has enough batches; decoding and
+# augmentation run for every sample as for real data, with the config's random augmentation).
+# Environment: ITERS (iterations per run, default 60), LOG_INTERVAL (5), REPEAT (100), WORKERS
+# (loader threads per process, 6), VARIANTS ("10x1 2x4": batch x accumulation), WORK (scratch dir),
+# OUT (where ddp_scaling.md and the logs go).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${AMPKIT_BIN:-build/examples/dekr_amp/dekr_amp}
+[ -x "$BIN" ] || { echo "run_ddp_scaling.sh: $BIN not built (set AMPKIT_BIN)"; exit 2; }
+OUT=${OUT:-/tmp/ampkit-ddp-scaling}
+WORK=${WORK:-/tmp/ampkit_ddp_scaling}
+ITERS=${ITERS:-60}
+LOG_INTERVAL=${LOG_INTERVAL:-5}
+REPEAT=${REPEAT:-100}
+WORKERS=${WORKERS:-6}
+VARIANTS=${VARIANTS:-10x1 2x4}
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+[ "${NGPU:-0}" -ge 2 ] || { echo "run_ddp_scaling.sh: skipped: needs 2 GPUs, ${NGPU:-0} visible"; exit 77; }
+mkdir -p "$OUT" "$WORK/data"
+export NCCL_NVLS_ENABLE=0
+
+# The dataset: data/coco_sample's images, each listed REPEAT times.
+python3 - "$WORK/data/ann.json" "$REPEAT" <<'EOF'
+import json, sys
+src = json.load(open("data/coco_sample/annotations/person_keypoints_sample.json"))
+out, repeat = sys.argv[1], int(sys.argv[2])
+images, anns, next_ann = [], [], 1
+for r in range(repeat):
+    for im in src["images"]:
+        new_id = r * 1000000 + im["id"]
+        images.append(dict(im, id=new_id))
+        for a in src["annotations"]:
+            if a["image_id"] == im["id"]:
+                anns.append(dict(a, id=next_ann, image_id=new_id))
+                next_ann += 1
+json.dump(dict(src, images=images, annotations=anns), open(out, "w"))
+print(f"dataset: {len(images)} images ({len(src['images'])} x {repeat}), {len(anns)} annotations")
+EOF
+ln -sfn "$PWD/data/coco_sample/images" "$WORK/data/images"
+
+run() {  # run NAME GPUS BATCH ACCUM
+  local name=$1 g=$2 b=$3 a=$4 wd=$WORK/$1
+  rm -rf "$wd"
+  local opts=(--amp --work-dir "$wd" --cfg-options "train_cfg.batch_size=$b" "optim_wrapper.accumulative_counts=$a"
+              "train_cfg.max_iters=$ITERS" train_cfg.val_interval=0 "default_hooks.logger.interval=$LOG_INTERVAL"
+              default_hooks.logger.tensorboard=false default_hooks.checkpoint.interval=100000
+              "train_cfg.num_workers=$WORKERS" "data.data_root=$WORK/data" data.train_ann_file=ann.json
+              data.train_img_prefix=images/ runtime.device=cuda)
+  local t0=$SECONDS
+  if [ "$g" -eq 1 ]; then
+    env -u RANK -u WORLD_SIZE -u LOCAL_RANK CUDA_VISIBLE_DEVICES=0 "$BIN" train configs/dekr_hrnet-w32_coco-512x512.toml \
+      "${opts[@]}" > "$OUT/$name.log" 2>&1
+  else
+    CUDA_VISIBLE_DEVICES=0,1 AMPKIT_BIN=$BIN PORT=$((29700 + RANDOM % 200)) \
+      tools/dist_train.sh configs/dekr_hrnet-w32_coco-512x512.toml "$g" "${opts[@]}" > "$OUT/$name.log" 2>&1
+  fi
+  local rc=$?
+  echo "$name: rc=$rc in $((SECONDS - t0)) s"
+  [ $rc -eq 0 ] || tail -5 "$OUT/$name.log"
+}
+
+for v in $VARIANTS; do
+  b=${v%x*} a=${v#*x}
+  run "b${b}x${a}_1gpu" 1 "$b" "$a"
+  run "b${b}x${a}_2gpu" 2 "$b" "$a"
+done
+
+python3 - "$WORK" "$OUT/ddp_scaling.md" "$ITERS" "$LOG_INTERVAL" "$REPEAT" "$WORKERS" "$VARIANTS" <<'EOF'
+import json, os, statistics, subprocess, sys, datetime
+work, out, iters, interval, repeat, workers, variants = sys.argv[1:8]
+def speed(name):
+    path = os.path.join(work, name, "scalars.jsonl")
+    if not os.path.exists(path):
+        return None, None
+    recs = [json.loads(l) for l in open(path) if l.strip()]
+    recs = [r for r in recs if r.get("mode") == "train" and "img_per_s" in r]
+    steady = [r["img_per_s"] for r in recs[2:]] or [r["img_per_s"] for r in recs]
+    mem = max((r.get("memory_mib", 0) for r in recs), default=0)
+    return (statistics.median(steady) if steady else None), mem
+gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                     capture_output=True, text=True).stdout.strip().splitlines()
+lines = [f"# DEKR-W32 512x512 AMP (fp16, fp32 master) training: 1 GPU vs 2 GPUs (dekr_amp, NCCL)", "",
+         f"Date {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; GPUs: {'; '.join(gpu)}.",
+         f"Command: `ITERS={iters} LOG_INTERVAL={interval} REPEAT={repeat} WORKERS={workers} "
+         f"VARIANTS=\"{variants}\" bash bench/run_ddp_scaling.sh` (img/s of all ranks, median of the logged "
+         "intervals after the first two).", "",
+         "| batch per GPU x accumulation | 1 GPU img/s | 2 GPUs img/s | scaling | efficiency | peak MiB per GPU (1 / 2 GPUs) |",
+         "|---|---|---|---|---|---|"]
+for v in variants.split():
+    s1, m1 = speed(f"b{v}_1gpu")
+    s2, m2 = speed(f"b{v}_2gpu")
+    if s1 and s2:
+        lines.append(f"| {v} | {s1:.1f} | {s2:.1f} | {s2 / s1:.2f}x | {100 * s2 / (2 * s1):.0f} % | {m1:.0f} / {m2:.0f} |")
+    else:
+        lines.append(f"| {v} | {s1 or 'failed'} | {s2 or 'failed'} | - | - | - |")
+text = "\n".join(lines) + "\n"
+open(out, "w").write(text)
+print(text)
+EOF
