@@ -118,30 +118,53 @@ TEST_SUITE("gpu") {
       conv2d_backward_filter<T>(cpu(), x.cview(), dy.cview(), dw_h.view(), c.p);
       if (c.bias) conv2d_backward_bias<T>(cpu(), dy.cview(), db_h.view());
 
-      // device, twice: the second call runs from the plan cache and must agree bit for bit
+      // Every algorithm choice (runtime.cudnn_benchmark x randomness.deterministic) against the
+      // host. Under each, the device runs twice: the second call comes from the plan cache and its
+      // forward must agree bit for bit; under deterministic, the backward passes too.
       auto& g = gpu();
-      auto xd = g.to_device(x), wd = g.to_device(w), dyd = g.to_device(dy);
-      auto bd = c.bias ? g.to_device(b) : cuda::DeviceTensor<T>{};
-      auto yd = g.tensor<T>(ys), dxd = g.tensor<T>(c.x);
-      HostTensor<T> y_first;
-      for (int rep = 0; rep < 2; ++rep) {
-        conv2d_forward<T>(g, xd.cview(), wd.cview(), c.bias ? bd.cview() : TensorView<const T>{}, yd.view(),
-                          c.p);
-        if (rep == 0) y_first = g.to_host(yd.cview());
+      const CudnnOptions saved = g.cudnn_options();
+      for (const CudnnOptions opt : {CudnnOptions{true, false}, CudnnOptions{false, false},
+                                     CudnnOptions{false, true}, CudnnOptions{true, true}}) {
+        g.set_cudnn_options(opt);
+        const std::string n = std::string(c.name) + " " + type_name_v<T> + (opt.benchmark ? " [find" : " [heuristic") +
+                              (opt.deterministic ? ", deterministic]" : "]");
+        CAPTURE(n);
+        auto xd = g.to_device(x), wd = g.to_device(w), dyd = g.to_device(dy);
+        auto bd = c.bias ? g.to_device(b) : cuda::DeviceTensor<T>{};
+        auto yd = g.tensor<T>(ys), dxd = g.tensor<T>(c.x);
+        HostTensor<T> y_first;
+        for (int rep = 0; rep < 2; ++rep) {
+          conv2d_forward<T>(g, xd.cview(), wd.cview(), c.bias ? bd.cview() : TensorView<const T>{}, yd.view(),
+                            c.p);
+          if (rep == 0) y_first = g.to_host(yd.cview());
+        }
+        const auto y_d = g.to_host(yd.cview());
+        CHECK(std::memcmp(y_first.data(), y_d.data(), y_d.numel() * sizeof(T)) == 0);
+        HostTensor<T> dx_first, dw_first;
+        for (int rep = 0; rep < 2; ++rep) {
+          auto dwd = g.to_device(dw0), dbd = g.to_device(db0);
+          conv2d_backward_data<T>(g, dyd.cview(), wd.cview(), dxd.view(), c.p);
+          conv2d_backward_filter<T>(g, xd.cview(), dyd.cview(), dwd.view(), c.p);
+          if (c.bias) conv2d_backward_bias<T>(g, dyd.cview(), dbd.view());
+          auto dx_d = g.to_host(dxd.cview()), dw_d = g.to_host(dwd.cview());
+          if (rep == 1) {
+            if (opt.deterministic) {
+              CHECK_MESSAGE(std::memcmp(dx_first.data(), dx_d.data(), dx_d.numel() * sizeof(T)) == 0,
+                            n, ": dL_dx differs between two deterministic runs");
+              CHECK_MESSAGE(std::memcmp(dw_first.data(), dw_d.data(), dw_d.numel() * sizeof(T)) == 0,
+                            n, ": dL_dw differs between two deterministic runs");
+            }
+            break;
+          }
+          expect_match(n + " y", y_d, y_h, tol_v<T>, tol_v<T>, extra * max_abs(y_h));
+          expect_match(n + " dL_dx", dx_d, dx_h, tol_v<T>, tol_v<T>, extra * max_abs(dx_h));
+          expect_match(n + " dL_dw (accumulated)", dw_d, dw_h, tol_v<T>, tol_v<T>, extra * max_abs(dw_h));
+          if (c.bias) expect_match(n + " dL_db (accumulated)", g.to_host(dbd.cview()), db_h, tol_v<T>, tol_v<T>);
+          dx_first = std::move(dx_d);
+          dw_first = std::move(dw_d);
+        }
       }
-      const auto y_d = g.to_host(yd.cview());
-      CHECK(std::memcmp(y_first.data(), y_d.data(), y_d.numel() * sizeof(T)) == 0);
-      auto dwd = g.to_device(dw0), dbd = g.to_device(db0);
-      conv2d_backward_data<T>(g, dyd.cview(), wd.cview(), dxd.view(), c.p);
-      conv2d_backward_filter<T>(g, xd.cview(), dyd.cview(), dwd.view(), c.p);
-      if (c.bias) conv2d_backward_bias<T>(g, dyd.cview(), dbd.view());
-
-      const std::string n = std::string(c.name) + " " + type_name_v<T>;
-      expect_match(n + " y", y_d, y_h, tol_v<T>, tol_v<T>, extra * max_abs(y_h));
-      expect_match(n + " dL_dx", g.to_host(dxd.cview()), dx_h, tol_v<T>, tol_v<T>, extra * max_abs(dx_h));
-      expect_match(n + " dL_dw (accumulated)", g.to_host(dwd.cview()), dw_h, tol_v<T>, tol_v<T>,
-                   extra * max_abs(dw_h));
-      if (c.bias) expect_match(n + " dL_db (accumulated)", g.to_host(dbd.cview()), db_h, tol_v<T>, tol_v<T>);
+      g.set_cudnn_options(saved);
     }
   }
 
