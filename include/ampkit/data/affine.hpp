@@ -173,7 +173,12 @@ void for_each_warp_sample(const Affine& dst_from_src, int out_w, int out_h, F&& 
 struct WarpCoords {
   std::vector<int> adelta, bdelta;
   std::array<double, 6> M{};
-  explicit WarpCoords(const Affine& dst_from_src, int out_w) : adelta(out_w), bdelta(out_w) {
+  WarpCoords() = default;
+  explicit WarpCoords(const Affine& dst_from_src, int out_w) { assign(dst_from_src, out_w); }
+  /// Recompute for another warp, reusing the storage.
+  void assign(const Affine& dst_from_src, int out_w) {
+    adelta.resize(static_cast<std::size_t>(out_w));
+    bdelta.resize(static_cast<std::size_t>(out_w));
     M = dst_from_src.inverse().m;
     for (int x = 0; x < out_w; ++x) {
       adelta[x] = cv_round(M[0] * x * kAbScale);
@@ -344,22 +349,38 @@ inline FloatImage resize_bilinear(const FloatImage& src, int out_w, int out_h) {
   return dst;
 }
 
+/// What warp_flip_resize reuses from one call to the next (one per thread): the resize taps, the
+/// row/column selection and the compact warped grid (256 × 256 floats, 256 KiB, for a 512² warp
+/// resized to 128²). Everything is overwritten by each call; the values never depend on it.
+struct WarpResizeWorkspace {
+  std::vector<int> xofs, ysrc, col_slot, row_slot, cols, rows;
+  std::vector<float> xa, yb, grid, r0, r1;
+  detail::WarpCoords coords;
+};
+
 /// resize_bilinear(flip?(warp_affine(FloatImage(src), m, warp_w, warp_h)), out_w, out_h), computed
 /// only at the warped pixels the resize reads: same arithmetic, same floats, a fraction of the
 /// work (a 4× downscale reads 2 of every 4 rows and columns, so a quarter of the warp).
 ///
 /// @param src  (src_h, src_w) values as float (0/1 for a mask), or nullptr for "all ones"
 /// @param out  out_h * out_w floats, row-major
+/// @param ws   buffers reused between calls (the same values with or without it)
 template <class T>
 void warp_flip_resize(const T* src, int src_h, int src_w, const Affine& m, int warp_w, int warp_h,
-                      bool flip, int out_w, int out_h, float* out) {
+                      bool flip, int out_w, int out_h, float* out, WarpResizeWorkspace& ws) {
   AMPKIT_CHECK(src_w > 0 && src_h > 0 && warp_w > 0 && warp_h > 0 && out_w > 0 && out_h > 0,
                "warp_flip_resize: empty image");
   // The resize's taps, exactly as resize_bilinear computes them.
   const double scale_x = 1. / (static_cast<double>(out_w) / warp_w);
   const double scale_y = 1. / (static_cast<double>(out_h) / warp_h);
-  std::vector<int> xofs(out_w), ysrc(out_h);
-  std::vector<float> xa(2 * out_w), yb(2 * out_h);
+  std::vector<int>& xofs = ws.xofs;
+  std::vector<int>& ysrc = ws.ysrc;
+  std::vector<float>& xa = ws.xa;
+  std::vector<float>& yb = ws.yb;
+  xofs.resize(static_cast<std::size_t>(out_w));
+  ysrc.resize(static_cast<std::size_t>(out_h));
+  xa.resize(2 * static_cast<std::size_t>(out_w));
+  yb.resize(2 * static_cast<std::size_t>(out_h));
   for (int dx = 0; dx < out_w; ++dx) {
     float fx = static_cast<float>((dx + 0.5) * scale_x - 0.5);
     int sx = static_cast<int>(std::floor(fx));
@@ -378,7 +399,14 @@ void warp_flip_resize(const T* src, int src_h, int src_w, const Affine& m, int w
     yb[2 * dy + 1] = fy;
   }
   // Which warped rows / columns are read, and their slot in the compact grid (-1: unused).
-  std::vector<int> col_slot(warp_w, -1), row_slot(warp_h, -1), cols, rows;
+  std::vector<int>& col_slot = ws.col_slot;
+  std::vector<int>& row_slot = ws.row_slot;
+  std::vector<int>& cols = ws.cols;
+  std::vector<int>& rows = ws.rows;
+  col_slot.assign(static_cast<std::size_t>(warp_w), -1);
+  row_slot.assign(static_cast<std::size_t>(warp_h), -1);
+  cols.clear();
+  rows.clear();
   for (int dx = 0; dx < out_w; ++dx)
     for (int j = 0; j < 2; ++j) {
       const int c = xofs[dx] + j;
@@ -392,9 +420,11 @@ void warp_flip_resize(const T* src, int src_h, int src_w, const Affine& m, int w
     if (row_slot[r] == 0) row_slot[r] = static_cast<int>(rows.size()), rows.push_back(r);
 
   // The warp at those pixels (column c of the flipped image is column warp_w - 1 - c).
-  const detail::WarpCoords wc(m, warp_w);
+  detail::WarpCoords& wc = ws.coords;
+  wc.assign(m, warp_w);
   const std::size_t nc = cols.size();
-  std::vector<float> grid(rows.size() * nc, 0.f);
+  std::vector<float>& grid = ws.grid;
+  grid.assign(rows.size() * nc, 0.f);
   auto value = [&](int y, int x) -> float {
     return src ? static_cast<float>(src[static_cast<std::size_t>(y) * src_w + x]) : 1.f;
   };
@@ -423,7 +453,10 @@ void warp_flip_resize(const T* src, int src_h, int src_w, const Affine& m, int w
     }
   }
   // The resize over the compact grid.
-  std::vector<float> r0(out_w), r1(out_w);
+  std::vector<float>& r0 = ws.r0;
+  std::vector<float>& r1 = ws.r1;
+  r0.resize(static_cast<std::size_t>(out_w));
+  r1.resize(static_cast<std::size_t>(out_w));
   auto hrow = [&](int sy, std::vector<float>& o) {
     const float* g = &grid[static_cast<std::size_t>(row_slot[std::clamp(sy, 0, warp_h - 1)]) * nc];
     for (int dx = 0; dx < out_w; ++dx) {
@@ -439,6 +472,14 @@ void warp_flip_resize(const T* src, int src_h, int src_w, const Affine& m, int w
     float* o = out + static_cast<std::size_t>(dy) * out_w;
     for (int dx = 0; dx < out_w; ++dx) o[dx] = r0[dx] * b0 + r1[dx] * b1;
   }
+}
+
+/// The same with buffers of its own (allocates them on every call).
+template <class T>
+void warp_flip_resize(const T* src, int src_h, int src_w, const Affine& m, int warp_w, int warp_h,
+                      bool flip, int out_w, int out_h, float* out) {
+  WarpResizeWorkspace ws;
+  warp_flip_resize(src, src_h, src_w, m, warp_w, warp_h, flip, out_w, out_h, out, ws);
 }
 
 /// Mirror left-right in place (x -> w - 1 - x), as cv2.flip / mmcv.imflip('horizontal').

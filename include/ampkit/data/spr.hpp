@@ -90,13 +90,40 @@ inline std::vector<float> gaussian_kernel(int sigma) {
 
 }  // namespace detail
 
+/// What encode_spr reuses from one call to the next (one per thread): the per-pixel instance-size
+/// map (heatmap_h × heatmap_w floats, 64 KiB at 128×128), the per-instance roots and diagonals,
+/// and the two Gaussian kernels, built once per σ. A data worker keeps one so that a sample
+/// allocates nothing; no state carries over between calls (everything is overwritten, and the
+/// kernels depend only on σ).
+struct SprWorkspace {
+  std::vector<float> size_map;              // (H, W)
+  std::vector<float> root_x, root_y, diag;  // (N)
+  std::vector<char> root_vis;               // (N)
+  std::vector<float> kernel_keypoint, kernel_root;
+  int sigma_keypoint = -1, sigma_root = -1;  // the σ the kernels were built for (-1: none yet)
+
+  /// The Gaussian kernels for `cfg`, rebuilt only when σ changed.
+  void prepare_kernels(const SprConfig& cfg) {
+    if (sigma_keypoint != cfg.sigma_keypoint) {
+      kernel_keypoint = detail::gaussian_kernel(cfg.sigma_keypoint);
+      sigma_keypoint = cfg.sigma_keypoint;
+    }
+    if (sigma_root != cfg.sigma_root) {
+      kernel_root = detail::gaussian_kernel(cfg.sigma_root);
+      sigma_root = cfg.sigma_root;
+    }
+  }
+};
+
 /// Encode the SPR targets of one sample.
 ///
 /// @param keypoints  (N, K, 2) keypoints in heatmap pixels, float32
 /// @param visible    (N, K) visibility, > 0 means labelled (mmpose: min(1, v))
 /// @param out        views sized (1, heatmap_h, heatmap_w, C); fully overwritten
+/// @param ws         buffers reused between calls (the same targets with or without it)
 inline void encode_spr(const SprConfig& cfg, std::span<const float> keypoints,
-                       std::span<const float> visible, int n_instances, const SprTargetViews& out) {
+                       std::span<const float> visible, int n_instances, const SprTargetViews& out,
+                       SprWorkspace& ws) {
   const int K = cfg.n_keypoints, W = cfg.heatmap_w, H = cfg.heatmap_h;
   AMPKIT_CHECK(keypoints.size() == static_cast<std::size_t>(n_instances) * K * 2,
                "encode_spr: keypoints hold ", keypoints.size(), " values, expected N*K*2 = ",
@@ -115,8 +142,14 @@ inline void encode_spr(const SprConfig& cfg, std::span<const float> keypoints,
 
   // Roots (mean of labelled keypoints) and visible-box diagonals, float32 as get_instance_root /
   // get_diagonal_lengths compute them.
-  std::vector<float> root_x(n_instances, 0.f), root_y(n_instances, 0.f), diag(n_instances, 0.f);
-  std::vector<char> root_vis(n_instances, 0);
+  std::vector<float>& root_x = ws.root_x;
+  std::vector<float>& root_y = ws.root_y;
+  std::vector<float>& diag = ws.diag;
+  std::vector<char>& root_vis = ws.root_vis;
+  root_x.assign(static_cast<std::size_t>(n_instances), 0.f);
+  root_y.assign(static_cast<std::size_t>(n_instances), 0.f);
+  diag.assign(static_cast<std::size_t>(n_instances), 0.f);
+  root_vis.assign(static_cast<std::size_t>(n_instances), 0);
   for (int n = 0; n < n_instances; ++n) {
     float sx = 0, sy = 0, minx = 0, maxx = 0, miny = 0, maxy = 0;
     int m = 0;
@@ -139,8 +172,9 @@ inline void encode_spr(const SprConfig& cfg, std::span<const float> keypoints,
 
   // Heatmaps: keypoints with σ_kpt, roots with σ_root in the last channel; combined by max.
   std::fill(out.heatmaps.data, out.heatmaps.data + out.heatmaps.numel(), 0.f);
-  const auto kern_kpt = detail::gaussian_kernel(cfg.sigma_keypoint);
-  const auto kern_root = detail::gaussian_kernel(cfg.sigma_root);
+  ws.prepare_kernels(cfg);
+  const std::vector<float>& kern_kpt = ws.kernel_keypoint;
+  const std::vector<float>& kern_root = ws.kernel_root;
   for (int n = 0; n < n_instances; ++n) {
     for (int k = 0; k < K; ++k)
       if (!(kv(n, k) < 0.5f)) detail::draw_gaussian(out.heatmaps, k, kx(n, k), ky(n, k),
@@ -158,7 +192,8 @@ inline void encode_spr(const SprConfig& cfg, std::span<const float> keypoints,
   std::fill(out.displacements.data, out.displacements.data + out.displacements.numel(), 0.f);
   std::fill(out.displacement_weights.data,
             out.displacement_weights.data + out.displacement_weights.numel(), 0.f);
-  std::vector<float> size_map(static_cast<std::size_t>(W) * H, 0.f);
+  std::vector<float>& size_map = ws.size_map;
+  size_map.assign(static_cast<std::size_t>(W) * H, 0.f);
   const int radius = cfg.sigma_root;
   for (int n = 0; n < n_instances; ++n) {
     const float rx = root_x[n], ry = root_y[n];
@@ -187,6 +222,13 @@ inline void encode_spr(const SprConfig& cfg, std::span<const float> keypoints,
         }
     }
   }
+}
+
+/// The same with buffers of its own (allocates the size map and kernels on every call).
+inline void encode_spr(const SprConfig& cfg, std::span<const float> keypoints,
+                       std::span<const float> visible, int n_instances, const SprTargetViews& out) {
+  SprWorkspace ws;
+  encode_spr(cfg, keypoints, visible, n_instances, out, ws);
 }
 
 }  // namespace ampkit::data

@@ -74,7 +74,7 @@ struct Golden {
       p += count * es;
       arrays.emplace(std::move(name), std::move(a));
     }
-    std::free(raw);
+    stbi_image_free(raw);  // stb's allocator (the block cache of image.hpp), not free()
   }
   const Array& operator[](const std::string& k) const {
     auto it = arrays.find(k);
@@ -135,6 +135,7 @@ TEST_CASE("affine: warp matrix, warpAffine (8-bit and float) and resize equal Op
 
 TEST_CASE("spr: targets for fixed keypoint sets equal the numpy peer's") {
   const Golden g("tests/unit/data/golden/spr.bin.z");
+  SprWorkspace ws;  // reused across the cases (sizes and instance counts differ): same targets
   for (const std::string name : {"overlap", "borders", "crowd"}) {
     CAPTURE(name);
     const auto sizes = g[name + "/sizes"].as<std::int32_t>();
@@ -157,6 +158,23 @@ TEST_CASE("spr: targets for fixed keypoint sets equal the numpy peer's") {
     double s = 0;
     for (float x : vec(t.dw)) s += x;
     CHECK(s > 0);  // the case exercises displacements at all
+    // With a workspace used before (other sizes, other instances; another σ on the second
+    // call, which must rebuild the kernels): exactly the same targets.
+    for (const int sigma_kpt : {cfg.sigma_keypoint + 1, cfg.sigma_keypoint}) {
+      SprConfig c2 = cfg;
+      c2.sigma_keypoint = sigma_kpt;
+      Targets fresh(cfg.heatmap_h, cfg.heatmap_w, 17), reused(cfg.heatmap_h, cfg.heatmap_w, 17);
+      testing::fill_uniform<float>(reused.dp.span(), 5, -3.f, 3.f);  // stale values
+      testing::fill_uniform<float>(reused.hm.span(), 6, 0.f, 1.f);
+      encode_spr(c2, k, vis, n, fresh.views());
+      encode_spr(c2, k, vis, n, reused.views(), ws);
+      CAPTURE(sigma_kpt);
+      require_close("heatmaps (workspace)", vec(reused.hm), vec(fresh.hm), 0, 0);
+      require_close("heatmap_weights (workspace)", vec(reused.hw), vec(fresh.hw), 0, 0);
+      require_close("displacements (workspace)", vec(reused.dp), vec(fresh.dp), 0, 0);
+      require_close("displacement_weights (workspace)", vec(reused.dw), vec(fresh.dw), 0, 0);
+    }
+    CHECK(ws.sigma_keypoint == cfg.sigma_keypoint);
   }
 }
 
@@ -279,6 +297,7 @@ TEST_CASE("augment: the fused train-image and mask paths equal the step-by-step 
   std::vector<float> u(bits.bits.size());
   testing::fill_uniform<float>(u, 21, 0.f, 1.f);
   for (std::size_t i = 0; i < u.size(); ++i) fsrc.v[i] = bits.bits[i] = u[i] < 0.6f ? 1 : 0;
+  WarpResizeWorkspace ws;  // reused across warps and output sizes: the same values as fresh buffers
   for (int j = 0; j < 6; ++j)
     for (const bool flip : {false, true}) {
       CAPTURE(j);
@@ -301,6 +320,9 @@ TEST_CASE("augment: the fused train-image and mask paths equal the step-by-step 
         std::vector<float> fused(static_cast<std::size_t>(ow) * oh);
         warp_flip_resize(bits.bits.data(), 61, 83, m, 48, 40, flip, ow, oh, fused.data());
         require_close("warp_flip_resize", fused, small.v, 0, 0);
+        std::fill(fused.begin(), fused.end(), -1.f);
+        warp_flip_resize(bits.bits.data(), 61, 83, m, 48, 40, flip, ow, oh, fused.data(), ws);
+        require_close("warp_flip_resize (workspace)", fused, small.v, 0, 0);
         // nullptr source = all ones
         const FloatImage ones(61, 83, 1.f);
         FloatImage wo = warp_affine(ones, m, 48, 40);
@@ -309,6 +331,60 @@ TEST_CASE("augment: the fused train-image and mask paths equal the step-by-step 
         require_close("warp_flip_resize(ones)", fused, resize_bilinear(wo, ow, oh).v, 0, 0);
       }
     }
+}
+
+TEST_CASE("image: stb's per-thread block cache reuses blocks; a second decode allocates nothing") {
+  using data::detail::StbBlockCache;
+  {
+    StbBlockCache c;
+    // Small blocks pass through; a large one comes back from the cache, contents kept by realloc.
+    void* small = c.allocate(100);
+    c.deallocate(small);
+    const std::size_t big = StbBlockCache::kMinCached + 12345;
+    auto* a = static_cast<std::uint8_t*>(c.allocate(big));
+    REQUIRE(a != nullptr);
+    std::vector<float> r(big / 4);
+    testing::fill_uniform<float>(r, 31, -1.f, 1.f);
+    std::memcpy(a, r.data(), r.size() * 4);
+    CHECK(reinterpret_cast<std::uintptr_t>(a) % 16 == 0);  // malloc's alignment for stb
+    a = static_cast<std::uint8_t*>(c.reallocate(a, 3 * big));  // grows: a new block, copied
+    CHECK(std::memcmp(a, r.data(), r.size() * 4) == 0);
+    const std::int64_t n0 = c.n_block_allocations();
+    c.deallocate(a);
+    void* b = c.allocate(2 * big);  // fits the cached 3*big block
+    CHECK(b == a);
+    CHECK(c.n_block_allocations() == n0);
+    c.deallocate(b);
+    // A block beyond the per-thread byte limit is not kept.
+    void* huge = c.allocate(StbBlockCache::kMaxCachedBytes + 1);
+    c.deallocate(huge);
+    const std::int64_t n1 = c.n_block_allocations();
+    c.deallocate(c.allocate(StbBlockCache::kMaxCachedBytes + 1));
+    CHECK(c.n_block_allocations() == n1 + 1);
+    // At most kMaxBlocks blocks stay cached.
+    std::vector<void*> many;
+    for (int i = 0; i < StbBlockCache::kMaxBlocks + 3; ++i) many.push_back(c.allocate(StbBlockCache::kMinCached));
+    for (void* p : many) c.deallocate(p);
+    const std::int64_t n2 = c.n_block_allocations();
+    for (void*& p : many) p = c.allocate(StbBlockCache::kMinCached);
+    CHECK(c.n_block_allocations() == n2 + 3);
+    for (void* p : many) c.deallocate(p);
+  }
+#if AMPKIT_STB_BLOCK_CACHE
+  // Decoding on a fresh thread: the first decode fills its cache, the second (same image) gets
+  // every large block from it, and the pixels are the same.
+  std::thread([] {
+    const std::string path = kImages + "/000000000785.jpg";
+    std::vector<std::uint8_t> bytes;
+    Image first, second;
+    load_image_into(path, bytes, first);
+    const std::int64_t n0 = data::detail::stb_block_cache().n_block_allocations();
+    CHECK(n0 >= 2);  // stb allocated at least the output and a component plane through the cache
+    load_image_into(path, bytes, second);
+    CHECK(data::detail::stb_block_cache().n_block_allocations() == n0);
+    CHECK(first.pixels == second.pixels);
+  }).join();
+#endif
 }
 
 TEST_CASE("augment: test-time BottomupResize + normalisation equals the mmpose peer's") {
