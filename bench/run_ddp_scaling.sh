@@ -57,7 +57,7 @@ run() {  # run NAME GPUS BATCH ACCUM
   local opts=(--amp --work-dir "$wd" --cfg-options "train_cfg.batch_size=$b" "optim_wrapper.accumulative_counts=$a"
               "train_cfg.max_iters=$ITERS" train_cfg.val_interval=0 "default_hooks.logger.interval=$LOG_INTERVAL"
               default_hooks.logger.tensorboard=false default_hooks.checkpoint.interval=100000
-              "train_cfg.num_workers=$WORKERS" "data.data_root=$WORK/data" data.train_ann_file=ann.json
+              "train_cfg.num_workers=$WORKERS" "data.data_root=$WORK/data/" data.train_ann_file=ann.json
               data.train_img_prefix=images/ runtime.device=cuda)
   local t0=$SECONDS
   if [ "$g" -eq 1 ]; then

@@ -436,9 +436,12 @@ class File {
       tensors_.push_back(std::move(t));
     }
 
-    // The tensors must tile the buffer: sorted by offset, each starts where the last ended.
-    std::stable_sort(tensors_.begin(), tensors_.end(),
-                     [](const TensorInfo& a, const TensorInfo& b) { return a.begin < b.begin; });
+    // The tensors must tile the buffer: sorted by offset, each starts where the last ended. A
+    // zero-size tensor (e.g. an optimizer with no state) sits at the offset of the next one: the
+    // tie is broken by the end, so it sorts first instead of looking like an overlap.
+    std::stable_sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
+      return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+    });
     std::uint64_t expect = 0;
     for (const auto& t : tensors_) {
       if (t.begin < expect)

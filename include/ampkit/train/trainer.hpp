@@ -430,10 +430,17 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
       const std::int64_t n = batch->n;
 
       // batch -> backend: targets stay fp32; the image becomes the storage type.
+      // Uploads must not synchronise: a wait here would make every iteration cost the device's
+      // time PLUS the host's launch time (on the H200, 2026-11-30: W32 fp16 batch 2 trained at
+      // 14 img/s with a synchronising copy_to_device; bench/dekr_step.cu, which never waits, runs
+      // the same step at 32 img/s).
       const auto up = [&](auto& dst, Shape s, int field) {
-        ctx.copy_to_device(first_n(dst, s, n),
-                           std::span<const float>(batch->fields[static_cast<std::size_t>(field)].data,
-                                                  static_cast<std::size_t>(batched(s, n).numel())));
+        const std::span<const float> src(batch->fields[static_cast<std::size_t>(field)].data,
+                                         static_cast<std::size_t>(batched(s, n).numel()));
+        if constexpr (requires { ctx.upload(first_n(dst, s, n), src); })
+          ctx.upload(first_n(dst, s, n), src);
+        else
+          ctx.copy_to_device(first_n(dst, s, n), src);
       };
       up(image_f, img_s, 0);
       up(gt_hm, hm_s, 1);

@@ -5,7 +5,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <bit>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -33,6 +35,12 @@ __global__ void ampkit_types_on_device(const float* in, unsigned short* h, int n
   if (i < n) h[i] = ak::half(in[i]).bits;
 }
 __global__ void noop() {}
+/// Keeps the stream busy for about `cycles` clocks, so uploads queue behind real work.
+__global__ void spin(long long cycles) {
+  const long long t0 = clock64();
+  while (clock64() - t0 < cycles) {
+  }
+}
 }  // namespace
 
 TEST_CASE("fp16/bf16 conversions are bit-exact with the device's cvt.rn on every special value") {
@@ -130,6 +138,37 @@ TEST_CASE("caching allocator on cudaMalloc: reuse, stats, host round trip, clear
   CHECK(st.peak_allocated >= 2 * 2048 * sizeof(ak::half));
   CHECK_THROWS_WITH_AS(ctx.alloc<float>(std::size_t{1} << 48),
                        doctest::Contains("out of device memory: asked for"), ak::OutOfMemoryError);
+}
+
+TEST_CASE("Cuda::upload: no wait on the stream, the source reusable at once, the staging ring wrapping") {
+  // Three times as many uploads as staging slots, of growing and shrinking sizes (slots are
+  // re-allocated when too small), each source overwritten right after the call, with the stream
+  // kept busy so the copies really are still queued when the host moves on.
+  ak::Cuda ctx;
+  constexpr int kUploads = 3 * static_cast<int>(ak::cuda::UploadStaging::kSlots);
+  std::mt19937 rng(7);
+  std::vector<ak::cuda::DeviceTensor<float>> dst;
+  std::vector<std::vector<float>> want;
+  std::vector<float> src;
+  for (int i = 0; i < kUploads; ++i) {
+    const std::int64_t n = 1 + static_cast<std::int64_t>(rng() % 50000) * ((i % 7) + 1);
+    src.resize(static_cast<std::size_t>(n));
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    for (auto& v : src) v = u(rng);
+    want.push_back(src);
+    dst.push_back(ctx.tensor<float>({1, 1, 1, n}));
+    if (i % 5 == 0) spin<<<1, 1, 0, ctx.stream()>>>(200000);
+    ctx.upload(dst.back().view(), std::span<const float>(src));
+    std::fill(src.begin(), src.end(), 1e30f);  // the caller's buffer is free again
+  }
+  for (std::size_t i = 0; i < dst.size(); ++i) {
+    const auto back = ctx.to_host(dst[i].cview());
+    CAPTURE(i);
+    REQUIRE(back.numel() == static_cast<std::int64_t>(want[i].size()));
+    CHECK(std::memcmp(back.data(), want[i].data(), want[i].size() * sizeof(float)) == 0);
+  }
+  CHECK_THROWS_WITH_AS(ctx.upload(dst[0].view(), std::span<const float>(src.data(), 3)),
+                       doctest::Contains("upload: destination holds"), ak::Error);
 }
 
 TEST_CASE("error macros carry the call, the place and the library's message") {

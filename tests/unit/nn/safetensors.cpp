@@ -92,6 +92,24 @@ TEST_CASE("safetensors: write/read round trip of every storage type, metadata an
                        Error);
 }
 
+TEST_CASE("safetensors: a zero-size tensor at the offset of a non-empty one reads back (SGD without momentum)") {
+  // A checkpoint of plain SGD (momentum 0) has an empty "optimizer.state" at the offset where
+  // "amp.step_state" starts; the header lists names alphabetically, so the non-empty tensor came
+  // first at that offset and the reader took the empty one for an overlap (found on the H200 when
+  // a 2-GPU SGD checkpoint was resumed). Written here in the order that triggered it.
+  const std::vector<float> full = {1.f, 2.f, 3.f};
+  const std::vector<float> before = {4.f};
+  st::Writer w;
+  w.add<float>("a_before", std::span<const float>(before), {1});
+  w.add<float>("z_empty", std::span<const float>(), {0});
+  w.add<float>("b_full", std::span<const float>(full), {3});
+  const auto f = st::File::from_bytes(w.serialize(), "sgd.safetensors");
+  CHECK(f.read<float>("z_empty").empty());
+  CHECK(f.read<float>("b_full") == full);
+  CHECK(f.read<float>("a_before") == before);
+  CHECK(f.info("z_empty").begin == f.info("b_full").begin);  // the case that matters: same offset
+}
+
 TEST_CASE("safetensors: writer rejects bad input") {
   std::vector<float> v(6, 1.f);
   st::Writer w;

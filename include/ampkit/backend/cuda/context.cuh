@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
+#include <array>
+#include <cstring>
 #include <memory>
 #include <span>
 
@@ -26,6 +28,58 @@ struct CudnnOptions {
   /// Only algorithms cuDNN reports as CUDNN_DETERMINISTIC (no atomics in the reduction order).
   bool deterministic = false;
 };
+
+namespace cuda {
+
+/// Pinned staging for Cuda::upload: a ring of page-locked slots, each with the event of its last
+/// copy. A slot is refilled only once that event has fired, so the host waits (if ever) for a copy
+/// kSlots uploads back, never for the compute work queued behind it.
+class UploadStaging {
+ public:
+  static constexpr std::size_t kSlots = 16;  // the trainer uploads 6 tensors a batch: ~2.5 batches of slack
+
+  UploadStaging() = default;
+  UploadStaging(const UploadStaging&) = delete;
+  UploadStaging& operator=(const UploadStaging&) = delete;
+  ~UploadStaging() {
+    for (auto& s : slots_) {
+      if (s.done) {
+        (void)cudaEventSynchronize(s.done);
+        (void)cudaEventDestroy(s.done);
+      }
+      if (s.host) (void)cudaFreeHost(s.host);
+    }
+  }
+
+  void copy(void* dst, const void* src, std::size_t bytes, cudaStream_t stream) {
+    Slot& s = slots_[next_++ % kSlots];
+    if (s.done)
+      AMPKIT_CUDA_CHECK(cudaEventSynchronize(s.done));  // the slot's previous copy has landed
+    else
+      AMPKIT_CUDA_CHECK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
+    if (s.capacity < bytes) {
+      if (s.host) AMPKIT_CUDA_CHECK(cudaFreeHost(s.host));
+      s.host = nullptr;
+      s.capacity = 0;
+      AMPKIT_CUDA_CHECK(cudaMallocHost(&s.host, bytes));
+      s.capacity = bytes;
+    }
+    std::memcpy(s.host, src, bytes);
+    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(dst, s.host, bytes, cudaMemcpyHostToDevice, stream));
+    AMPKIT_CUDA_CHECK(cudaEventRecord(s.done, stream));
+  }
+
+ private:
+  struct Slot {
+    void* host = nullptr;
+    std::size_t capacity = 0;
+    cudaEvent_t done = nullptr;
+  };
+  std::array<Slot, kSlots> slots_{};
+  std::size_t next_ = 0;
+};
+
+}  // namespace cuda
 
 /// Backend tag and context for the CUDA backend. Ops are free functions overloaded on it,
 /// with the same signatures as on ampkit::Host. Not copyable (it owns handles and a stream).
@@ -95,6 +149,17 @@ class Cuda {
     AMPKIT_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data(), src.size_bytes(), cudaMemcpyHostToDevice, stream_));
     synchronize();
   }
+  /// Host -> device copy for the hot path: returns without waiting for the device. `src` is copied
+  /// into pinned staging first (so the caller may reuse it at once) and the DMA is queued on the
+  /// compute stream. copy_to_device, by contrast, waits for the whole stream, which in a training
+  /// loop serialises the host's launch work with the device's execution every iteration.
+  template <class T>
+  void upload(TensorView<T> dst, std::span<const std::remove_const_t<T>> src) const {
+    AMPKIT_CHECK(static_cast<std::size_t>(dst.numel()) == src.size(), "upload: destination holds ", dst.numel(),
+                 " elements, source ", src.size());
+    if (src.empty()) return;
+    staging_->copy(dst.data, src.data(), src.size_bytes(), stream_);
+  }
   /// Copy a device view back (synchronises: for tests and logging, not the hot path).
   template <class T>
   HostTensor<std::remove_const_t<T>> to_host(TensorView<T> d) const {
@@ -114,6 +179,7 @@ class Cuda {
   cublasLtHandle_t cublaslt_ = nullptr;
   std::shared_ptr<cuda::DeviceAllocator> alloc_;
   CudnnOptions cudnn_options_;
+  std::unique_ptr<cuda::UploadStaging> staging_ = std::make_unique<cuda::UploadStaging>();
 };
 
 }  // namespace ampkit
