@@ -188,7 +188,14 @@ inline LoadedConfig parse_config(std::string_view text, std::string origin) {
 inline LoadedConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {}) {
   LoadedConfig lc = parse_config(detail::read_text_file(path, "config"), path);
   apply_overrides(lc, overrides);
-  validate(lc.config, path);
+  // A value that fails validation may come from the file or from --cfg-options: name both, so a
+  // bad override is not blamed on the file.
+  std::string where = path;
+  if (!overrides.empty()) {
+    where += " with --cfg-options";
+    for (const auto& o : overrides) where += " " + o;
+  }
+  validate(lc.config, where);
   return lc;
 }
 
