@@ -38,11 +38,15 @@ struct DekrConfig {
   int n_keypoints = 17;
   std::int64_t heatmap_filters = 32;             ///< num_heatmap_filters
   std::int64_t displacement_filters_per_kpt = 15;  ///< num_displacement_filters_per_keypoint
+  /// Free every ConvBn's conv output after forward and recompute it in backward
+  /// (nn::ParameterStore::set_recompute_conv_outputs): ~40 % fewer activations for one more
+  /// forward conv per ConvBn; gradients unchanged (nn/conv_bn.hpp, ConvBn::backward).
+  bool recompute_conv_outputs = false;
 
   static DekrConfig w32() { return {}; }
-  static DekrConfig w48() { return {HRNetConfig::w48(), 17, 48, 15}; }
+  static DekrConfig w48() { return {HRNetConfig::w48(), 17, 48, 15, false}; }
   /// For golden tests: tiny backbone, 4 heatmap filters, 2 displacement filters per keypoint.
-  static DekrConfig tiny() { return {HRNetConfig::tiny(), 17, 4, 2}; }
+  static DekrConfig tiny() { return {HRNetConfig::tiny(), 17, 4, 2, false}; }
   static DekrConfig by_name(const std::string& name) {
     if (name == "w32") return w32();
     if (name == "w48") return w48();
@@ -82,6 +86,9 @@ class AdaptiveActivationBlock {
     const Shape os{x.shape.n, x.shape.h, x.shape.w, 18 * groups_};
     if (offsets_.shape() != os) offsets_ = ctx.template tensor<T>(os);
     affine_offsets_forward(ctx, affine, offsets_.view());
+    // The affine maps are read only here: the offsets op is linear (its backward takes dL_doff
+    // alone) and the transform conv's backward reads x, so the (N,H,W,6G) output is freed now.
+    transform_.release_output();
     const Shape ds = deform_conv2d_output_shape(x.shape, x.shape.c, params_);
     if (d_.shape() != ds) d_ = ctx.template tensor<T>(ds);
     deform_conv2d_forward(ctx, x, offsets_.cview(), store_->weight(adapt_w_), d_.view(), params_);
@@ -95,7 +102,7 @@ class AdaptiveActivationBlock {
     auto dL_doff = ctx.template tensor<T>(offsets_.shape());
     deform_conv2d_backward(ctx, x_, offsets_.cview(), store_->weight(adapt_w_), dL_dd.cview(), dL_dx.view(),
                            dL_doff.view(), store_->weight_grad(adapt_w_), params_);
-    auto dL_daff = ctx.template tensor<T>(transform_.output().shape);
+    auto dL_daff = ctx.template tensor<T>(transform_.output_shape());
     affine_offsets_backward(ctx, dL_doff.cview(), dL_daff.view());
     auto d2 = transform_.backward(ctx, dL_daff.cview());
     nn::accumulate(ctx, dL_dx.view(), d2.cview());
@@ -190,6 +197,7 @@ class Dekr {
         backbone_(store_, "backbone", cfg.backbone),
         head_(store_, "head", cfg.backbone.output_channels(), cfg) {
     store_.allocate(ctx, seed);
+    store_.set_recompute_conv_outputs(cfg.recompute_conv_outputs);
   }
   Dekr(const Dekr&) = delete;
   Dekr& operator=(const Dekr&) = delete;

@@ -156,6 +156,7 @@ class HRModule {
           const auto z = link.up->forward(ctx, bo[j], training);
           temps.push_back(ctx.template tensor<T>(bo[i].shape));
           upsample_nearest_forward(ctx, z, temps.back().view(), link.scale);
+          link.up->release_output();  // read once, by the upsample; no backward needs it
           terms.push_back(temps.back().cview());
         } else {
           TensorView<const T> h = bo[j];
@@ -165,6 +166,9 @@ class HRModule {
       }
       if (y_[i].shape() != bo[i].shape) y_[i] = ctx.template tensor<T>(bo[i].shape);
       sum_relu_forward(ctx, std::span<const TensorView<const T>>(terms), y_[i].view());
+      // The down chains' last (plain) BN outputs were read only by the sum; its backward needs
+      // y_[i] for the mask, and the BN backward needs its input, not its output.
+      for (int j = 0; j < i; ++j) fuse_[i][j].down.back().release_output();
       out.push_back(y_[i].cview());
     }
     return out;
@@ -185,7 +189,7 @@ class HRModule {
           if (j == i) continue;
           auto& link = fuse_[i][j];
           if (j > i) {
-            auto dz = ctx.template tensor<T>(link.up->output().shape);
+            auto dz = ctx.template tensor<T>(link.up->output_shape());
             upsample_nearest_backward(ctx, g.cview(), dz.view(), link.scale);
             nn::add_into(ctx, dbo[j], link.up->backward(ctx, dz.cview()));
           } else {

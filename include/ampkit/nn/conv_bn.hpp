@@ -71,6 +71,7 @@ class Conv {
   TensorView<const T> forward(Backend& ctx, TensorView<const T> x) {
     x_ = x;
     const Shape ys = conv_output_shape(x.shape, spec_);
+    ys_ = ys;
     if (y_.shape() != ys) y_ = ctx.template tensor<T>(ys);
     const TensorView<const T> b = b_.valid() ? store_->weight(b_) : TensorView<const T>{};
     conv2d_forward(ctx, x, store_->weight(w_), b, y_.view(), spec_.params());
@@ -79,7 +80,7 @@ class Conv {
 
   /// dL_dw (+=), dL_db (+=); returns dL_dx (=) when need_dx, else an empty tensor.
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dy, bool need_dx = true) {
-    check_shape("Conv::backward", "dL_dy", dL_dy, y_.shape());
+    check_shape("Conv::backward", "dL_dy", dL_dy, ys_);
     conv2d_backward_filter(ctx, x_, dL_dy, store_->weight_grad(w_), spec_.params());
     if (b_.valid()) conv2d_backward_bias(ctx, dL_dy, store_->weight_grad(b_));
     Tensor<T> dL_dx;
@@ -91,6 +92,17 @@ class Conv {
   }
 
   TensorView<const T> output() const { return y_.cview(); }
+  /// The last forward's input (a view the caller keeps alive) and the store.
+  TensorView<const T> input() const { return x_; }
+  const Store& store() const { return *store_; }
+  /// Shape of the last forward's output (also after release_output()).
+  Shape output_shape() const { return ys_; }
+  /// Frees the output once the caller has consumed it. Why this is allowed: backward reads only
+  /// x and dL_dy, never y; the output is kept by default because a following layer usually keeps
+  /// a view of it (a BN's input). A caller whose consumer needs nothing of y in backward (the
+  /// DEKR head's affine transform, read once by the offsets op) frees it and lowers the
+  /// activations kept between forward and backward. Next forward allocates it again.
+  void release_output() { y_ = Tensor<T>(); }
   /// Bytes of activations this layer keeps between forward and backward.
   std::size_t saved_bytes() const { return static_cast<std::size_t>(y_.numel()) * sizeof(T); }
 
@@ -99,6 +111,7 @@ class Conv {
   ConvSpec spec_;
   ParamId w_, b_;
   TensorView<const T> x_;
+  Shape ys_{};  ///< output shape of the last forward (y_ may have been released)
   Tensor<T> y_;
 };
 
@@ -172,7 +185,7 @@ class BatchNorm {
   /// residual's gradient is left for take_dL_dresidual() (WRITTEN).
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dy) {
     AMPKIT_CHECK(training_, "BatchNorm::backward after an eval-mode forward: backward needs batch statistics");
-    check_shape("BatchNorm::backward", "dL_dy", dL_dy, y_.shape());
+    check_shape("BatchNorm::backward", "dL_dy", dL_dy, x_.shape);
     auto dL_dx = ctx.template tensor<T>(x_.shape);
     const auto g = store_->fp32_param(gamma_);
     const TensorView<const float> sm = save_mean_.cview(), si = save_invstd_.cview();
@@ -193,6 +206,27 @@ class BatchNorm {
   /// The residual's gradient after a kAddRelu backward (moved out: the caller owns it).
   Tensor<T> take_dL_dresidual() { return std::move(dL_dres_); }
   TensorView<const T> output() const { return y_.cview(); }
+  /// Shape of the last forward's output (= its input's; also after release_output()).
+  Shape output_shape() const { return x_.shape; }
+  /// Point backward at a recomputed copy of the forward's input (ConvBn's recompute mode: the
+  /// tensor x was in is freed after forward). Same shape; the values must be the forward's.
+  void rebind_input(TensorView<const T> x) {
+    check_shape("BatchNorm::rebind_input", "x", x, x_.shape);
+    x_ = x;
+  }
+  /// Frees the output once the caller has consumed it; kNone only. Why: the plain BN's backward
+  /// reads x, the saved statistics and dL_dy, never y (the fused epilogues read y for the ReLU
+  /// mask). In HRNet a plain BN's output is only ever summed or added as a residual (fuse links,
+  /// downsample), and no backward needs it; keeping it until the next forward held ~4 % of
+  /// DEKR-W32's activations. The caller frees it right after its consumer ran (same stream, so
+  /// the CUDA caching allocator reuses the block only after that kernel). Next forward allocates
+  /// it again.
+  void release_output() {
+    AMPKIT_CHECK(epilogue_ == BatchNormEpilogue::kNone,
+                 "BatchNorm::release_output: only a plain BN's output is unused by its backward (ReLU epilogues "
+                 "read y for the mask)");
+    y_ = Tensor<T>();
+  }
   std::size_t saved_bytes() const { return static_cast<std::size_t>(y_.numel()) * sizeof(T) + 2 * sizeof(float) * c_; }
 
  private:
@@ -228,25 +262,46 @@ class ConvBn {
   BatchNormEpilogue epilogue() const { return bn_.epilogue(); }
 
   /// y = epilogue(bn(conv(x)) [, residual]). `residual` only with kAddRelu.
+  /// With the store's recompute_conv_outputs() set, a training forward frees the conv output z
+  /// once the BN has read it (see backward()).
   TensorView<const T> forward(Backend& ctx, TensorView<const T> x, bool training,
                               TensorView<const T> residual = {}) {
-    return bn_.forward(ctx, conv_.forward(ctx, x), training, residual);
+    const auto y = bn_.forward(ctx, conv_.forward(ctx, x), training, residual);
+    recompute_ = training && conv_.store().recompute_conv_outputs();
+    if (recompute_) conv_.release_output();
+    return y;
   }
 
   /// Conv weight and BN gamma/beta gradients ACCUMULATED; returns dL_dx (WRITTEN) when need_dx.
   /// With kAddRelu the residual's gradient is left for take_dL_dresidual() (WRITTEN).
+  ///
+  /// Recompute mode (the store's recompute_conv_outputs()): the BN backward needs z = conv(x),
+  /// about 40 % of DEKR's activations (the BN output y is kept anyway: the next conv reads it
+  /// and the ReLU epilogues need it for the mask). Instead of keeping z from forward to backward,
+  /// z is computed again here by the SAME conv2d_forward call on the same x (the caller keeps x:
+  /// it is the previous layer's kept output) and freed as soon as the BN backward has read it.
+  /// Cost: one more forward conv per ConvBn in backward. Values: the host conv is deterministic,
+  /// so gradients are bit-identical to the keeping mode; on CUDA the conv plan cache picks one
+  /// algorithm per shape, and cuDNN's forward algorithms are deterministic (guaranteed with
+  /// randomness.deterministic), so the same holds there.
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dy, bool need_dx = true) {
+    if (recompute_) bn_.rebind_input(conv_.forward(ctx, conv_.input()));
     auto dL_dz = bn_.backward(ctx, dL_dy);
+    if (recompute_) conv_.release_output();  // conv backward reads x and dL_dz, not z
     return conv_.backward(ctx, dL_dz.cview(), need_dx);
   }
 
   Tensor<T> take_dL_dresidual() { return bn_.take_dL_dresidual(); }
   TensorView<const T> output() const { return bn_.output(); }
+  Shape output_shape() const { return bn_.output_shape(); }
+  /// Frees the BN output after the caller consumed it (kNone only: BatchNorm::release_output).
+  void release_output() { bn_.release_output(); }
   std::size_t saved_bytes() const { return conv_.saved_bytes() + bn_.saved_bytes(); }
 
  private:
   Conv<P, Backend> conv_;
   BatchNorm<P, Backend> bn_;
+  bool recompute_ = false;  ///< the last forward freed z (training with recompute_conv_outputs)
 };
 
 /// dst += src in place (activation gradients where branches merge).

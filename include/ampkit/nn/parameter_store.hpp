@@ -292,6 +292,12 @@ class ParameterStore {
     for (const auto& p : params_) n += p.numel;
     return n;
   }
+  /// Activation-memory policy of the layers on this store (nn/conv_bn.hpp, ConvBn): when set,
+  /// a training forward frees each ConvBn's conv output (the BN input) and backward recomputes
+  /// it with the same conv2d_forward call. Why here: every layer of a model holds this store,
+  /// so one switch reaches them all without threading a flag through every constructor.
+  void set_recompute_conv_outputs(bool on) { recompute_conv_outputs_ = on; }
+  bool recompute_conv_outputs() const { return recompute_conv_outputs_; }
   std::int64_t n_compute_slots() const { return n_compute_slots_; }
   std::int64_t n_fp32_slots() const { return n_fp32_slots_; }
   /// Bytes of parameter state this store holds (master + copies + gradients + buffers).
@@ -325,6 +331,7 @@ class ParameterStore {
   std::map<std::string, int> index_, buffer_index_;
   std::int64_t n_compute_slots_ = 0, n_fp32_slots_ = 0, n_buffer_ = 0;
   bool allocated_ = false;
+  bool recompute_conv_outputs_ = false;
   // mutable: views handed out by const accessors point into them (the store owns the memory,
   // constness of the store guards its layout, not the values).
   mutable Tensor<float> master_;

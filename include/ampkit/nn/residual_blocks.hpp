@@ -36,7 +36,10 @@ class BasicBlock {
   TensorView<const T> forward(Backend& ctx, TensorView<const T> x, bool training) {
     const auto h = conv1_.forward(ctx, x, training);
     const auto r = downsample_ ? downsample_->forward(ctx, x, training) : x;
-    return conv2_.forward(ctx, h, training, r);
+    const auto y = conv2_.forward(ctx, h, training, r);
+    // The residual is read only by the add+relu forward (its backward needs y, not r).
+    if (downsample_) downsample_->release_output();
+    return y;
   }
 
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dy, bool need_dx = true) {
@@ -93,7 +96,10 @@ class Bottleneck {
     const auto h1 = conv1_.forward(ctx, x, training);
     const auto h2 = conv2_.forward(ctx, h1, training);
     const auto r = downsample_ ? downsample_->forward(ctx, x, training) : x;
-    return conv3_.forward(ctx, h2, training, r);
+    const auto y = conv3_.forward(ctx, h2, training, r);
+    // The residual is read only by the add+relu forward (its backward needs y, not r).
+    if (downsample_) downsample_->release_output();
+    return y;
   }
 
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dy, bool need_dx = true) {

@@ -21,8 +21,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ampkit/amp/amp_optimizer.hpp"
 #include "ampkit/amp/loss_scaler.hpp"
@@ -77,6 +79,16 @@ struct MemoryPlan {
   /// Stated allowance for what the dry run cannot see (workspace_allowance_bytes()).
   std::size_t workspace_allowance = 0;
 
+  /// Requested bytes by allocation site (the `ctx.tensor<T>()` line in the layer code): which
+  /// role the memory plays. Sorted by bytes, largest first; sites with no bytes left out.
+  struct SiteRow {
+    std::string site;      ///< "nn/conv_bn.hpp:72 (forward)": header below include/ampkit, line, function
+    std::size_t bytes = 0;
+    std::size_t count = 0;  ///< live tensors from this site
+  };
+  std::vector<SiteRow> activation_sites;  ///< the activations kept between steps
+  std::vector<SiteRow> peak_sites;        ///< everything above the state at the step's requested high-water mark
+
   std::size_t state() const { return weights + master + grads + optimizer + inputs; }
   /// What the step needs from free device memory.
   std::size_t total() const { return peak_allocated + workspace_allowance; }
@@ -109,11 +121,52 @@ struct MemoryPlan {
     line("total", total(), "");
     return s;
   }
+
+  /// activation_sites and peak_sites as a table (MiB, and MiB per image): --plan-detail.
+  std::string detail() const {
+    const auto mib = [](std::size_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };
+    const double n = static_cast<double>(std::max<std::int64_t>(request.batch_size, 1));
+    char buf[512];
+    std::string s;
+    const auto table = [&](const char* title, const std::vector<SiteRow>& rows) {
+      std::size_t total = 0;
+      for (const auto& r : rows) total += r.bytes;
+      std::snprintf(buf, sizeof buf, "%s: %.1f MiB (%.1f MiB per image), requested bytes by allocation site\n", title,
+                    mib(total), mib(total) / n);
+      s += buf;
+      for (const auto& r : rows) {
+        std::snprintf(buf, sizeof buf, "  %10.1f MiB %8.2f MiB/img %5.1f %% %6zu x  %s\n", mib(r.bytes), mib(r.bytes) / n,
+                      100.0 * static_cast<double>(r.bytes) / static_cast<double>(std::max<std::size_t>(total, 1)),
+                      r.count, r.site.c_str());
+        s += buf;
+      }
+    };
+    table("activations kept for backward", activation_sites);
+    table("above the state at the step's high-water mark", peak_sites);
+    return s;
+  }
 };
 
 namespace detail {
 inline std::size_t rounded(std::int64_t numel, std::size_t elem) {
   return numel > 0 ? CachingAllocator<meta::FakeRawMemory>::round_size(static_cast<std::size_t>(numel) * elem) : 0;
+}
+
+/// Meta's live-by-site map as sorted rows (file names shortened to the part below include/ampkit/).
+inline std::vector<MemoryPlan::SiteRow> site_rows(const std::map<meta::AllocationSite, meta::SiteBytes>& sites) {
+  std::vector<MemoryPlan::SiteRow> rows;
+  for (const auto& [site, b] : sites) {
+    if (b.bytes == 0) continue;
+    std::string file = site.file;
+    if (const auto at = file.rfind("include/ampkit/"); at != std::string::npos) file = file.substr(at + 15);
+    // The function's own name out of the compiler's full signature ("... Class<...>::name(args)").
+    std::string fn = site.function;
+    if (const auto paren = fn.find('('); paren != std::string::npos) fn.resize(paren);
+    if (const auto colon = fn.rfind("::"); colon != std::string::npos) fn = fn.substr(colon + 2);
+    rows.push_back({file + ":" + std::to_string(site.line) + " (" + fn + ")", b.bytes, b.count});
+  }
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.bytes > b.bytes; });
+  return rows;
 }
 }  // namespace detail
 
@@ -190,12 +243,14 @@ MemoryPlan plan_dekr_step(const MemoryPlanRequest& r, const Rule& rule = Rule{})
   AMPKIT_CHECK(ctx.memory_stats().allocated == state, "memory plan: internal accounting error (",
                ctx.memory_stats().allocated, " B allocated, ", state, " B accounted)");
   plan.requested.state = ctx.requested().live;
+  ctx.track_sites();  // from here on every tensor is a step's (activations and transients)
 
   // The step, as the trainer runs it (forward, loss, loss backward, backward, step), n_steps times.
   for (int s = 0; s < r.n_steps; ++s) {
     const bool last = s + 1 == r.n_steps;
     if (last) ctx.reset_peak();
     const std::size_t at_start = ctx.memory_stats().allocated, req_at_start = ctx.requested().live;
+    if (last) plan.activation_sites = detail::site_rows(ctx.live_by_site());
     const auto out = model.forward(ctx, image.cview(), /*training=*/true);
     const DekrLossInputs<T> in{out.heatmaps, out.displacements, gt_hm.cview(), gt_hmw.cview(),
                                mask.cview(),  gt_ds.cview(),    gt_dsw.cview()};
@@ -205,6 +260,7 @@ MemoryPlan plan_dekr_step(const MemoryPlanRequest& r, const Rule& rule = Rule{})
       plan.forward_transient = ctx.memory_stats().peak_allocated - at_start;
       plan.requested.activations = req_at_start - plan.requested.state;
       plan.requested.step_high_water = ctx.requested().peak - req_at_start;
+      plan.peak_sites = detail::site_rows(ctx.live_by_site_at_peak());
       ctx.reset_peak();
     }
     loss.backward(ctx, in, dL_dhm.view(), dL_dds.view(), 1.f, TensorView<const float>{});
@@ -213,7 +269,10 @@ MemoryPlan plan_dekr_step(const MemoryPlanRequest& r, const Rule& rule = Rule{})
     opt.step();
     if (last) {
       plan.backward_transient = ctx.memory_stats().peak_allocated - at_start;
-      plan.requested.step_high_water = std::max(plan.requested.step_high_water, ctx.requested().peak - req_at_start);
+      if (ctx.requested().peak - req_at_start > plan.requested.step_high_water) {
+        plan.requested.step_high_water = ctx.requested().peak - req_at_start;
+        plan.peak_sites = detail::site_rows(ctx.live_by_site_at_peak());
+      }
     }
   }
   // The peaks of the last step: the forward's was folded in before the reset.

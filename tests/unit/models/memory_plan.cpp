@@ -3,8 +3,11 @@
 // scaling, the early out-of-memory message and its advice, and the H200 measurements.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "ampkit/amp/amp_optimizer.hpp"
 #include "ampkit/backend/host/amp_step.hpp"
@@ -71,9 +74,10 @@ HostCount host_step_bytes(const train::MemoryPlanRequest& r) {
 }
 
 template <class P>
-void check_against_host() {
+void check_against_host(bool recompute = false) {
   train::MemoryPlanRequest r;
   r.model = models::DekrConfig::tiny();
+  r.model.recompute_conv_outputs = recompute;
   r.batch_size = 2;
   r.input_h = 64;
   r.input_w = 96;
@@ -222,6 +226,13 @@ TEST_CASE("memory plan: the H200 measurements lie between the dry-run peak and t
   // 512x512, after warm-up; its image is generated in the storage type: no fp32 staging). The
   // dry run misses only what CUDA ops allocate inside themselves, so it is below the measurement,
   // and the allowance must cover the difference.
+  // STALE until re-measured: these peaks were measured on the code of a8516d0, which kept the
+  // plain BN outputs (HRNet fuse links, downsample) and the head's affine maps until the next
+  // forward; the layers now free them after use (nn/conv_bn.hpp release_output), so the dry run
+  // is 4.6 % (fp16) to 5 % (fp32) lower than the code that was measured and the measured peak now
+  // lies up to 9.3 % above it (fp32 batch 32 even above the total). Until bench/run_dekr_step.sh
+  // is re-run on the H200 (then restore: within 5 %, and measured <= total), only the lower
+  // bound and a 10 % band are checked.
   struct Row {
     const char* policy;
     int batch;
@@ -234,7 +245,111 @@ TEST_CASE("memory plan: the H200 measurements lie between the dry-run peak and t
                 m.batch, p.peak_allocated, p.total(), m.measured,
                 100.0 * (static_cast<double>(m.measured) / static_cast<double>(p.peak_allocated) - 1.0));
     CHECK(p.peak_allocated <= m.measured);
-    CHECK(m.measured <= p.total());
-    CHECK(m.measured - p.peak_allocated < p.peak_allocated / 20);  // the dry run is within 5 %
+    CHECK(m.measured - p.peak_allocated < p.peak_allocated / 10);  // stale rows: see above (was 5 %, and <= total)
   }
+}
+
+namespace {
+
+/// Everything one run produces: outputs, losses, every gradient, weights and BN running
+/// statistics after the steps, as raw bytes.
+struct RunBytes {
+  std::vector<unsigned char> bytes;
+  template <class T>
+  void add(Host& ctx, TensorView<const T> v) {
+    const auto h = ctx.to_host(v);
+    const auto* p = reinterpret_cast<const unsigned char*>(h.data());
+    bytes.insert(bytes.end(), p, p + static_cast<std::size_t>(h.numel()) * sizeof(T));
+  }
+};
+
+/// Two training steps of tiny DEKR (forward, loss, backward, Adam), with or without
+/// recompute_conv_outputs, from the same seed and inputs.
+template <class P>
+RunBytes two_steps(bool recompute) {
+  using T = storage_t<P>;
+  Host ctx(2);  // two threads: the host conv's split must not change the recomputed values either
+  auto cfg = models::DekrConfig::tiny();
+  cfg.recompute_conv_outputs = recompute;
+  models::Dekr<P, Host> model(ctx, cfg, 11);
+  DekrLoss<P, Host> loss(ctx);
+  amp::AmpOptimizer<P, optim::Adam, Host> opt(ctx, model.store(), optim::Adam{}, amp::loss_scaler_t<P>{});
+  const std::int64_t B = 2, H = 64, W = 96, h = H / 4, w = W / 4, K = cfg.n_keypoints;
+  const Shape img{B, H, W, 3}, hm{B, h, w, K + 1}, ds{B, h, w, 2 * K}, mk{B, h, w, 1};
+  auto image = testing::random_tensor<T>(img, 21);
+  auto gt_hm = testing::random_tensor<float>(hm, 22, 0.f, 1.f), gt_hmw = testing::random_tensor<float>(hm, 23, 0.1f, 1.f);
+  auto gt_ds = testing::random_tensor<float>(ds, 24, -4.f, 4.f), gt_dsw = testing::random_tensor<float>(ds, 25, 0.f, 1.f);
+  auto mask = testing::random_tensor<float>(mk, 26, 0.5f, 1.f);
+  auto dL_dhm = ctx.tensor<T>(hm);
+  auto dL_dds = ctx.tensor<T>(ds);
+  RunBytes run;
+  for (int s = 0; s < 2; ++s) {
+    const auto out = model.forward(ctx, image.cview(), true);
+    run.add(ctx, out.heatmaps);
+    run.add(ctx, out.displacements);
+    const DekrLossInputs<T> in{out.heatmaps, out.displacements, gt_hm.cview(), gt_hmw.cview(),
+                               mask.cview(),  gt_ds.cview(),    gt_dsw.cview()};
+    loss.forward(ctx, in);
+    loss.backward(ctx, in, dL_dhm.view(), dL_dds.view(), 1.f, TensorView<const float>{});
+    model.backward(ctx, dL_dhm.cview(), dL_dds.cview());
+    const auto& store = model.store();
+    for (const auto& p : store.params()) {
+      const auto id = *store.find(p.name);
+      if (p.kind == nn::ParamKind::kCompute)
+        run.add(ctx, TensorView<const T>(store.weight_grad(id)));
+      else
+        run.add(ctx, TensorView<const float>(store.fp32_grad(id)));
+    }
+    opt.step();
+  }
+  const auto v = loss.values(ctx);
+  CHECK(std::isfinite(v.total));
+  run.add(ctx, TensorView<const float>(model.store().buffers_all()));
+  run.add(ctx, TensorView<const float>(model.store().master_all()));
+  return run;
+}
+
+template <class P>
+void check_recompute_bit_identical() {
+  const RunBytes keep = two_steps<P>(false), again = two_steps<P>(true);
+  REQUIRE(keep.bytes.size() == again.bytes.size());
+  REQUIRE(keep.bytes.size() > 100000);
+  std::size_t first = keep.bytes.size(), n_diff = 0;
+  for (std::size_t i = 0; i < keep.bytes.size(); ++i)
+    if (keep.bytes[i] != again.bytes[i]) {
+      first = std::min(first, i);
+      ++n_diff;
+    }
+  if (n_diff) std::printf("recompute differs in %zu of %zu bytes, first at byte %zu\n", n_diff, keep.bytes.size(), first);
+  // Exact: backward recomputes z with the same conv2d_forward call on the same input.
+  CHECK(n_diff == 0);
+}
+
+}  // namespace
+
+TEST_CASE("memory plan: recompute_conv_outputs is bit-identical on the host (fp32)") {
+  check_recompute_bit_identical<Fp32>();
+}
+
+TEST_CASE("memory plan: recompute_conv_outputs is bit-identical on the host (fp16)") {
+  check_recompute_bit_identical<AmpFp16>();
+}
+
+TEST_CASE("memory plan: recompute_conv_outputs, dry run equals the host and the activations shrink") {
+  check_against_host<AmpFp16>(true);
+  train::MemoryPlanRequest keep = w32(2), again = w32(2);
+  again.model.recompute_conv_outputs = true;
+  const auto pk = train::plan_dekr_step("fp16", keep), pr = train::plan_dekr_step("fp16", again);
+  std::printf("W32 fp16 batch 2: activations %zu -> %zu B with recompute_conv_outputs, peak %zu -> %zu B\n",
+              pk.activations, pr.activations, pk.peak_allocated, pr.peak_allocated);
+  // Every ConvBn's conv output leaves the activations (the BN outputs, the deform head's tensors
+  // and the fuse outputs stay): measured 952 -> 538 MiB requested at batch 2.
+  CHECK(pr.requested.activations < pk.requested.activations * 6 / 10);
+  CHECK(pr.peak_allocated < pk.peak_allocated * 3 / 4);
+  // The recomputed z is transient: one ConvBn's at a time, so the step's high-water mark above
+  // the activations grows by at most the largest conv output (stem: 256x256x64 fp16 per image).
+  CHECK(pr.requested.step_high_water <= pk.requested.step_high_water + 2 * 256 * 256 * 64 * 2);
+  // The breakdown names the sites (the conv output site of ConvBn is gone from the kept set).
+  CHECK(!pr.activation_sites.empty());
+  CHECK(pr.detail().find("nn/conv_bn.hpp") != std::string::npos);
 }

@@ -26,8 +26,12 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <source_location>
 #include <span>
+#include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 
@@ -71,11 +75,34 @@ struct RequestedBytes {
   std::size_t n_allocs = 0;
 };
 
+/// Where a tensor was allocated: the `ctx.tensor<T>()` call in the layer code. The line says the
+/// role (a conv output, a BN output, a saved statistic, a gradient) without any tag in the layers.
+struct AllocationSite {
+  const char* file = "";
+  const char* function = "";
+  std::uint_least32_t line = 0;
+  friend bool operator<(const AllocationSite& a, const AllocationSite& b) {
+    const int f = std::string_view(a.file).compare(b.file);
+    return f != 0 ? f < 0 : a.line < b.line;
+  }
+};
+
+/// Live requested bytes and tensor count of one site.
+struct SiteBytes {
+  std::size_t bytes = 0;
+  std::size_t count = 0;
+};
+
 /// The shared state of one Meta context: the allocator and the exact request count. Buffers
 /// hold a shared_ptr to it, so a tensor may outlive its context safely (as DeviceBuffer does).
 struct MetaPool {
   MetaAllocator alloc;
   RequestedBytes req;
+  /// Live bytes per allocation site, kept only while track_sites is set (Meta::track_sites):
+  /// the breakdown of a memory plan (train/memory_plan.hpp, --plan-detail).
+  bool track_sites = false;
+  std::map<AllocationSite, SiteBytes> sites;
+  std::map<AllocationSite, SiteBytes> sites_at_peak;  ///< `sites` when req.peak was last raised
 };
 
 /// Owning "memory" for n elements: an address from the pool, counted while alive. Move-only.
@@ -83,24 +110,38 @@ template <class T>
 class MetaBuffer {
  public:
   MetaBuffer() = default;
-  MetaBuffer(std::shared_ptr<MetaPool> pool, std::size_t n) : pool_(std::move(pool)), size_(n) {
+  MetaBuffer(std::shared_ptr<MetaPool> pool, std::size_t n, AllocationSite site = {})
+      : pool_(std::move(pool)), size_(n), site_(site) {
     if (n) {
       data_ = static_cast<T*>(pool_->alloc.allocate(n * sizeof(T), 0));
       pool_->req.live += bytes();
       pool_->req.peak = std::max(pool_->req.peak, pool_->req.live);
       ++pool_->req.n_allocs;
+      if (pool_->track_sites) {
+        auto& b = pool_->sites[site_];
+        b.bytes += bytes();
+        ++b.count;
+        tracked_ = true;
+        if (pool_->req.peak == pool_->req.live) pool_->sites_at_peak = pool_->sites;
+      }
     }
   }
   MetaBuffer(const MetaBuffer&) = delete;
   MetaBuffer& operator=(const MetaBuffer&) = delete;
   MetaBuffer(MetaBuffer&& o) noexcept
-      : pool_(std::move(o.pool_)), data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+      : pool_(std::move(o.pool_)),
+        data_(std::exchange(o.data_, nullptr)),
+        size_(std::exchange(o.size_, 0)),
+        site_(o.site_),
+        tracked_(std::exchange(o.tracked_, false)) {}
   MetaBuffer& operator=(MetaBuffer&& o) noexcept {
     if (this != &o) {
       reset();
       pool_ = std::move(o.pool_);
       data_ = std::exchange(o.data_, nullptr);
       size_ = std::exchange(o.size_, 0);
+      site_ = o.site_;
+      tracked_ = std::exchange(o.tracked_, false);
     }
     return *this;
   }
@@ -110,9 +151,15 @@ class MetaBuffer {
     if (data_ && pool_) {
       pool_->alloc.deallocate(data_);
       pool_->req.live -= bytes();
+      if (tracked_) {
+        auto& b = pool_->sites[site_];
+        b.bytes -= bytes();
+        --b.count;
+      }
     }
     data_ = nullptr;
     size_ = 0;
+    tracked_ = false;
   }
   T* data() const { return data_; }
   std::size_t size() const { return size_; }
@@ -122,6 +169,8 @@ class MetaBuffer {
   std::shared_ptr<MetaPool> pool_;
   T* data_ = nullptr;
   std::size_t size_ = 0;
+  AllocationSite site_;
+  bool tracked_ = false;  ///< counted in pool_->sites (allocated while tracking was on)
 };
 
 /// A shape-only NHWC tensor: the interface of cuda::DeviceTensor / HostTensor that layers use.
@@ -157,10 +206,13 @@ class Meta {
   static constexpr bool kShapeOnly = true;
   void synchronize() const {}
 
+  /// `loc` is the caller's line (defaulted): the allocation site that track_sites() counts.
   template <class T>
-  meta::MetaTensor<T> tensor(Shape s) const {
+  meta::MetaTensor<T> tensor(Shape s, std::source_location loc = std::source_location::current()) const {
     AMPKIT_CHECK(s.n >= 0 && s.h >= 0 && s.w >= 0 && s.c >= 0, "negative tensor shape ", s);
-    return meta::MetaTensor<T>(meta::MetaBuffer<T>(pool_, static_cast<std::size_t>(s.numel())), s);
+    return meta::MetaTensor<T>(meta::MetaBuffer<T>(pool_, static_cast<std::size_t>(s.numel()),
+                                                   meta::AllocationSite{loc.file_name(), loc.function_name(), loc.line()}),
+                               s);
   }
   template <class T>
   meta::MetaTensor<T> to_device(const HostTensor<T>& h) const {
@@ -180,10 +232,17 @@ class Meta {
   MemoryStats memory_stats() const { return pool_->alloc.stats(); }
   /// Exact requested bytes, live and peak.
   meta::RequestedBytes requested() const { return pool_->req; }
+  /// Count live bytes per allocation site from now on (tensors allocated before are not counted).
+  void track_sites(bool on = true) { pool_->track_sites = on; }
+  /// Live requested bytes per allocation site (sites that have none left included, with 0).
+  const std::map<meta::AllocationSite, meta::SiteBytes>& live_by_site() const { return pool_->sites; }
+  /// live_by_site() at the requested high-water mark since the last reset_peak().
+  const std::map<meta::AllocationSite, meta::SiteBytes>& live_by_site_at_peak() const { return pool_->sites_at_peak; }
   /// Start a new high-water mark at the current level (both counts).
   void reset_peak() {
     pool_->alloc.reset_peak();
     pool_->req.peak = pool_->req.live;
+    pool_->sites_at_peak = pool_->sites;
   }
 
  private:
