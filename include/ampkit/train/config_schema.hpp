@@ -48,6 +48,10 @@ struct ModelConfig {
   std::int64_t num_displacement_filters_per_keypoint = 15;
   /// ImageNet-pretrained backbone (safetensors, mmpose names); empty: the initialisation only.
   std::string pretrained = "";
+  /// Keep only each conv+BN layer's input and recompute its conv output in backward (one more
+  /// forward conv per layer): W32 fp16 activations 1110 -> 623 MiB at batch 2 (dry run). Off by
+  /// default; nn/conv_bn.hpp has the details.
+  bool recompute_conv_outputs = false;
 };
 
 /// Codec SPR (`mmpose/codecs/spr.py`) as the DEKR config sets it.
@@ -207,6 +211,7 @@ void visit_fields(Config& c, V&& v) {
   v("model.num_displacement_filters_per_keypoint", c.model.num_displacement_filters_per_keypoint,
     "displacement filters per keypoint");
   v("model.pretrained", c.model.pretrained, "pretrained backbone (safetensors)");
+  v("model.recompute_conv_outputs", c.model.recompute_conv_outputs, "recompute conv outputs in backward: less memory, more time");
   v("codec.input_size", c.codec.input_size, "(w, h)");
   v("codec.heatmap_size", c.codec.heatmap_size, "(w, h)");
   v("codec.sigma", c.codec.sigma, "(root, keypoint)");

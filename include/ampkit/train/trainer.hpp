@@ -105,6 +105,7 @@ inline models::DekrConfig dekr_config(const TrainConfig& c) {
   m.n_keypoints = static_cast<int>(c.model.num_keypoints);
   m.heatmap_filters = c.model.num_heatmap_filters;
   m.displacement_filters_per_kpt = c.model.num_displacement_filters_per_keypoint;
+  m.recompute_conv_outputs = c.model.recompute_conv_outputs;
   return m;
 }
 
