@@ -13,9 +13,14 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numbers>
 #include <type_traits>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "ampkit/core/error.hpp"
 #include "ampkit/data/image.hpp"
@@ -196,16 +201,54 @@ struct WarpCoords {
 /// t = Σ p_i a_i, and t factors exactly (integer arithmetic) into
 /// t = 32 h0 + ay (h1 - h0), h0 = 32 p0 + ax (p1 - p0), h1 = 32 p2 + ax (p3 - p2): three
 /// multiplies per channel instead of four, no clamp (t ≤ 255 * 1024), same bytes.
-template <int C>
+#if defined(__SSE2__)
+/// The interior case of the row kernel below for one RGB pixel, in SSE2 (part of every x86-64
+/// CPU): t = Σ p_i a_i with the integer weights a_0 = (32 - ax)(32 - ay), a_1 = ax (32 - ay),
+/// a_2 = (32 - ax) ay, a_3 = ax ay (≤ 1024, Σ = 1024) as two pmaddwd of (p0, p1) and (p2, p3)
+/// pairs, then the same (t + 512) >> 10. Integer arithmetic without overflow (t ≤ 255 * 1024),
+/// so the bytes equal the scalar kernel's; 1.6-2x fewer instructions per pixel, the warp being
+/// the largest part of a training sample after the JPEG decode.
+/// p: the pixel pair (sx, sy), (sx + 1, sy), 6 bytes; q: the same one row down; d: 3 bytes out.
+inline void blend_rgb_sse2(const std::uint8_t* p, const std::uint8_t* q, int ax, int ay,
+                           std::uint8_t* d) {
+  // Bytes 0-3 and 2-5 of each pair (never past the 6 bytes), shifted so that the second holds
+  // the right pixel's r g b.
+  const auto load_pair = [](const std::uint8_t* s) {
+    std::int32_t a, b;
+    std::memcpy(&a, s, 4);
+    std::memcpy(&b, s + 2, 4);
+    const __m128i lo = _mm_cvtsi32_si128(a);                     // r0 g0 b0 r1
+    const __m128i hi = _mm_srli_epi32(_mm_cvtsi32_si128(b), 8);  // r1 g1 b1 0
+    return _mm_unpacklo_epi8(lo, hi);  // r0 r1 g0 g1 b0 b1 r1 0 (bytes)
+  };
+  const __m128i zero = _mm_setzero_si128();
+  const __m128i pq = _mm_unpacklo_epi64(load_pair(p), load_pair(q));
+  const int wx0 = kInterTab - ax, wy0 = kInterTab - ay;
+  const __m128i w01 = _mm_set1_epi32((wx0 * wy0) | ((ax * wy0) << 16));
+  const __m128i w23 = _mm_set1_epi32((wx0 * ay) | ((ax * ay) << 16));
+  const __m128i t = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi8(pq, zero), w01),
+                                  _mm_madd_epi16(_mm_unpackhi_epi8(pq, zero), w23));
+  const __m128i v = _mm_srai_epi32(_mm_add_epi32(t, _mm_set1_epi32(1 << (kAbBits - 1))), kAbBits);
+  const __m128i b8 = _mm_packus_epi16(_mm_packs_epi32(v, v), zero);  // values are 0..255
+  const std::uint32_t rgb = static_cast<std::uint32_t>(_mm_cvtsi128_si32(b8));
+  d[0] = static_cast<std::uint8_t>(rgb);
+  d[1] = static_cast<std::uint8_t>(rgb >> 8);
+  d[2] = static_cast<std::uint8_t>(rgb >> 16);
+}
+#endif
+
+/// kSimd = false forces the portable scalar kernel (the tests compare the two). Columns
+/// [x_begin, out_w) are computed (row[x * C] is column x).
+template <int C, bool kSimd = true>
 inline void warp_affine_row_u8(const Image& src, const WarpCoords& wc, int y, int out_w,
-                               std::uint8_t* row) {
+                               std::uint8_t* row, int x_begin = 0) {
   const int W = src.w, H = src.h;
   const std::size_t stride = static_cast<std::size_t>(W) * C;
   const std::uint8_t* base = src.pixels.data();
   const int x0 = wc.x0(y), y0 = wc.y0(y);
   const int* ad = wc.adelta.data();
   const int* bd = wc.bdelta.data();
-  for (int x = 0; x < out_w; ++x) {
+  for (int x = x_begin; x < out_w; ++x) {
     const int X = (x0 + ad[x]) >> (kAbBits - kInterBits);
     const int Y = (y0 + bd[x]) >> (kAbBits - kInterBits);
     const int sx = std::clamp(X >> kInterBits, -32768, 32767);  // saturate_cast<short>
@@ -216,6 +259,12 @@ inline void warp_affine_row_u8(const Image& src, const WarpCoords& wc, int y, in
         static_cast<unsigned>(sy) < static_cast<unsigned>(H - 1)) {  // all four inside
       const std::uint8_t* p = base + sy * stride + static_cast<std::size_t>(sx) * C;
       const std::uint8_t* q = p + stride;
+#if defined(__SSE2__)
+      if constexpr (C == 3 && kSimd) {
+        blend_rgb_sse2(p, q, ax, ay, d);
+        continue;
+      }
+#endif
       for (int k = 0; k < C; ++k) {
         const int h0 = (p[k] << kInterBits) + ax * (p[k + C] - p[k]);
         const int h1 = (q[k] << kInterBits) + ax * (q[k + C] - q[k]);
@@ -349,6 +398,33 @@ inline FloatImage resize_bilinear(const FloatImage& src, int out_w, int out_h) {
   return dst;
 }
 
+namespace detail {
+/// The float bilinear weights of the float warp for each of the 32 × 32 sub-pixel positions
+/// (index ay * 32 + ax), computed by the expressions warp_affine(FloatImage) uses, and their sum
+/// v0 w0 + v1 w1 + v2 w2 + v3 w3 at v = 1 (the value of an all-ones source inside the image):
+/// warp_flip_resize looks them up instead of recomputing them per pixel (same floats).
+struct WarpWeightsF32 {
+  std::array<std::array<float, 4>, kInterTab * kInterTab> w;
+  std::array<float, kInterTab * kInterTab> sum;
+  WarpWeightsF32() {
+    for (int ay = 0; ay < kInterTab; ++ay)
+      for (int ax = 0; ax < kInterTab; ++ax) {
+        const float fx = static_cast<float>(ax) * (1.f / kInterTab),
+                    fy = static_cast<float>(ay) * (1.f / kInterTab);
+        const float w0 = (1.f - fy) * (1.f - fx), w1 = (1.f - fy) * fx, w2 = fy * (1.f - fx),
+                    w3 = fy * fx;
+        w[ay * kInterTab + ax] = {w0, w1, w2, w3};
+        const float one = 1.f;
+        sum[ay * kInterTab + ax] = one * w0 + one * w1 + one * w2 + one * w3;
+      }
+  }
+};
+inline const WarpWeightsF32& warp_weights_f32() {
+  static const WarpWeightsF32 t;
+  return t;
+}
+}  // namespace detail
+
 /// What warp_flip_resize reuses from one call to the next (one per thread): the resize taps, the
 /// row/column selection and the compact warped grid (256 × 256 floats, 256 KiB, for a 512² warp
 /// resized to 128²). Everything is overwritten by each call; the values never depend on it.
@@ -428,6 +504,7 @@ void warp_flip_resize(const T* src, int src_h, int src_w, const Affine& m, int w
   auto value = [&](int y, int x) -> float {
     return src ? static_cast<float>(src[static_cast<std::size_t>(y) * src_w + x]) : 1.f;
   };
+  const detail::WarpWeightsF32& wtab = detail::warp_weights_f32();
   for (std::size_t ri = 0; ri < rows.size(); ++ri) {
     const int y = rows[ri];
     const int x0 = wc.x0(y), y0 = wc.y0(y);
@@ -438,10 +515,21 @@ void warp_flip_resize(const T* src, int src_h, int src_w, const Affine& m, int w
       const int Y = (y0 + wc.bdelta[x]) >> (detail::kAbBits - detail::kInterBits);
       const int sx = std::clamp(X >> detail::kInterBits, -32768, 32767);
       const int sy = std::clamp(Y >> detail::kInterBits, -32768, 32767);
-      const float fx = static_cast<float>(X & (detail::kInterTab - 1)) * (1.f / detail::kInterTab),
-                  fy = static_cast<float>(Y & (detail::kInterTab - 1)) * (1.f / detail::kInterTab);
-      const float w0 = (1.f - fy) * (1.f - fx), w1 = (1.f - fy) * fx, w2 = fy * (1.f - fx),
-                  w3 = fy * fx;
+      const int ai = (Y & (detail::kInterTab - 1)) * detail::kInterTab + (X & (detail::kInterTab - 1));
+      if (static_cast<unsigned>(sx) < static_cast<unsigned>(src_w - 1) &&
+          static_cast<unsigned>(sy) < static_cast<unsigned>(src_h - 1)) {  // all four inside
+        if (src == nullptr) {
+          g[ci] = wtab.sum[ai];  // 1 * w_i summed: the same additions, precomputed
+          continue;
+        }
+        const T* p = src + static_cast<std::size_t>(sy) * src_w + sx;
+        const T* q = p + src_w;
+        const float* w = wtab.w[ai].data();
+        g[ci] = static_cast<float>(p[0]) * w[0] + static_cast<float>(p[1]) * w[1] +
+                static_cast<float>(q[0]) * w[2] + static_cast<float>(q[1]) * w[3];
+        continue;
+      }
+      const float w0 = wtab.w[ai][0], w1 = wtab.w[ai][1], w2 = wtab.w[ai][2], w3 = wtab.w[ai][3];
       const bool x0in = sx >= 0 && sx < src_w, x1in = sx + 1 >= 0 && sx + 1 < src_w;
       const bool y0in = sy >= 0 && sy < src_h, y1in = sy + 1 >= 0 && sy + 1 < src_h;
       if (!(x0in || x1in) || !(y0in || y1in)) continue;  // stays 0

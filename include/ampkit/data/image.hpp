@@ -215,7 +215,10 @@ inline void check_jpeg_huffman_tables(const std::uint8_t* d, std::size_t n, cons
   bool defined[2][4] = {};  // [class: 0 DC, 1 AC][table id] seen in a DHT so far
   while (i + 4 <= n) {
     if (d[i] != 0xFF) {  // entropy-coded data: markers are the only FFxx not followed by 00
-      ++i;
+      // Skip to the next FF byte (memchr: the scan covers the whole entropy-coded data).
+      const void* ff = std::memchr(d + i, 0xFF, n - 3 - i);
+      if (ff == nullptr) return;
+      i = static_cast<std::size_t>(static_cast<const std::uint8_t*>(ff) - d);
       continue;
     }
     const std::uint8_t m = d[i + 1];
@@ -273,7 +276,8 @@ inline void decode_image_into(const std::uint8_t* data, std::size_t n, const std
   // tests/fuzz/fuzz_image: FF FF D8 went around the checks below).
   std::size_t soi = 1;
   while (soi < n && data[soi] == 0xFF) ++soi;
-  if (n >= 2 && data[0] == 0xFF && soi < n && data[soi] == 0xD8) {
+  const bool jpeg = n >= 2 && data[0] == 0xFF && soi < n && data[soi] == 0xD8;
+  if (jpeg) {
     // stb_image decodes a JPEG cut short without complaint (the missing part comes out grey);
     // libjpeg calls it "premature end of JPEG file". Require the end-of-image marker, allowing
     // for padding after it.
@@ -295,7 +299,15 @@ inline void decode_image_into(const std::uint8_t* data, std::size_t n, const std
   if (stbi_info_from_memory(data, static_cast<int>(n), &w, &h, &c))
     AMPKIT_CHECK(static_cast<std::int64_t>(w) * h <= kMaxImagePixels, "image '", name, "': ", w, "x", h,
                  " pixels is more than the ", kMaxImagePixels, " ampkit decodes (corrupt header?)");
-  stbi_uc* p = stbi_load_from_memory(data, static_cast<int>(n), &w, &h, &c, 3);
+  // JPEGs are decoded to RGBA and compacted here: stb converts YCbCr to RGB with SSE2 only for
+  // 4-byte output pixels (its 3-byte loop is scalar, ~0.5 ms of a 640x480 decode). The two
+  // conversions give the same bytes: the SIMD one computes floor((floor(c·k/256) + 16 y + 8) / 16)
+  // where the scalar one computes floor((c·k/256 + 16 y + 8) / 16), equal because the other
+  // terms are integers (and its green truncates the Cb term to floor(Cb·k/256) as the scalar
+  // code's & 0xffff0000 does); chroma upsampling and IDCT do not depend on the output channels.
+  // tests/unit/data pins RGBA-compacted == stb's own RGB on JPEGs of every kind it meets.
+  const int comps = jpeg ? 4 : 3;
+  stbi_uc* p = stbi_load_from_memory(data, static_cast<int>(n), &w, &h, &c, comps);
   if (p == nullptr)
     AMPKIT_FAIL("image '", name, "': cannot decode (", stbi_failure_reason(),
                 "); the file is corrupt, truncated or not a JPEG/PNG/BMP");
@@ -304,8 +316,15 @@ inline void decode_image_into(const std::uint8_t* data, std::size_t n, const std
     AMPKIT_FAIL("image '", name, "': the header says ", w, "x", h, " pixels; the file is corrupt");
   }
   img.h = h, img.w = w, img.c = 3;
-  img.pixels.resize(static_cast<std::size_t>(h) * w * 3);
-  std::memcpy(img.pixels.data(), p, img.pixels.size());
+  const std::size_t n_pixels = static_cast<std::size_t>(h) * w;
+  img.pixels.resize(n_pixels * 3);
+  if (comps == 3) {
+    std::memcpy(img.pixels.data(), p, img.pixels.size());
+  } else {  // RGBA -> RGB: 4 bytes stored per pixel, 3 advanced (the last pixel byte by byte)
+    std::uint8_t* d = img.pixels.data();
+    for (std::size_t i = 0; i + 1 < n_pixels; ++i) std::memcpy(d + 3 * i, p + 4 * i, 4);
+    std::memcpy(d + 3 * (n_pixels - 1), p + 4 * (n_pixels - 1), 3);
+  }
   stbi_image_free(p);
 }
 

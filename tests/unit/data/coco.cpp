@@ -4,10 +4,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include "ampkit/data/coco.hpp"
 #include "ampkit/data/image.hpp"
@@ -263,4 +267,79 @@ TEST_CASE("image: decode to RGB, grayscale replicated, clear errors for missing/
   const auto msg = error_of([&] { load_image(junk); });
   CHECK(msg.find(junk) != std::string::npos);
   CHECK(msg.find("cannot decode") != std::string::npos);
+}
+
+namespace {
+/// stb_image's own 3-channel decode (the reference decode_image_into must reproduce).
+std::vector<std::uint8_t> stb_rgb(const std::vector<std::uint8_t>& bytes) {
+  int w = 0, h = 0, c = 0;
+  stbi_uc* p = stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &c, 3);
+  REQUIRE(p != nullptr);
+  std::vector<std::uint8_t> v(p, p + static_cast<std::size_t>(w) * h * 3);
+  stbi_image_free(p);
+  return v;
+}
+}  // namespace
+
+TEST_CASE("image: JPEGs decoded through RGBA (SIMD colour conversion) equal stb's RGB decode") {
+#ifdef STBI_SSE2
+  // The kernels themselves, exhaustively: every (Y, Cb, Cr) through stb's SSE2 conversion
+  // (4-byte pixels, 8 at a time, scalar tail) and its scalar 3-byte one give the same R, G, B.
+  std::array<stbi_uc, 256> ys{}, cb{}, cr{};
+  std::array<stbi_uc, 4 * 256> simd{};
+  std::array<stbi_uc, 3 * 256 + 1> scalar{};  // stb also writes an alpha byte after the last pixel
+  for (int i = 0; i < 256; ++i) ys[i] = static_cast<stbi_uc>(i);
+  std::size_t mismatches = 0;
+  for (int b = 0; b < 256; ++b)
+    for (int r = 0; r < 256; ++r) {
+      std::fill(cb.begin(), cb.end(), static_cast<stbi_uc>(b));
+      std::fill(cr.begin(), cr.end(), static_cast<stbi_uc>(r));
+      stbi__YCbCr_to_RGB_simd(simd.data(), ys.data(), cb.data(), cr.data(), 256, 4);
+      stbi__YCbCr_to_RGB_row(scalar.data(), ys.data(), cb.data(), cr.data(), 256, 3);
+      for (int i = 0; i < 256; ++i)
+        for (int k = 0; k < 3; ++k) mismatches += simd[4 * i + k] != scalar[3 * i + k];
+    }
+  CHECK(mismatches == 0);
+#endif
+  // Whole files: the bundled COCO images, the fuzz corpus' JPEGs (grey, progressive, 4:2:0, RGB)
+  // and JPEGs written here from seeded random pixels (saturated colours, widths that are not a
+  // multiple of 8 so the scalar tail runs, 4:2:0 at quality 50 and 4:4:4 at quality 95, grey).
+  std::vector<std::pair<std::string, std::vector<std::uint8_t>>> files;
+  for (const char* f : {"data/coco_sample/images/000000000785.jpg", "data/coco_sample/images/000000040083.jpg",
+                        "data/coco_sample/images/000000196141.jpg", "data/coco_sample/images/000000197388.jpg",
+                        "tests/fuzz/corpus/image/subsampled.jpg", "tests/fuzz/corpus/image/rgb.jpg",
+                        "tests/fuzz/corpus/image/grey.jpg", "tests/fuzz/corpus/image/progressive.jpg"}) {
+    std::vector<std::uint8_t> bytes;
+    read_file_into(testing::source_path(f), bytes);
+    files.emplace_back(f, std::move(bytes));
+  }
+  int seed = 0;
+  for (const auto& [w, h, comp, quality] : {std::tuple{37, 23, 3, 50}, std::tuple{64, 48, 3, 95},
+                                              std::tuple{13, 9, 3, 90}, std::tuple{31, 17, 1, 75},
+                                              std::tuple{250, 7, 3, 100}}) {
+    std::vector<float> u(static_cast<std::size_t>(w) * h * comp);
+    testing::fill_uniform<float>(u, 900 + seed++, 0.f, 1.f);
+    std::vector<std::uint8_t> px(u.size());
+    // Half the pixels pushed to the extremes, so the conversion saturates at 0 and 255.
+    for (std::size_t i = 0; i < u.size(); ++i)
+      px[i] = static_cast<std::uint8_t>(u[i] < 0.25f ? 0 : u[i] > 0.75f ? 255 : (u[i] - 0.25f) * 510.f);
+    std::vector<std::uint8_t> jpg;
+    REQUIRE(stbi_write_jpg_to_func(
+                [](void* ctx, void* d, int n) {
+                  auto* v = static_cast<std::vector<std::uint8_t>*>(ctx);
+                  v->insert(v->end(), static_cast<std::uint8_t*>(d), static_cast<std::uint8_t*>(d) + n);
+                },
+                &jpg, w, h, comp, px.data(), quality) != 0);
+    files.emplace_back("random " + std::to_string(w) + "x" + std::to_string(h), std::move(jpg));
+  }
+  for (const auto& [name, bytes] : files) {
+    CAPTURE(name);
+    Image img;
+    decode_image_into(bytes.data(), bytes.size(), name, img);
+    const std::vector<std::uint8_t> want = stb_rgb(bytes);
+    REQUIRE(img.pixels.size() == want.size());
+    CHECK(testing::compare("decode_image_into", std::span<const std::uint8_t>(img.pixels),
+                           std::span<const std::uint8_t>(want), 0, 0)
+              .ok);
+  }
 }
