@@ -131,6 +131,8 @@ fi
 if want parity; then
   t0=$SECONDS
   rm -rf /tmp/parity_w32
+  # An exported tree (.clean, docs/development.md) names its commit in .source_commit.
+  export AMPKIT_SOURCE_COMMIT=${AMPKIT_SOURCE_COMMIT:-$(cat .source_commit 2>/dev/null || git rev-parse HEAD 2>/dev/null)}
   PYTHONUNBUFFERED=1 timeout ${PARITY_TIMEOUT:-240} python3 tools/plot_parity.py --run --device cuda \
     --binary "$B/examples/dekr_amp/dekr_amp" --config configs/demo_gpu.toml --iters ${PARITY_ITERS:-300} \
     --work-root /tmp/parity_w32 --out-json "$OUT/parity_h200_w32.json" --out-png "$OUT/parity_h200_w32.png" \

@@ -292,6 +292,12 @@ def machine():
 
 
 def git_commit():
+    """The source commit. AMPKIT_SOURCE_COMMIT wins: a tree exported with `git archive` (how the GPU
+    calls send a commit while the checkout is being edited) has no .git of its own, and git would
+    answer for whatever checkout encloses it (the parity_h200_w32 runs recorded a wrong commit so)."""
+    env = os.environ.get("AMPKIT_SOURCE_COMMIT")
+    if env:
+        return env
     try:
         return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):
