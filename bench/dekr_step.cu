@@ -13,7 +13,13 @@
 //
 //   ./build/bench/ampkit_dekr_step [--policy fp32,fp16,bf16] [--batch 2,10,32] [--accumulate 1]
 //        [--variants fp16:32,fp16:2x4,...] [--steps 20] [--warmup 5] [--size 512] [--graph] [--profile]
+//        [--recompute]
 //
+// --recompute: build the model with DekrConfig::recompute_conv_outputs (every ConvBn frees its
+//   conv output after forward and recomputes it in backward, nn/conv_bn.hpp) and plan the memory
+//   with it; every row's variant gets the suffix "_recompute" ("fp16_recompute",
+//   "fp16_recompute_graph") and the JSON the member "recompute":true, so that a run with and one
+//   without the flag set step time and peak side by side (rows without it carry "recompute":false).
 // --graph: after the eager rows, capture one whole step (all micro-batches + the AMP step) as a
 //   CUDA graph and time its replays (an extra row, variant "<policy>_graph"). Capture needs no
 //   host synchronisation inside the step (there is none by design) and no cudaMalloc: after the
@@ -168,7 +174,7 @@ struct Options {
   };
   std::vector<Variant> variants;
   int steps = 20, warmup = 5, size = 512, profile_steps = 5;
-  bool graph = false, profile = false;
+  bool graph = false, profile = false, recompute = false;
   double lr = 1e-3;
   std::string command, date;
 };
@@ -317,7 +323,8 @@ void run_config(const Options& o, const Options::Variant& v) {
   using T = ak::storage_t<P>;
   constexpr bool kScaled = ak::PrecisionTraits<P>::needs_loss_scaling;
   const int B = v.batch, A = v.accumulate, S = o.size, hs = o.size / 4;
-  const std::string policy(ak::policy_name_v<P>);
+  // The row label: the policy, plus "_recompute" with --recompute (graph rows append "_graph").
+  const std::string policy = std::string(ak::policy_name_v<P>) + (o.recompute ? "_recompute" : "");
 
   // The memory plan (train/memory_plan.hpp): a dry run of this step's code before the first
   // step, printed here and set next to the measured peak in the report. The image is generated
@@ -327,6 +334,7 @@ void run_config(const Options& o, const Options::Variant& v) {
   plan_req.input_h = plan_req.input_w = S;
   plan_req.accumulative_counts = A;
   plan_req.fp32_image_staging = false;
+  plan_req.model.recompute_conv_outputs = o.recompute;
   const ak::train::MemoryPlan plan = ak::train::plan_dekr_step<P>(plan_req);
   {
     const std::string t = plan.table();
@@ -345,7 +353,9 @@ void run_config(const Options& o, const Options::Variant& v) {
     std::fprintf(stderr, "# memory plan: %s\n", why.c_str());
 
   ak::Cuda ctx;
-  ak::models::Dekr<P, ak::Cuda> model(ctx, ak::models::DekrConfig::w32(), 1);
+  auto model_cfg = ak::models::DekrConfig::w32();
+  model_cfg.recompute_conv_outputs = o.recompute;
+  ak::models::Dekr<P, ak::Cuda> model(ctx, model_cfg, 1);
   const std::int64_t n_params = model.n_params();
   // inputs and targets (see the file comment for the ranges)
   const auto x = random_tensor<T>(ctx, {B, S, S, 3}, Dist::kNormal, 0.f, 1.f, 0.f, 11);
@@ -626,8 +636,8 @@ void run_config(const Options& o, const Options::Variant& v) {
   // ---- report ----
   for (Row& r : rows) {
     char buf[160];
-    std::snprintf(buf, sizeof buf, ",\"plan_peak_allocated_bytes\":%zu,\"plan_total_bytes\":%zu", plan.peak_allocated,
-                  plan.total());
+    std::snprintf(buf, sizeof buf, ",\"plan_peak_allocated_bytes\":%zu,\"plan_total_bytes\":%zu,\"recompute\":%s",
+                  plan.peak_allocated, plan.total(), o.recompute ? "true" : "false");
     r.extra += buf;
   }
   std::fprintf(stderr, "# memory plan vs measured (%s batch %d x %d): dry-run peak %zu B, measured peak_allocated %zu B "
@@ -648,7 +658,8 @@ void run_config(const Options& o, const Options::Variant& v) {
         r.variant.c_str(), B, A, S, r.ms, img_s, r.peak_allocated, static_cast<double>(r.loss),
         static_cast<long long>(n_params), json_str(o.command).c_str(), o.date.c_str(),
         json_str(ctx.device().name).c_str(), cudnnGetVersion(), ctx.device().runtime_version,
-        ctx.device().driver_version, policy.c_str(), o.steps, o.warmup, r.ms_min, r.ms_max, img_s * gflop_img / 1000.0,
+        ctx.device().driver_version, std::string(ak::policy_name_v<P>).c_str(), o.steps, o.warmup, r.ms_min,
+        r.ms_max, img_s * gflop_img / 1000.0,
         r.peak_reserved, r.mem_get_info_delta, r.raw_allocs, static_cast<long long>(r.skipped),
         static_cast<long long>(r.opt_steps), static_cast<double>(r.loss_scale), r.host_enqueue_ms, r.first_step_ms,
         r.extra.c_str());
@@ -666,7 +677,7 @@ int usage(const char* argv0, int rc) {
   std::fprintf(rc ? stderr : stdout,
                "usage: %s [--policy fp32,fp16,bf16] [--batch 2,10,32] [--accumulate N]\n"
                "          [--variants POLICY:BATCH[xACCUM],...] [--steps N>=20] [--warmup N>=3] [--size 512]\n"
-               "          [--graph] [--profile] [--profile-steps N] [--lr 1e-3]\n"
+               "          [--graph] [--profile] [--profile-steps N] [--lr 1e-3] [--recompute]\n"
                "JSON lines on stdout (keys of bench/torch_dekr_step.py), notes on stderr.\n",
                argv0);
   return rc;
@@ -699,6 +710,7 @@ int main(int argc, char** argv) {
     else if (a == "--lr") o.lr = std::stod(val());
     else if (a == "--graph") o.graph = true;
     else if (a == "--profile") o.profile = true;
+    else if (a == "--recompute") o.recompute = true;
     else if (a == "-h" || a == "--help") return usage(argv[0], 0);
     else {
       std::fprintf(stderr, "unknown option '%s'\n", a.c_str());
@@ -753,7 +765,8 @@ int main(int argc, char** argv) {
       // One failed configuration (e.g. out of memory at a large batch) does not stop the others.
       std::fprintf(stderr, "# FAILED %s batch %d x %d: %s\n", v.policy.c_str(), v.batch, v.accumulate, e.what());
       std::printf("{\"impl\":\"ampkit\",\"variant\":\"%s\",\"batch\":%d,\"accumulate\":%d,\"input\":%d,\"error\":%s}\n",
-                  v.policy.c_str(), v.batch, v.accumulate, o.size, json_str(e.what()).c_str());
+                  (v.policy + (o.recompute ? "_recompute" : "")).c_str(), v.batch, v.accumulate, o.size,
+                  json_str(e.what()).c_str());
       std::fflush(stdout);
       (void)cudaGetLastError();
       rc = 1;
