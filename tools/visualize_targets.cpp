@@ -28,17 +28,7 @@
 
 #include "ampkit/data/bottomup_dataset.hpp"
 
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#pragma GCC diagnostic ignored "-Wunused-function"
-#endif
-#define STB_IMAGE_WRITE_STATIC
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#include <stb_image_write.h>
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
+#include "ampkit/data/png_write.hpp"  // stb_image_write
 
 using namespace ampkit;
 using namespace ampkit::data;

@@ -2,8 +2,8 @@
 /// their images and save one PNG: the images side by side at a common height, each person in its
 /// own colour, COCO's skeleton links. What `dekr_amp demo` shows; usable on any results file.
 ///
-/// Host only (g++): stb_image_write with internal linkage (STB_IMAGE_WRITE_STATIC), as
-/// data/image.hpp does for stb_image, so including this header in several TUs is safe.
+/// Host only (g++): PNG output through data/png_write.hpp (stb_image_write with internal linkage, as
+/// data/image.hpp does for stb_image), so including this header in several TUs is safe.
 #pragma once
 
 #include <algorithm>
@@ -18,23 +18,9 @@
 
 #include "ampkit/core/error.hpp"
 #include "ampkit/data/image.hpp"
+#include "ampkit/data/png_write.hpp"
 #include "ampkit/eval/coco_keypoints.hpp"
 
-#ifndef AMPKIT_STB_IMAGE_WRITE_INCLUDED
-#define AMPKIT_STB_IMAGE_WRITE_INCLUDED
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#pragma GCC diagnostic ignored "-Wunused-function"
-#pragma GCC diagnostic ignored "-Wsign-compare"
-#endif
-#define STB_IMAGE_WRITE_STATIC
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#include <stb_image_write.h>
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
-#endif
 
 namespace ampkit::eval {
 
@@ -179,8 +165,7 @@ inline std::size_t draw_results_png(const std::string& ann_file, const std::stri
     }
     ox += t.w + 4;
   }
-  AMPKIT_CHECK(stbi_write_png(out_png.c_str(), cv.w, cv.h, 3, cv.rgb.data(), cv.w * 3) != 0, "cannot write '",
-               out_png, "'");
+  data::write_png(out_png, cv.w, cv.h, 3, cv.rgb.data());
   return n_drawn;
 }
 
