@@ -13,7 +13,11 @@
 # timing, allocator growth and the first batches fall into those). Data: the 4 bundled COCO images
 # listed REPEAT times under new image ids (so an epoch has enough batches; decoding and
 # augmentation run for every sample as for real data, with the config's random augmentation).
-# Environment: ITERS (iterations per run, default 60), LOG_INTERVAL (5), REPEAT (100), WORKERS
+# The defaults come from the first runs (bench/results/gpu_h200x2_20261130_0533.md): 40 and 120
+# iterations on 400 images gave ratios that disagreed by up to 1.8x between two calls, and a
+# 2-GPU epoch of 20 iterations puts an epoch end (loader restart, BN statistics all-reduce) into
+# every other logged interval.
+# Environment: ITERS (iterations per run, default 300), LOG_INTERVAL (20), REPEAT (1000), WORKERS
 # (loader threads per process, 6), VARIANTS ("10x1 2x4": batch x accumulation), WORK (scratch dir),
 # OUT (where ddp_scaling.md and the logs go).
 set -uo pipefail
@@ -22,9 +26,9 @@ BIN=${AMPKIT_BIN:-build/examples/dekr_amp/dekr_amp}
 [ -x "$BIN" ] || { echo "run_ddp_scaling.sh: $BIN not built (set AMPKIT_BIN)"; exit 2; }
 OUT=${OUT:-/tmp/ampkit-ddp-scaling}
 WORK=${WORK:-/tmp/ampkit_ddp_scaling}
-ITERS=${ITERS:-60}
-LOG_INTERVAL=${LOG_INTERVAL:-5}
-REPEAT=${REPEAT:-100}
+ITERS=${ITERS:-300}
+LOG_INTERVAL=${LOG_INTERVAL:-20}
+REPEAT=${REPEAT:-1000}
 WORKERS=${WORKERS:-6}
 VARIANTS=${VARIANTS:-10x1 2x4}
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)

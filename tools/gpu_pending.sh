@@ -112,7 +112,7 @@ fi
 
 if want scaling; then
   t0=$SECONDS
-  AMPKIT_BIN=$B/examples/dekr_amp/dekr_amp timeout ${SCALING_TIMEOUT:-200} bash bench/run_ddp_scaling.sh > "$OUT/scaling.log" 2>&1
+  AMPKIT_BIN=$B/examples/dekr_amp/dekr_amp timeout ${SCALING_TIMEOUT:-330} bash bench/run_ddp_scaling.sh > "$OUT/scaling.log" 2>&1
   log "ddp scaling: rc=$? in $((SECONDS - t0)) s"
   tee -a "$S" < "$OUT/scaling.log" | tail -12
 fi
