@@ -21,6 +21,30 @@ using namespace ampkit;
 
 namespace {
 
+/// A seeded random DEKR micro-batch on the host: the image in the storage type, the fp32 targets
+/// and mask (seeds seed..seed+5, so BN and the loss see real data), and the output gradients.
+template <class T>
+struct RandomBatch {
+  HostTensor<T> image;
+  HostTensor<float> gt_hm, gt_hmw, gt_ds, gt_dsw, mask;
+  HostTensor<T> dL_dhm, dL_dds;
+
+  RandomBatch(Shape img, Shape hm, Shape ds, Shape mk, std::uint64_t seed)
+      : image(testing::random_tensor<T>(img, seed)),
+        gt_hm(testing::random_tensor<float>(hm, seed + 1, 0.f, 1.f)),
+        gt_hmw(testing::random_tensor<float>(hm, seed + 2, 0.1f, 1.f)),
+        gt_ds(testing::random_tensor<float>(ds, seed + 3, -4.f, 4.f)),
+        gt_dsw(testing::random_tensor<float>(ds, seed + 4, 0.f, 1.f)),
+        mask(testing::random_tensor<float>(mk, seed + 5, 0.5f, 1.f)),
+        dL_dhm(hm),
+        dL_dds(ds) {}
+
+  template <class Out>
+  DekrLossInputs<T> loss_inputs(const Out& out) const {
+    return {out.heatmaps, out.displacements, gt_hm.cview(), gt_hmw.cview(), mask.cview(), gt_ds.cview(), gt_dsw.cview()};
+  }
+};
+
 /// Bytes the host backend allocates (every HostBuffer in the process) for the same training step
 /// as plan_dekr_step: state after construction, activations held between steps, and the step's
 /// high-water mark above its start. Real compute on seeded random inputs.
@@ -42,12 +66,7 @@ HostCount host_step_bytes(const train::MemoryPlanRequest& r) {
   const Shape img{B, r.input_h, r.input_w, 3}, hm{B, h, w, K + 1}, ds{B, h, w, 2 * K}, mk{B, h, w, 1};
   // The trainer's micro-batch tensors (fp32 staging image included), random so BN sees real data.
   auto image_f = testing::random_tensor<float>(img, 1);
-  auto image = testing::random_tensor<T>(img, 2);
-  auto gt_hm = testing::random_tensor<float>(hm, 3, 0.f, 1.f), gt_hmw = testing::random_tensor<float>(hm, 4, 0.1f, 1.f);
-  auto gt_ds = testing::random_tensor<float>(ds, 5, -4.f, 4.f), gt_dsw = testing::random_tensor<float>(ds, 6, 0.f, 1.f);
-  auto mask = testing::random_tensor<float>(mk, 7, 0.5f, 1.f);
-  auto dL_dhm = ctx.tensor<T>(hm);
-  auto dL_dds = ctx.tensor<T>(ds);
+  RandomBatch<T> b(img, hm, ds, mk, 2);
   c.state = host_memory_stats().live - base;
   std::size_t live_at_first_start = 0;
   for (int s = 0; s < r.n_steps; ++s) {
@@ -55,12 +74,11 @@ HostCount host_step_bytes(const train::MemoryPlanRequest& r) {
     const std::size_t at_start = host_memory_stats().live;
     if (s == 0) live_at_first_start = at_start;
     reset_host_memory_peak();
-    const auto out = model.forward(ctx, image.cview(), true);
-    const DekrLossInputs<T> in{out.heatmaps, out.displacements, gt_hm.cview(), gt_hmw.cview(),
-                               mask.cview(),  gt_ds.cview(),    gt_dsw.cview()};
+    const auto out = model.forward(ctx, b.image.cview(), true);
+    const auto in = b.loss_inputs(out);
     loss.forward(ctx, in);
-    loss.backward(ctx, in, dL_dhm.view(), dL_dds.view(), 1.f, TensorView<const float>{});
-    model.backward(ctx, dL_dhm.cview(), dL_dds.cview());
+    loss.backward(ctx, in, b.dL_dhm.view(), b.dL_dds.view(), 1.f, TensorView<const float>{});
+    model.backward(ctx, b.dL_dhm.cview(), b.dL_dds.cview());
     opt.step();
     if (last) {
       c.activations = at_start - live_at_first_start;
@@ -302,22 +320,16 @@ RunBytes two_steps(bool recompute) {
   amp::AmpOptimizer<P, optim::Adam, Host> opt(ctx, model.store(), optim::Adam{}, amp::loss_scaler_t<P>{});
   const std::int64_t B = 2, H = 64, W = 96, h = H / 4, w = W / 4, K = cfg.n_keypoints;
   const Shape img{B, H, W, 3}, hm{B, h, w, K + 1}, ds{B, h, w, 2 * K}, mk{B, h, w, 1};
-  auto image = testing::random_tensor<T>(img, 21);
-  auto gt_hm = testing::random_tensor<float>(hm, 22, 0.f, 1.f), gt_hmw = testing::random_tensor<float>(hm, 23, 0.1f, 1.f);
-  auto gt_ds = testing::random_tensor<float>(ds, 24, -4.f, 4.f), gt_dsw = testing::random_tensor<float>(ds, 25, 0.f, 1.f);
-  auto mask = testing::random_tensor<float>(mk, 26, 0.5f, 1.f);
-  auto dL_dhm = ctx.tensor<T>(hm);
-  auto dL_dds = ctx.tensor<T>(ds);
+  RandomBatch<T> b(img, hm, ds, mk, 21);
   RunBytes run;
   for (int s = 0; s < 2; ++s) {
-    const auto out = model.forward(ctx, image.cview(), true);
+    const auto out = model.forward(ctx, b.image.cview(), true);
     run.add(ctx, out.heatmaps);
     run.add(ctx, out.displacements);
-    const DekrLossInputs<T> in{out.heatmaps, out.displacements, gt_hm.cview(), gt_hmw.cview(),
-                               mask.cview(),  gt_ds.cview(),    gt_dsw.cview()};
+    const auto in = b.loss_inputs(out);
     loss.forward(ctx, in);
-    loss.backward(ctx, in, dL_dhm.view(), dL_dds.view(), 1.f, TensorView<const float>{});
-    model.backward(ctx, dL_dhm.cview(), dL_dds.cview());
+    loss.backward(ctx, in, b.dL_dhm.view(), b.dL_dds.view(), 1.f, TensorView<const float>{});
+    model.backward(ctx, b.dL_dhm.cview(), b.dL_dds.cview());
     const auto& store = model.store();
     for (const auto& p : store.params()) {
       const auto id = *store.find(p.name);
