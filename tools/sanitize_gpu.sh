@@ -10,6 +10,10 @@
 #   SANITIZE_EXCLUDE regex of binaries to skip (default: NCCL/multi-process tests, test_gpu_dist)
 #   SANITIZE_TRAIN   0 to skip the training run; SANITIZE_TRAIN_ARGS overrides its arguments
 #   SANITIZE_OUT     log folder (default BUILD_DIR/sanitize)
+#   SANITIZE_JOBS    (binary, tool) runs at a time (default 1); SANITIZE_GPUS: comma list of GPU
+#                    indices handed out round-robin as CUDA_VISIBLE_DEVICES (default: all visible)
+#   SANITIZE_RUN_TIMEOUT  seconds per run (default 0: none); a run cut off is reported TIMEOUT
+#                    with the errors found until then (the tools print as they go)
 # racecheck is the slow one (shared-memory hazards only); expect tens of minutes for all three.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,32 +35,62 @@ if [ "${SANITIZE_TRAIN:-1}" = 1 ]; then
   if [ -n "$app" ]; then
     # Two fp16 iterations of the demo config on the bundled images (a full step: loader, forward,
     # loss, backward, AMP step, BN statistics), no evaluation.
-    args=${SANITIZE_TRAIN_ARGS:-"train configs/demo_gpu.toml --amp --device cuda --work-dir $out/train_run --cfg-options train_cfg.max_epochs=1 train_cfg.batch_size=2 train_cfg.num_workers=1 train_cfg.val_interval=0"}
+    args=${SANITIZE_TRAIN_ARGS:-"train configs/demo_gpu.toml --amp --device cuda --work-dir $out/train_run_@TOOL@ --cfg-options train_cfg.max_epochs=1 train_cfg.batch_size=2 train_cfg.num_workers=1 train_cfg.val_interval=0"}
     runs+=("dekr_amp_train|$app $args")
   else
     echo "sanitize_gpu: no dekr_amp binary in $bd: the training step is not checked"
   fi
 fi
 
-fail=0
+# One (binary, tool) run: writes its log and one result line.
+run_one() {
+  local idx=$1 name=$2 t=$3 cmd=$4
+  local extra=() log=$out/${name}.$t.log gpu=""
+  [ "$t" = memcheck ] && extra=(--leak-check full)
+  [ "$t" = racecheck ] && extra=(--racecheck-report analysis)
+  if [ -n "${SANITIZE_GPUS:-}" ]; then
+    IFS=, read -ra g <<< "$SANITIZE_GPUS"
+    gpu=${g[$((idx % ${#g[@]}))]}
+  fi
+  # the training run writes a work dir: one per tool, so parallel runs do not share it
+  cmd=${cmd//@TOOL@/$t}
+  local t0 rc secs n status
+  t0=$(date +%s)
+  local to=()
+  [ "${SANITIZE_RUN_TIMEOUT:-0}" != 0 ] && to=(timeout "$SANITIZE_RUN_TIMEOUT")
+  # shellcheck disable=SC2086
+  if [ -n "$gpu" ]; then
+    CUDA_VISIBLE_DEVICES=$gpu "${to[@]}" "$cs" --tool "$t" "${extra[@]}" --error-exitcode 99 --print-limit 50 $cmd >"$log" 2>&1
+  else
+    "${to[@]}" "$cs" --tool "$t" "${extra[@]}" --error-exitcode 99 --print-limit 50 $cmd >"$log" 2>&1
+  fi
+  rc=$?
+  secs=$(( $(date +%s) - t0 ))
+  n=$(grep -oE 'ERROR SUMMARY: [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
+  # counted as they are reported when the run was cut off before its summary
+  [ "$rc" = 124 ] && n=$(grep -cE '^========= (Invalid|Uninitialized|Error|Race|Warning|Program hit)' "$log")
+  status=ok
+  if [ "$rc" = 77 ] || grep -q 'skipped: no CUDA device' "$log"; then status=SKIPPED
+  elif [ "$rc" = 124 ]; then status=TIMEOUT
+  elif [ "$rc" != 0 ] || [ "$n" != 0 ]; then status=FAILED; fi
+  printf '%-28s %-10s %8s %8s  %s %s\n' "$name" "$t" "$n" "$secs" "$log" "$status"
+}
+
 printf '%-28s %-10s %8s %8s  %s\n' binary tool errors seconds log
+results=$out/results.txt
+: > "$results"
+i=0
+pids=()
 for r in "${runs[@]}"; do
   name=${r%%|*}; cmd=${r#*|}
   for t in $tools; do
-    extra=()
-    [ "$t" = memcheck ] && extra=(--leak-check full)
-    [ "$t" = racecheck ] && extra=(--racecheck-report analysis)
-    log=$out/${name}.$t.log
-    t0=$(date +%s)
-    # shellcheck disable=SC2086
-    "$cs" --tool "$t" "${extra[@]}" --error-exitcode 99 --print-limit 50 $cmd >"$log" 2>&1
-    rc=$?
-    secs=$(( $(date +%s) - t0 ))
-    n=$(grep -oE 'ERROR SUMMARY: [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
-    status=ok
-    if [ "$rc" = 77 ] || grep -q 'skipped: no CUDA device' "$log"; then status=SKIPPED
-    elif [ "$rc" != 0 ] || [ "$n" != 0 ]; then status=FAILED; fail=1; fi
-    printf '%-28s %-10s %8s %8s  %s %s\n' "$name" "$t" "$n" "$secs" "$log" "$status"
+    while [ "$(jobs -rp | wc -l)" -ge "${SANITIZE_JOBS:-1}" ]; do wait -n; done
+    run_one "$i" "$name" "$t" "$cmd" | tee -a "$results" &
+    pids+=($!)
+    i=$((i + 1))
   done
 done
-exit $fail
+wait
+# FAILED and TIMEOUT both fail the script: a run cut off has not shown it is clean.
+if grep -qE ' (FAILED|TIMEOUT)$' "$results"; then exit 1; fi
+exit 0
