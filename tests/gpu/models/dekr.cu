@@ -16,6 +16,7 @@
 #include <initializer_list>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ampkit/amp/amp_optimizer.hpp"
@@ -596,11 +597,15 @@ void dekr_step_graph_vs_eager() {
   CHECK(all.ok);
   CHECK(all_run.ok);
   CHECK(bad == 0);
-  // The replay trained (the weights moved as far as eagerly), and the tolerance is far below the
-  // update, so a replay that applied nothing or something else would fail.
+  // The replay trained (the weights moved as far as eagerly), and the tolerance is below the
+  // update, so a replay that applied nothing (graph vs eager = the whole update) would fail. Not
+  // "far below": the eager repeats themselves differ by 4.5-5.3 % of the update on the H200
+  // (the deformable conv's fp32 atomics; 2026-11-30 runs: noise 6.4e-5 and 7.5e-5 on an update of
+  // 1.4e-3), so 10x the noise is about half the update, while graph vs eager measured 5.7e-5 and
+  // 3.4e-9: the replay is as close to eager as eager is to itself.
   CHECK(all.update > 100 * kAbsFloor);
   CHECK(update_graph > 0.5 * all.update);
-  CHECK(all.tol < 0.5 * all.update);
+  CHECK(all.tol < all.update);
   CHECK(all_run.update > 100 * kAbsFloor);
 }
 
@@ -741,8 +746,10 @@ RecomputeRun hrnet_one_step(ak::Cuda& ctx, const ak::models::HRNetConfig& cfg, b
   std::vector<ak::cuda::DeviceTensor<T>> dys;
   for (std::size_t i = 0; i < ys.size(); ++i) {
     r.forward.push_back(named(ctx, "output " + std::to_string(i), ys[i]));
-    // O(1) output gradients: the BN backward sees sums over the batch that stay well inside fp16
-    dys.push_back(ctx.to_device(ak::testing::random_tensor<T>(ys[i].shape, 520 + i, -1.f, 1.f)));
+    // Output gradients of 2^-10: O(1) ones overflowed fp16 in the weight gradients on the H200
+    // (sum |grad| = inf, 2026-11-30: sums over the batch, amplified by each BN's 1/std). Without a
+    // loss scaler to undo it, the size only has to keep every gradient finite and mostly normal.
+    dys.push_back(ctx.to_device(ak::testing::random_tensor<T>(ys[i].shape, 520 + i, -1.f / 1024, 1.f / 1024)));
   }
   add_running(ctx, st, r);
   net.backward(ctx, std::move(dys));
@@ -794,8 +801,27 @@ int report_diff(const char* what, const RecomputeRun& a, const RecomputeRun& b) 
   return n_bad;
 }
 
+/// max over the backward tensors of ||a - b|| / ||a|| (0 for identical runs).
+double max_rel_l2(const RecomputeRun& a, const RecomputeRun& b) {
+  double worst = 0;
+  for (std::size_t i = 0; i < a.backward.size(); ++i) {
+    const auto& va = a.backward[i].values;
+    const auto& vb = b.backward[i].values;
+    double d2 = 0, a2 = 0;
+    for (std::size_t e = 0; e < va.size(); ++e) {
+      const double x = va[e], y = vb[e];
+      d2 += (x - y) * (x - y);
+      a2 += x * x;
+    }
+    if (d2 > 0) worst = std::max(worst, std::sqrt(d2 / std::max(a2, 1e-300)));
+  }
+  return worst;
+}
+
+/// @param deterministic  whether the step is bit-identical run to run on CUDA (everything but
+///                       fp32 DEKR, whose deformable conv backward uses fp32 atomics)
 template <class P, class RunFn>
-void check_recompute_bit_identical_cuda(const char* label, RunFn&& one_step) {
+void check_recompute_bit_identical_cuda(const char* label, RunFn&& one_step, bool deterministic = true) {
   ak::Cuda ctx;
   ctx.set_cudnn_options({.benchmark = false, .deterministic = true});
   const RecomputeRun keep = one_step(ctx, false);
@@ -815,12 +841,31 @@ void check_recompute_bit_identical_cuda(const char* label, RunFn&& one_step) {
   const int n_default = report_diff((pre + " default vs default").c_str(), keep, keep2);
   const int n_rec = report_diff((pre + " recompute vs default").c_str(), keep, rec);
   const int n_rec2 = report_diff((pre + " recompute vs recompute").c_str(), rec, rec2);
-  // The baseline first: a default that is not deterministic here makes a recompute mismatch
-  // unattributable (the lines above name the tensors where the noise enters).
-  CHECK_MESSAGE(n_default == 0, "the default is not deterministic in this setup");
-  // The claim of nn/conv_bn.hpp: the same conv2d_forward on the same input, so the same bits.
-  CHECK_MESSAGE(n_rec == 0, "recompute_conv_outputs changes the step on CUDA");
-  CHECK_MESSAGE(n_rec2 == 0, "recompute is not deterministic run to run");
+  if (deterministic) {
+    // The baseline first: a default that is not deterministic here makes a recompute mismatch
+    // unattributable (the lines above name the tensors where the noise enters).
+    CHECK_MESSAGE(n_default == 0, "the default is not deterministic in this setup");
+    // The claim of nn/conv_bn.hpp: the same conv2d_forward on the same input, so the same bits.
+    CHECK_MESSAGE(n_rec == 0, "recompute_conv_outputs changes the step on CUDA");
+    CHECK_MESSAGE(n_rec2 == 0, "recompute is not deterministic run to run");
+    return;
+  }
+  // fp32 DEKR: the deformable conv's backward adds dL/dx with fp32 atomics, so the default is not
+  // bit-identical to itself from the first deformable block's gradients on (measured on the H200,
+  // 2026-11-30: 235-238 of 265 gradients differ, by up to 7e-5 relative). The forward has no
+  // atomics and must still be bit-identical; the backward is judged against that noise.
+  int n_fwd = 0;
+  for (std::size_t i = 0; i < keep.forward.size(); ++i)
+    n_fwd += keep.forward[i].bytes != rec.forward[i].bytes || rec.forward[i].bytes != rec2.forward[i].bytes;
+  CHECK_MESSAGE(n_fwd == 0, "recompute_conv_outputs changes the forward on CUDA");
+  const double noise = std::max(max_rel_l2(keep, keep2), max_rel_l2(rec, rec2));
+  const double diff = max_rel_l2(keep, rec);
+  std::printf("%s: worst per-tensor relative L2 of the gradients: recompute vs default %.3g, run-to-run noise %.3g\n",
+              pre.c_str(), diff, noise);
+  // 10x the run-to-run noise (the atomics' reordering noise is heavy-tailed between tensors), and
+  // at least the fp32 rounding of one sum reordering; a wrong recompute (another conv input, a
+  // stale buffer) changes gradients by O(1).
+  CHECK(diff <= std::max(10.0 * noise, 1e-6));
 }
 
 /// tiny DEKR with W32's head widths (32 heatmap filters, 15 displacement filters per keypoint:
@@ -838,13 +883,15 @@ ak::models::DekrConfig tiny_w32_head() {
 TEST_CASE_TEMPLATE("DEKR tiny: recompute_conv_outputs is bit-identical to the default on CUDA (one step)", P,
                    ak::Fp32, ak::AmpFp16) {
   check_recompute_bit_identical_cuda<P>(
-      "DEKR tiny", [](ak::Cuda& ctx, bool rc) { return dekr_one_step<P>(ctx, ak::models::DekrConfig::tiny(), rc); });
+      "DEKR tiny", [](ak::Cuda& ctx, bool rc) { return dekr_one_step<P>(ctx, ak::models::DekrConfig::tiny(), rc); },
+      /*deterministic=*/!std::is_same_v<P, ak::Fp32>);
 }
 
 TEST_CASE_TEMPLATE("DEKR tiny, W32 head widths: recompute_conv_outputs is bit-identical to the default on CUDA", P,
                    ak::Fp32, ak::AmpFp16) {
-  check_recompute_bit_identical_cuda<P>("DEKR tiny/W32-head",
-                                        [](ak::Cuda& ctx, bool rc) { return dekr_one_step<P>(ctx, tiny_w32_head(), rc); });
+  check_recompute_bit_identical_cuda<P>(
+      "DEKR tiny/W32-head", [](ak::Cuda& ctx, bool rc) { return dekr_one_step<P>(ctx, tiny_w32_head(), rc); },
+      /*deterministic=*/!std::is_same_v<P, ak::Fp32>);
 }
 
 TEST_CASE_TEMPLATE("HRNet tiny (no deformable conv): recompute_conv_outputs is bit-identical on CUDA", P, ak::Fp32,
