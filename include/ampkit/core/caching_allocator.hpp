@@ -8,6 +8,18 @@
 /// on that stream has completed. This is the same contract as PyTorch's CUDA caching allocator and
 /// CUB's CachingDeviceAllocator.
 ///
+/// Private pools (CUDA graphs, backend/cuda/graph_step.cuh): a captured graph bakes the addresses
+/// it was given during capture into its kernels and writes them again at every replay, long after
+/// the capture "freed" them. Such blocks must never be handed to an ordinary allocation between
+/// replays. While a pool captures on a stream (begin_pool_capture .. end_pool_capture), every
+/// allocation on that stream is served from the pool's own free list first, then from the shared
+/// cache (the block moves into the pool), then from the raw system; every block freed on that
+/// stream during the capture joins the pool too (a captured kernel may have used it). A pool's
+/// blocks go back to its own free list whenever they are freed, during or after the capture, and
+/// only release_pool (the graphs that use the pool are gone) returns them to the shared cache.
+/// Graphs that replay one after the other in stream order may share one pool (the second capture
+/// reuses what the first freed, as eager stream-ordered reuse does).
+///
 /// The raw system `R` provides:
 ///   using Stream; using Event;
 ///   void* malloc(std::size_t) (nullptr when out of memory); void free(void*);
@@ -35,6 +47,7 @@ struct MemoryStats {
   std::size_t peak_reserved = 0;
   std::size_t n_raw_allocs = 0;    ///< calls to the raw malloc (few, once warm)
   std::size_t n_cache_hits = 0;
+  std::size_t pool_bytes = 0;      ///< held by private pools (graphs), live or cached; part of reserved
 };
 
 /// @tparam R  the raw memory system (see file comment): CUDA in backend/cuda/memory.cuh, a fake in
@@ -54,7 +67,11 @@ class CachingAllocator {
   explicit CachingAllocator(R raw = R{}) : raw_(std::move(raw)) {}
   CachingAllocator(const CachingAllocator&) = delete;
   CachingAllocator& operator=(const CachingAllocator&) = delete;
-  ~CachingAllocator() { release_cached(); }
+  ~CachingAllocator() {
+    release_cached();
+    for (auto& [id, pool] : pools_)  // graphs never outlive the allocator they draw from
+      for (auto& [size, c] : pool.free) raw_.free(c.ptr);
+  }
 
   static std::size_t round_size(std::size_t bytes) {
     if (bytes == 0) bytes = 1;
@@ -66,7 +83,17 @@ class CachingAllocator {
   void* allocate(std::size_t bytes, Stream stream) {
     std::lock_guard lock(mu_);
     const std::size_t size = round_size(bytes);
-    if (void* p = take_cached(size, stream)) return p;
+    const PoolId pool = capturing_pool(stream);
+    if (pool) {
+      if (void* p = take_cached(pools_.at(pool).free, size, stream, /*other_streams=*/false)) {
+        live_.at(p).pool = pool;  // already counted in the pool's bytes
+        return p;
+      }
+    }
+    if (void* p = take_cached(free_, size, stream, /*other_streams=*/true)) {
+      if (pool) adopt(live_.at(p), pool);
+      return p;
+    }
     void* p = raw_.malloc(size);
     if (!p) {  // give back everything cached that nobody uses, then try once more
       release_cached_locked();
@@ -83,7 +110,8 @@ class CachingAllocator {
     ++stats_.n_raw_allocs;
     stats_.reserved += size;
     stats_.peak_reserved = std::max(stats_.peak_reserved, stats_.reserved);
-    live_.emplace(p, Block{size, stream, {}});
+    Block& blk = live_.emplace(p, Block{size, stream, {}, 0}).first->second;
+    if (pool) adopt(blk, pool);
     note_alloc(size);
     return p;
   }
@@ -108,7 +136,61 @@ class CachingAllocator {
     stats_.allocated -= b.size;
     Cached c{p, b.size, b.stream, {}};
     for (Stream s : b.other_streams) c.pending.push_back(raw_.record(s));
-    free_.emplace(b.size, std::move(c));
+    // A shared block freed on a capturing stream: a captured kernel may use it at every replay.
+    if (!b.pool)
+      if (const PoolId pool = capturing_pool(b.stream)) adopt(b, pool);
+    (b.pool ? pools_.at(b.pool).free : free_).emplace(b.size, std::move(c));
+  }
+
+  // ---- private pools (see the file comment) ------------------------------------------------------
+  /// Identifies a private pool; 0 is the shared cache.
+  using PoolId = std::uint64_t;
+
+  /// A new, empty private pool.
+  PoolId create_pool() {
+    std::lock_guard lock(mu_);
+    const PoolId id = ++last_pool_;
+    pools_.emplace(id, Pool{});
+    return id;
+  }
+  /// From now on, allocations on `stream` come from `pool` and blocks freed on `stream` join it.
+  void begin_pool_capture(PoolId pool, Stream stream) {
+    std::lock_guard lock(mu_);
+    AMPKIT_CHECK(pools_.count(pool), "begin_pool_capture: unknown pool ", pool);
+    AMPKIT_CHECK(!capturing_pool(stream), "begin_pool_capture: the stream already captures into pool ",
+                 capturing_pool(stream));
+    capturing_.emplace_back(stream, pool);
+  }
+  /// Back to the shared cache for `stream` (the pool keeps its blocks).
+  void end_pool_capture(Stream stream) noexcept {
+    std::lock_guard lock(mu_);
+    std::erase_if(capturing_, [&](const auto& sp) { return sp.first == stream; });
+  }
+  /// The graphs that used `pool` are gone: its cached blocks join the shared cache, its live ones
+  /// will when they are freed. Stream order keeps that safe: a block is reused on its stream after
+  /// the last replay queued there.
+  void release_pool(PoolId pool) noexcept {
+    std::lock_guard lock(mu_);
+    const auto it = pools_.find(pool);
+    if (it == pools_.end()) return;
+    std::erase_if(capturing_, [&](const auto& sp) { return sp.second == pool; });
+    for (auto& [p, b] : live_)
+      if (b.pool == pool) b.pool = 0;
+    stats_.pool_bytes -= it->second.bytes;
+    free_.merge(it->second.free);
+    pools_.erase(it);
+  }
+  /// Bytes a pool holds (live or cached); 0 for an unknown pool.
+  std::size_t pool_bytes(PoolId pool) const {
+    std::lock_guard lock(mu_);
+    const auto it = pools_.find(pool);
+    return it == pools_.end() ? 0 : it->second.bytes;
+  }
+  /// The private pool a live block belongs to (0: shared, or not a live block of this allocator).
+  PoolId pool_of(const void* p) const {
+    std::lock_guard lock(mu_);
+    const auto it = live_.find(const_cast<void*>(p));
+    return it == live_.end() ? 0 : it->second.pool;
   }
 
   /// Free every cached (unused) block back to the raw system; waits on their pending events.
@@ -133,6 +215,7 @@ class CachingAllocator {
     std::size_t size;
     Stream stream;
     std::vector<Stream> other_streams;
+    std::uint64_t pool = 0;  ///< PoolId; 0: the shared cache
   };
   struct Cached {
     void* ptr;
@@ -140,6 +223,21 @@ class CachingAllocator {
     Stream stream;
     std::vector<Event> pending;  ///< events on other streams that must complete before reuse
   };
+  struct Pool {
+    std::multimap<std::size_t, Cached> free;
+    std::size_t bytes = 0;  ///< live + cached blocks of the pool
+  };
+
+  std::uint64_t capturing_pool(Stream stream) const {
+    for (const auto& [s, pool] : capturing_)
+      if (s == stream) return pool;
+    return 0;
+  }
+  void adopt(Block& b, std::uint64_t pool) {
+    b.pool = pool;
+    pools_.at(pool).bytes += b.size;
+    stats_.pool_bytes += b.size;
+  }
 
   static std::size_t mib(std::size_t b) { return (b + (std::size_t{1} << 20) - 1) >> 20; }
 
@@ -151,12 +249,12 @@ class CachingAllocator {
     return true;
   }
 
-  void* take_cached(std::size_t size, Stream stream) {
+  void* take_cached(std::multimap<std::size_t, Cached>& list, std::size_t size, Stream stream, bool other_streams) {
     // Best fit among blocks in [size, 2*size]: first the requesting stream's (ordered by the
     // stream itself), then any stream's whose pending uses and own stream work have completed.
-    const auto last = free_.upper_bound(2 * size);
-    for (int pass = 0; pass < 2; ++pass) {
-      for (auto it = free_.lower_bound(size); it != last; ++it) {
+    const auto last = list.upper_bound(2 * size);
+    for (int pass = 0; pass < (other_streams ? 2 : 1); ++pass) {
+      for (auto it = list.lower_bound(size); it != last; ++it) {
         Cached& c = it->second;
         if (pass == 0 && c.stream != stream) continue;
         if (pass == 1) {
@@ -169,10 +267,10 @@ class CachingAllocator {
         }
         if (!ready(c)) continue;
         void* p = c.ptr;
-        live_.emplace(p, Block{c.size, stream, {}});
+        live_.emplace(p, Block{c.size, stream, {}, 0});
         note_alloc(c.size);
         ++stats_.n_cache_hits;
-        free_.erase(it);
+        list.erase(it);
         return p;
       }
     }
@@ -200,6 +298,9 @@ class CachingAllocator {
   mutable std::mutex mu_;
   std::multimap<std::size_t, Cached> free_;
   std::unordered_map<void*, Block> live_;
+  std::map<std::uint64_t, Pool> pools_;
+  std::vector<std::pair<Stream, std::uint64_t>> capturing_;  ///< (stream, pool) captures in progress
+  std::uint64_t last_pool_ = 0;
   MemoryStats stats_;
 };
 

@@ -1,5 +1,6 @@
 // CachingAllocator's policy on a fake raw system (no GPU needed): size bins, same-stream reuse,
-// cross-stream reuse only after the other stream's events complete, OOM message, stats.
+// cross-stream reuse only after the other stream's events complete, OOM message, stats, private
+// pools for CUDA graphs.
 // Device discovery messages (DeviceInfo checks) are here too: they need no device.
 #include <doctest/doctest.h>
 
@@ -136,6 +137,99 @@ TEST_CASE("out of memory: cached blocks are released and retried, then a clear e
   a.deallocate(q);
   a.release_cached();
   CHECK(st.used == 0);
+}
+
+// ---- private pools (CUDA graphs: backend/cuda/graph_step.cuh) ----------------------------------
+TEST_CASE("a private pool keeps the blocks of a capture away from ordinary allocations until released") {
+  CachingAllocator<FakeRaw> a;
+  const auto& st = *a.raw().s;
+  // warm-up: the shared cache holds one 4 KiB and one 16 KiB block of stream 1
+  void* w4 = a.allocate(4096, 1);
+  void* w16 = a.allocate(16384, 1);
+  a.deallocate(w4);
+  a.deallocate(w16);
+  const std::size_t raw0 = a.stats().n_raw_allocs;
+
+  const auto pool = a.create_pool();
+  a.begin_pool_capture(pool, 1);
+  void* c4 = a.allocate(4096, 1);  // the capture is served by the shared cache: no raw allocation
+  CHECK(c4 == w4);
+  CHECK(a.pool_of(c4) == pool);
+  void* other = a.allocate(65536, 2);  // another stream is not captured: its own (raw) block
+  CHECK(a.pool_of(other) == 0);
+  a.deallocate(c4);  // freed inside the capture: back to the pool, not to the shared cache
+  a.end_pool_capture(1);
+  CHECK(a.stats().n_raw_allocs == raw0 + 1);  // only stream 2's block
+  CHECK(a.pool_bytes(pool) == 4096);
+  CHECK(a.stats().pool_bytes == 4096);
+
+  // Between replays: an ordinary allocation of the same size on the same stream must not get the
+  // graph's block (the next replay would overwrite it).
+  void* e4 = a.allocate(4096, 1);
+  CHECK(e4 != c4);
+  CHECK(a.pool_of(e4) == 0);
+  // The shared 16 KiB block is still shared (the capture never touched it).
+  void* e16 = a.allocate(16384, 1);
+  CHECK(e16 == w16);
+  a.deallocate(e4);
+  a.deallocate(e16);
+  a.deallocate(other);
+
+  // release_cached (the OOM path) frees shared blocks only: the graph's stay.
+  a.release_cached();
+  CHECK(st.blocks.count(c4) == 1);
+  CHECK(st.blocks.count(e4) == 0);
+
+  // A second capture into the same pool (the other graph of an accumulation window) reuses it.
+  a.begin_pool_capture(pool, 1);
+  void* d4 = a.allocate(4096, 1);
+  CHECK(d4 == c4);
+  a.deallocate(d4);
+  a.end_pool_capture(1);
+
+  // The graphs are gone: the block returns to the shared cache and is reused without a raw alloc.
+  a.release_pool(pool);
+  CHECK(a.pool_bytes(pool) == 0);
+  CHECK(a.stats().pool_bytes == 0);
+  const std::size_t raw1 = a.stats().n_raw_allocs;
+  void* f4 = a.allocate(4096, 1);
+  CHECK(f4 == c4);
+  CHECK(a.stats().n_raw_allocs == raw1);
+  a.deallocate(f4);
+}
+
+TEST_CASE("a private pool adopts shared blocks freed during the capture and keeps blocks that outlive it") {
+  CachingAllocator<FakeRaw> a;
+  void* before = a.allocate(2048, 1);  // allocated eagerly, freed by the captured step
+  const auto pool = a.create_pool();
+  a.begin_pool_capture(pool, 1);
+  CHECK_THROWS_WITH_AS(a.begin_pool_capture(pool, 1), doctest::Contains("already captures into pool"), Error);
+  void* kept = a.allocate(1u << 21, 1);  // a raw allocation (relaxed capture), live after the capture
+  a.deallocate(before);                   // a captured kernel may have used it: it joins the pool
+  a.end_pool_capture(1);
+  CHECK(a.pool_of(kept) == pool);
+  CHECK(a.pool_bytes(pool) == 2048 + (2u << 20));
+  void* e = a.allocate(2048, 1);
+  CHECK(e != before);
+  // freed after the capture (a layer replacing its saved activation eagerly): still the pool's
+  a.deallocate(kept);
+  void* big = a.allocate(1u << 21, 1);
+  CHECK(big != kept);
+  a.deallocate(big);
+  a.deallocate(e);
+  CHECK(a.pool_bytes(pool) == 2048 + (2u << 20));
+  // a live block of a released pool becomes an ordinary block
+  a.begin_pool_capture(pool, 1);
+  void* live = a.allocate(2048, 1);
+  CHECK(live == before);
+  a.end_pool_capture(1);
+  a.release_pool(pool);
+  CHECK(a.pool_of(live) == 0);
+  a.deallocate(live);
+  void* g = a.allocate(2048, 1);
+  CHECK((g == live || g == e));
+  a.deallocate(g);
+  CHECK_THROWS_WITH_AS(a.begin_pool_capture(pool, 1), doctest::Contains("unknown pool"), Error);
 }
 
 TEST_CASE("device checks say what to use instead") {
