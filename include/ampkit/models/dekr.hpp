@@ -102,6 +102,7 @@ class AdaptiveActivationBlock {
     auto dL_doff = ctx.template tensor<T>(offsets_.shape());
     deform_conv2d_backward(ctx, x_, offsets_.cview(), store_->weight(adapt_w_), dL_dd.cview(), dL_dx.view(),
                            dL_doff.view(), store_->weight_grad(adapt_w_), params_);
+    store_->notify_grads_ready(adapt_w_);
     auto dL_daff = ctx.template tensor<T>(transform_.output_shape());
     affine_offsets_backward(ctx, dL_doff.cview(), dL_daff.view());
     auto d2 = transform_.backward(ctx, dL_daff.cview());

@@ -83,6 +83,9 @@ class Conv {
     check_shape("Conv::backward", "dL_dy", dL_dy, ys_);
     conv2d_backward_filter(ctx, x_, dL_dy, store_->weight_grad(w_), spec_.params());
     if (b_.valid()) conv2d_backward_bias(ctx, dL_dy, store_->weight_grad(b_));
+    // Before the input gradient: the data-parallel all-reduce of these can start during it.
+    // (The bias is registered right after the weight, so the two are one range.)
+    store_->notify_grads_ready(w_, b_.valid() ? 2 : 1);
     Tensor<T> dL_dx;
     if (need_dx) {
       dL_dx = ctx.template tensor<T>(x_.shape);
@@ -200,6 +203,7 @@ class BatchNorm {
         batch_norm_add_relu_backward(ctx, x_, y_.cview(), dL_dy, g, sm, si, dL_dx.view(), dL_dres_.view(), dg, db);
         break;
     }
+    store_->notify_grads_ready(gamma_, 2);  // gamma and beta: registered together
     return dL_dx;
   }
 

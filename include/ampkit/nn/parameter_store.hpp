@@ -24,11 +24,18 @@
 ///
 /// Protocol: layers `add()` their parameters while being constructed, then `allocate(ctx, seed)`
 /// lays out the buffers and initialises them; afterwards views are valid until the store dies.
+///
+/// Gradient-ready hook (data-parallel overlap, docs/architecture.md "In the trainer"): every layer
+/// with parameters calls notify_grads_ready(first, count) in its backward right after the last op
+/// that writes those parameters' gradients has been issued, exactly once per backward. On a
+/// stream backend "ready" means "final in stream order": work issued after the call sees them.
+/// The store forwards to an optional observer (none: one branch per layer, no other cost).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <optional>
 #include <random>
@@ -298,6 +305,22 @@ class ParameterStore {
   /// so one switch reaches them all without threading a flag through every constructor.
   void set_recompute_conv_outputs(bool on) { recompute_conv_outputs_ = on; }
   bool recompute_conv_outputs() const { return recompute_conv_outputs_; }
+
+  // ---- gradient-ready hook ----------------------------------------------------------------------
+  /// Told (first, count): parameters [first.index, first.index + count) (registration order) have
+  /// their final gradients for this backward pass.
+  using GradReadyObserver = std::function<void(ParamId first, int count)>;
+  /// Install (or, with an empty function, remove) the observer.
+  void set_grad_ready_observer(GradReadyObserver f) { grad_ready_ = std::move(f); }
+  bool has_grad_ready_observer() const { return static_cast<bool>(grad_ready_); }
+  /// Called by layers: the gradients of parameters [first, first + count) are final (issued).
+  void notify_grads_ready(ParamId first, int count = 1) const {
+    if (!grad_ready_) return;
+    AMPKIT_CHECK(count > 0 && first.index >= 0 && first.index + count <= static_cast<int>(params_.size()),
+                 "parameter store: notify_grads_ready(", first.index, ", ", count, ") outside the ", params_.size(),
+                 " parameters");
+    grad_ready_(first, count);
+  }
   std::int64_t n_compute_slots() const { return n_compute_slots_; }
   std::int64_t n_fp32_slots() const { return n_fp32_slots_; }
   /// Bytes of parameter state this store holds (master + copies + gradients + buffers).
@@ -332,6 +355,7 @@ class ParameterStore {
   std::int64_t n_compute_slots_ = 0, n_fp32_slots_ = 0, n_buffer_ = 0;
   bool allocated_ = false;
   bool recompute_conv_outputs_ = false;
+  GradReadyObserver grad_ready_;
   // mutable: views handed out by const accessors point into them (the store owns the memory,
   // constness of the store guards its layout, not the values).
   mutable Tensor<float> master_;

@@ -450,3 +450,79 @@ TEST_CASE("DEKR checkpoint for Python") {
   const auto ma = m.store().master_all(), mb = b.store().master_all();
   CHECK(std::equal(ma.data, ma.data + ma.numel(), mb.data));
 }
+
+// The gradient-ready hook (nn::ParameterStore::notify_grads_ready), which the data-parallel
+// overlap relies on: a backward reports every parameter exactly once, and only after the last
+// write to its gradient. The host backend runs every op to completion, so a snapshot of the
+// gradient at report time must equal the final gradient bit for bit; a report issued before a
+// later accumulation (+=) into the same gradient would show up as a difference, and one issued
+// before the first write as a snapshot of zeros (zero_grad) against a nonzero final gradient.
+TEST_CASE_TEMPLATE("DEKR backward reports every parameter once, after its gradient is final", P, Fp32, AmpFp16) {
+  using T = storage_t<P>;
+  Host ctx;
+  for (const bool recompute : {false, true}) {
+    CAPTURE(recompute);
+    models::DekrConfig cfg = models::DekrConfig::tiny();
+    cfg.recompute_conv_outputs = recompute;
+    models::Dekr<P, Host> m(ctx, cfg, 11);
+    auto& s = m.store();
+    const std::size_t n = s.params().size();
+    const auto grad_bytes = [&](std::size_t i) {
+      const nn::ParamId id{static_cast<int>(i)};
+      const auto& p = s.params()[i];
+      std::vector<unsigned char> b;
+      if (p.kind == nn::ParamKind::kCompute) {
+        const auto v = s.weight_grad(id);
+        b.resize(static_cast<std::size_t>(v.numel()) * sizeof(T));
+        std::memcpy(b.data(), v.data, b.size());
+      } else {
+        const auto v = s.fp32_grad(id);
+        b.resize(static_cast<std::size_t>(v.numel()) * sizeof(float));
+        std::memcpy(b.data(), v.data, b.size());
+      }
+      return b;
+    };
+    std::vector<int> reports(n, 0);
+    std::vector<std::vector<unsigned char>> at_report(n);
+    std::vector<std::size_t> order;
+    s.set_grad_ready_observer([&](nn::ParamId first, int count) {
+      for (int k = 0; k < count; ++k) {
+        const auto i = static_cast<std::size_t>(first.index + k);
+        if (reports[i]++ == 0) at_report[i] = grad_bytes(i);
+        order.push_back(i);
+      }
+    });
+    const Shape img{2, 64, 64, 3};
+    const auto x = testing::random_tensor<T>(img, 5);
+    const auto out = m.forward(ctx, x.cview(), true);
+    const auto dhm = testing::random_tensor<T>(out.heatmaps.shape, 6, -0.5f, 0.5f);
+    const auto dds = testing::random_tensor<T>(out.displacements.shape, 7, -0.5f, 0.5f);
+    s.zero_grad(ctx);
+    m.backward(ctx, dhm.cview(), dds.cview());
+    s.set_grad_ready_observer({});
+
+    int n_missing = 0, n_twice = 0, n_changed = 0, n_nonzero = 0;
+    std::string first_problem;
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto final_bytes = grad_bytes(i);
+      const bool nonzero = std::any_of(final_bytes.begin(), final_bytes.end(), [](unsigned char c) { return c != 0; });
+      n_nonzero += nonzero;
+      const char* what = nullptr;
+      if (reports[i] == 0) ++n_missing, what = "never reported";
+      else if (reports[i] > 1) ++n_twice, what = "reported more than once";
+      else if (at_report[i] != final_bytes) ++n_changed, what = "changed after its report";
+      if (what && first_problem.empty()) first_problem = s.params()[i].name + ": " + what;
+    }
+    INFO(first_problem);
+    CHECK(n_missing == 0);
+    CHECK(n_twice == 0);
+    CHECK(n_changed == 0);
+    CHECK(order.size() == n);
+    // Real gradients, so "unchanged" means something: nearly every gradient is nonzero (a BN
+    // beta in front of a ReLU can be exactly zero only by accident).
+    CHECK(n_nonzero >= static_cast<int>(n * 9 / 10));
+    // Backward runs the head first: the first report is a head parameter, the last the stem conv.
+    CHECK(s.params()[order.front()].name.rfind("head.", 0) == 0);
+    CHECK(s.params()[order.back()].name == "backbone.conv1.weight");
+  }
+}
