@@ -21,6 +21,8 @@
 #   parity    tools/plot_parity.py --device cuda on configs/demo_gpu.toml: the W32 loss curves under
 #             the three policies (issue 5; the PNG is drawn afterwards where matplotlib is)
 #   sanitize  tools/sanitize_gpu.sh memcheck over the GPU op tests (SANITIZE_FILTER narrows it)
+#   ops       bench/ampkit_ops_bench and bench/torch_ops_bench.py side by side (fp16, batch 32,
+#             DEKR-W32 shapes; OPS_ONLY narrows both to rows containing a substring): issue 3
 # "all" is the first six (about 8 minutes); name the others. Every part needs `build` first, in
 # this call or an earlier one on the same machine (GPU_BUILD keeps the build between calls).
 set -uo pipefail
@@ -149,5 +151,22 @@ if want sanitize; then
     bash tools/sanitize_gpu.sh "$B" > "$OUT/sanitize.log" 2>&1
   log "compute-sanitizer (${SANITIZE_TOOLS:-memcheck}; filter ${SANITIZE_FILTER:-all}): rc=$? in $((SECONDS - t0)) s"
   tail -15 "$OUT/sanitize.log" | tee -a "$S"
+fi
+if want ops; then
+  t0=$SECONDS
+  only=()
+  [ -n "${OPS_ONLY:-}" ] && only=(--only "$OPS_ONLY")
+  alib=; [ -d "$SP/nvidia/cudnn/lib" ] && alib=$SP/nvidia/cudnn/lib:$SP/nvidia/cu13/lib:
+  LD_LIBRARY_PATH="$alib${LD_LIBRARY_PATH:-}" timeout 150 "$B/bench/ampkit_ops_bench" --dtype fp16 --batch 32 --iters 20 \
+    "${only[@]}" > "$OUT/ampkit_ops.json" 2> "$OUT/ops.log"
+  timeout 200 python3 bench/torch_ops_bench.py --dtype fp16 --batch 32 --iters 20 "${only[@]}" \
+    --ampkit-json "$OUT/ampkit_ops.json" --out "$OUT/ops_vs_torch.json" >> "$OUT/ops.log" 2>&1
+  log "ops vs PyTorch (fp16, batch 32${OPS_ONLY:+, only $OPS_ONLY}): rc=$? in $((SECONDS - t0)) s"
+  python3 - "$OUT/ops_vs_torch.json" <<'PY' 2>&1 | tee -a "$S"
+import json, sys
+d = json.load(open(sys.argv[1]))
+for r in d.get("comparison", []):
+    print(f"{r['op'][:44]:44s} fwd {r.get('speedup_fwd', 0):5.2f}x  fwd+bwd {r.get('speedup_fwd_bwd', 0):5.2f}x")
+PY
 fi
 log "done"
