@@ -42,6 +42,11 @@ struct DekrConfig {
   /// (nn::ParameterStore::set_recompute_conv_outputs): ~40 % fewer activations for one more
   /// forward conv per ConvBn; gradients unchanged (nn/conv_bn.hpp, ConvBn::backward).
   bool recompute_conv_outputs = false;
+  /// Free the conv+BN+ReLU outputs read only inside their block / chain / head branch and rebuild
+  /// them in backward from the kept BN input and the saved batch statistics
+  /// (nn::ParameterStore::set_recompute_bn_outputs, nn/conv_bn.hpp BatchNorm::drop_output): one
+  /// elementwise pass each, bit-identical, so on by default (false reproduces older peaks).
+  bool recompute_bn_outputs = true;
 
   static DekrConfig w32() { return {}; }
   static DekrConfig w48() { return {HRNetConfig::w48(), 17, 48, 15, false}; }
@@ -96,6 +101,8 @@ class AdaptiveActivationBlock {
   }
 
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dy) {
+    AMPKIT_CHECK(x_.data != nullptr, "AdaptiveActivationBlock::backward: the input was freed after forward "
+                                     "(forget_input) and not rebuilt (rebind_input)");
     auto dL_dd = bn_.backward(ctx, dL_dy);
     auto dL_dres = bn_.take_dL_dresidual();
     auto dL_dx = ctx.template tensor<T>(x_.shape);
@@ -109,6 +116,18 @@ class AdaptiveActivationBlock {
     nn::accumulate(ctx, dL_dx.view(), d2.cview());
     nn::accumulate(ctx, dL_dx.view(), dL_dres.cview());
     return dL_dx;
+  }
+
+  /// Input recompute (nn/conv_bn.hpp recompute_after_forward): the block's backward reads its
+  /// input in the deformable conv's and the transform conv's backward (the residual only in forward).
+  void forget_input() {
+    x_.data = nullptr;
+    transform_.forget_input();
+  }
+  void rebind_input(TensorView<const T> x) {
+    check_shape("AdaptiveActivationBlock::rebind_input", "x", x, x_.shape);
+    x_ = x;
+    transform_.rebind_input(x);
   }
 
   std::size_t saved_bytes() const {
@@ -152,9 +171,13 @@ class DekrHead {
   std::pair<TensorView<const T>, TensorView<const T>> forward(Backend& ctx, TensorView<const T> x, bool training) {
     auto hm = heat0_.forward(ctx, x, training);
     hm = heat1_->forward(ctx, hm, training);
+    // recompute_bn_outputs: the first ConvModule's output of each branch is read by the next
+    // block only (rebuilt before its backward).
+    nn::recompute_after_forward(heat0_, *heat1_);
     hm = heat2_.forward(ctx, hm);
     auto ds = disp0_.forward(ctx, x, training);
     ds = disp1_->forward(ctx, ds, training);
+    nn::recompute_after_forward(disp0_, *disp1_);
     ds = disp2_->forward(ctx, ds, training);
     ds = disp3_.forward(ctx, ds);
     return {hm, ds};
@@ -162,10 +185,12 @@ class DekrHead {
 
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dheatmaps, TensorView<const T> dL_ddisplacements) {
     auto g = heat2_.backward(ctx, dL_dheatmaps);
+    nn::rebuild_before_backward(ctx, heat0_, *heat1_);
     g = heat1_->backward(ctx, g.cview());
     auto dL_dx = heat0_.backward(ctx, g.cview());
     g = disp3_.backward(ctx, dL_ddisplacements);
     g = disp2_->backward(ctx, g.cview());
+    nn::rebuild_before_backward(ctx, disp0_, *disp1_);
     g = disp1_->backward(ctx, g.cview());
     g = disp0_.backward(ctx, g.cview());
     nn::accumulate(ctx, dL_dx.view(), g.cview());
@@ -199,6 +224,7 @@ class Dekr {
         head_(store_, "head", cfg.backbone.output_channels(), cfg) {
     store_.allocate(ctx, seed);
     store_.set_recompute_conv_outputs(cfg.recompute_conv_outputs);
+    store_.set_recompute_bn_outputs(cfg.recompute_bn_outputs);
   }
   Dekr(const Dekr&) = delete;
   Dekr& operator=(const Dekr&) = delete;

@@ -161,6 +161,9 @@ class HRModule {
         } else {
           TensorView<const T> h = bo[j];
           for (auto& c : link.down) h = c.forward(ctx, h, training);
+          // The chain's inner conv+BN+ReLU outputs: read by the next conv of the chain only.
+          for (std::size_t k = 0; k + 1 < link.down.size(); ++k)
+            nn::recompute_after_forward(link.down[k], link.down[k + 1]);
           terms.push_back(h);
         }
       }
@@ -193,8 +196,18 @@ class HRModule {
             upsample_nearest_backward(ctx, g.cview(), dz.view(), link.scale);
             nn::add_into(ctx, dbo[j], link.up->backward(ctx, dz.cview()));
           } else {
-            Tensor<T> d = link.down.back().backward(ctx, g.cview());
-            for (int k = static_cast<int>(link.down.size()) - 2; k >= 0; --k) d = link.down[k].backward(ctx, d.cview());
+            auto& dn = link.down;
+            const int n = static_cast<int>(dn.size());
+            // recompute_bn_outputs: each inner output is rebuilt before the next conv's backward;
+            // with recompute_conv_outputs a rebuild reads the previous one: front to back first.
+            if (dn.front().rebuild_reads_input())
+              for (int k = 1; k < n; ++k) nn::rebuild_before_backward(ctx, dn[k - 1], dn[k]);
+            if (n > 1) nn::rebuild_before_backward(ctx, dn[n - 2], dn[n - 1]);
+            Tensor<T> d = dn.back().backward(ctx, g.cview());
+            for (int k = n - 2; k >= 0; --k) {
+              if (k > 0) nn::rebuild_before_backward(ctx, dn[k - 1], dn[k]);
+              d = dn[k].backward(ctx, d.cview());
+            }
             nn::add_into(ctx, dbo[j], std::move(d));
           }
         }
@@ -264,7 +277,9 @@ class HRNet {
   std::vector<TensorView<const T>> forward(Backend& ctx, TensorView<const T> image, bool training) {
     auto h = stem1_.forward(ctx, image, training);
     h = stem2_.forward(ctx, h, training);
+    nn::recompute_after_forward(stem1_, stem2_);  // (recompute_bn_outputs; rebuilt in backward)
     for (auto& b : layer1_) h = b.forward(ctx, h, training);
+    if (!layer1_.empty()) nn::recompute_after_forward(stem2_, layer1_.front());
     std::vector<TensorView<const T>> ys{h};
     for (int t = 0; t < 3; ++t) {
       std::vector<TensorView<const T>> xs;
@@ -307,7 +322,16 @@ class HRNet {
       dL_dys = std::move(prev);
     }
     Tensor<T> d = std::move(dL_dys[0]);
-    for (int k = static_cast<int>(layer1_.size()) - 1; k >= 0; --k) d = layer1_[k].backward(ctx, d.cview());
+    for (int k = static_cast<int>(layer1_.size()) - 1; k >= 0; --k) {
+      if (k == 0) {
+        // The stem's outputs (recompute_bn_outputs): stem2's is read by layer1.0, stem1's by stem2;
+        // with recompute_conv_outputs rebuilding stem2's output reads stem1's: that one first.
+        if (stem2_.rebuild_reads_input()) nn::rebuild_before_backward(ctx, stem1_, stem2_);
+        nn::rebuild_before_backward(ctx, stem2_, layer1_.front());
+      }
+      d = layer1_[k].backward(ctx, d.cview());
+    }
+    nn::rebuild_before_backward(ctx, stem1_, stem2_);
     d = stem2_.backward(ctx, d.cview());
     stem1_.backward(ctx, d.cview(), /*need_dx=*/false);
   }

@@ -81,6 +81,8 @@ class Conv {
   /// dL_dw (+=), dL_db (+=); returns dL_dx (=) when need_dx, else an empty tensor.
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dy, bool need_dx = true) {
     check_shape("Conv::backward", "dL_dy", dL_dy, ys_);
+    AMPKIT_CHECK(x_.data != nullptr, "Conv::backward: the input was freed after forward (forget_input) and not "
+                                     "rebuilt (rebind_input)");
     conv2d_backward_filter(ctx, x_, dL_dy, store_->weight_grad(w_), spec_.params());
     if (b_.valid()) conv2d_backward_bias(ctx, dL_dy, store_->weight_grad(b_));
     // Before the input gradient: the data-parallel all-reduce of these can start during it.
@@ -97,7 +99,18 @@ class Conv {
   TensorView<const T> output() const { return y_.cview(); }
   /// The last forward's input (a view the caller keeps alive) and the store.
   TensorView<const T> input() const { return x_; }
+  /// Input recompute (the producer's output was freed after forward and rebuilt for backward,
+  /// recompute_bn_outputs): forget_input() drops the view of the freed tensor (the shape stays,
+  /// so a backward without a rebuild fails loudly instead of reading freed memory);
+  /// rebind_input() points backward at the rebuilt copy (same shape, the forward's values).
+  void forget_input() { x_.data = nullptr; }
+  void rebind_input(TensorView<const T> x) {
+    check_shape("Conv::rebind_input", "x", x, x_.shape);
+    x_ = x;
+  }
   const Store& store() const { return *store_; }
+  /// Whether the output is held (false after release_output(), until the next forward).
+  bool has_output() const { return y_.numel() > 0; }
   /// Shape of the last forward's output (also after release_output()).
   Shape output_shape() const { return ys_; }
   /// Frees the output once the caller has consumed it. Why this is allowed: backward reads only
@@ -148,6 +161,7 @@ class BatchNorm {
     AMPKIT_CHECK(x.shape.c == c_, "BatchNorm::forward: input has ", x.shape.c, " channels, the layer ", c_);
     x_ = x;
     training_ = training;
+    dropped_ = false;
     if (y_.shape() != x.shape) y_ = ctx.template tensor<T>(x.shape);
     if (save_mean_.numel() != c_) {
       save_mean_ = ctx.template tensor<float>({1, 1, 1, c_});
@@ -189,6 +203,8 @@ class BatchNorm {
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dy) {
     AMPKIT_CHECK(training_, "BatchNorm::backward after an eval-mode forward: backward needs batch statistics");
     check_shape("BatchNorm::backward", "dL_dy", dL_dy, x_.shape);
+    AMPKIT_CHECK(!dropped_ || y_.numel() > 0,
+                 "BatchNorm::backward: the output was freed after forward (drop_output) and not rebuilt (rebuild_output)");
     auto dL_dx = ctx.template tensor<T>(x_.shape);
     const auto g = store_->fp32_param(gamma_);
     const TensorView<const float> sm = save_mean_.cview(), si = save_invstd_.cview();
@@ -204,6 +220,7 @@ class BatchNorm {
         break;
     }
     store_->notify_grads_ready(gamma_, 2);  // gamma and beta: registered together
+    if (dropped_) y_ = Tensor<T>();  // the rebuilt copy: its consumers' backward ran before this one
     return dL_dx;
   }
 
@@ -231,6 +248,33 @@ class BatchNorm {
                  "read y for the mask)");
     y_ = Tensor<T>();
   }
+  /// Output recompute (the store's recompute_bn_outputs(); training forward, kRelu only): frees
+  /// y after every layer reading it has run forward. Returns whether it did; the caller then makes
+  /// those consumers forget their view of it (recompute_after_forward below). Why this is cheap:
+  /// y = relu(x*scale + shift) with x (the conv output, kept for this BN's backward) and the saved
+  /// batch statistics (2 floats per channel), so rebuild_output() brings back the same bits with
+  /// one elementwise pass (batch_norm_relu_forward_saved), where recomputing a conv output costs a
+  /// convolution. kAddRelu outputs are not dropped: they are block outputs, read by the next
+  /// block and the residual, and rebuilding one would need the residual too.
+  bool drop_output() {
+    if (!training_ || epilogue_ != BatchNormEpilogue::kRelu || !store_->recompute_bn_outputs()) return false;
+    y_ = Tensor<T>();
+    dropped_ = true;
+    return true;
+  }
+  bool output_dropped() const { return dropped_; }
+  /// Rebuilds the dropped output from the (kept or rebound) input and the saved statistics, bit
+  /// for bit; backward frees it again once it has read the ReLU mask. Idempotent until then.
+  TensorView<const T> rebuild_output(Backend& ctx) {
+    AMPKIT_CHECK(dropped_, "BatchNorm::rebuild_output: the output was not dropped");
+    AMPKIT_CHECK(x_.data != nullptr, "BatchNorm::rebuild_output: the input is not available");
+    if (y_.numel() == 0) {
+      y_ = ctx.template tensor<T>(x_.shape);
+      batch_norm_relu_forward_saved(ctx, x_, store_->fp32_param(gamma_), store_->fp32_param(beta_),
+                                    save_mean_.cview(), save_invstd_.cview(), y_.view());
+    }
+    return y_.cview();
+  }
   std::size_t saved_bytes() const { return static_cast<std::size_t>(y_.numel()) * sizeof(T) + 2 * sizeof(float) * c_; }
 
  private:
@@ -241,6 +285,7 @@ class BatchNorm {
   ParamId gamma_, beta_;
   BufferId mean_, var_;
   bool training_ = false;
+  bool dropped_ = false;  ///< the last forward's output was freed by drop_output()
   TensorView<const T> x_;
   Tensor<T> y_, dL_dres_;
   Tensor<float> save_mean_, save_invstd_;
@@ -267,7 +312,8 @@ class ConvBn {
 
   /// y = epilogue(bn(conv(x)) [, residual]). `residual` only with kAddRelu.
   /// With the store's recompute_conv_outputs() set, a training forward frees the conv output z
-  /// once the BN has read it (see backward()).
+  /// once the BN has read it (see backward()). The BN output y is freed by the caller once its
+  /// consumers ran (recompute_bn_outputs: drop_output(), recompute_after_forward below).
   TensorView<const T> forward(Backend& ctx, TensorView<const T> x, bool training,
                               TensorView<const T> residual = {}) {
     const auto y = bn_.forward(ctx, conv_.forward(ctx, x), training, residual);
@@ -288,8 +334,11 @@ class ConvBn {
   /// so gradients are bit-identical to the keeping mode; on CUDA the conv plan cache picks one
   /// algorithm per shape, and cuDNN's forward algorithms are deterministic (guaranteed with
   /// randomness.deterministic), so the same holds there.
+  ///
+  /// With the output dropped (recompute_bn_outputs, drop_output()), rebuild_output() must have
+  /// run before this (its consumers' backward needed it first); the BN backward frees it again.
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dy, bool need_dx = true) {
-    if (recompute_) bn_.rebind_input(conv_.forward(ctx, conv_.input()));
+    recompute_z(ctx);
     auto dL_dz = bn_.backward(ctx, dL_dy);
     if (recompute_) conv_.release_output();  // conv backward reads x and dL_dz, not z
     return conv_.backward(ctx, dL_dz.cview(), need_dx);
@@ -300,13 +349,62 @@ class ConvBn {
   Shape output_shape() const { return bn_.output_shape(); }
   /// Frees the BN output after the caller consumed it (kNone only: BatchNorm::release_output).
   void release_output() { bn_.release_output(); }
+
+  /// Output recompute, producer side (BatchNorm::drop_output): frees the BN+ReLU output once its
+  /// consumers ran forward; true when it did (store switch on, training, kRelu).
+  bool drop_output() { return bn_.drop_output(); }
+  bool output_dropped() const { return bn_.output_dropped(); }
+  /// Whether rebuild_output() reads this layer's input (recompute_conv_outputs: z is recomputed
+  /// from it), so a dropped input must be rebuilt first (chains: Bottleneck, stem, fuse links).
+  bool rebuild_reads_input() const { return recompute_; }
+  /// Rebuilds the dropped output for the consumers' backward. With recompute_conv_outputs the
+  /// BN input z was freed too: it is recomputed first (the same conv2d_forward call) and kept
+  /// until this layer's BN backward, which needs it as well.
+  TensorView<const T> rebuild_output(Backend& ctx) {
+    recompute_z(ctx);
+    return bn_.rebuild_output(ctx);
+  }
+  /// Output recompute, consumer side: the input's producer freed it (Conv::forget_input) or
+  /// rebuilt it (Conv::rebind_input). With recompute_conv_outputs the rebound input is also what
+  /// backward recomputes z from.
+  void forget_input() { conv_.forget_input(); }
+  void rebind_input(TensorView<const T> x) { conv_.rebind_input(x); }
   std::size_t saved_bytes() const { return conv_.saved_bytes() + bn_.saved_bytes(); }
 
  private:
+  /// Recompute mode: z = conv(x) again unless an earlier rebuild_output() already did.
+  void recompute_z(Backend& ctx) {
+    if (!recompute_ || conv_.has_output()) return;
+    AMPKIT_CHECK(conv_.input().data != nullptr,
+                 "ConvBn: the input was freed after forward (forget_input) and not rebuilt (rebind_input)");
+    bn_.rebind_input(conv_.forward(ctx, conv_.input()));
+  }
+
   Conv<P, Backend> conv_;
   BatchNorm<P, Backend> bn_;
   bool recompute_ = false;  ///< the last forward freed z (training with recompute_conv_outputs)
 };
+
+/// Output recompute between a producer (ConvBn with a ReLU epilogue) and the layers that read its
+/// output, all in one place (a block, a conv chain), with the store's recompute_bn_outputs():
+///   forward, after the last consumer ran:  recompute_after_forward(producer, consumers...)
+///   backward, before the first consumer:   rebuild_before_backward(ctx, producer, consumers...)
+/// The producer's backward must come after every consumer's (it reads the rebuilt output as its
+/// ReLU mask and frees it); rebuilding twice is a no-op. Where a producer's input is itself a
+/// dropped output and rebuild_reads_input() (recompute_conv_outputs on), rebuild front to back.
+/// Why only where the consumers are local: the rebuilt tensor lives from the first consumer's
+/// backward to the producer's, so across a block boundary it would be held about as long as it
+/// was kept before, and a rebuild that needs another rebuild first would chain. Consumers: anything with forget_input() / rebind_input() (Conv, ConvBn, the blocks).
+template <class Producer, class... Consumers>
+void recompute_after_forward(Producer& producer, Consumers&... consumers) {
+  if (producer.drop_output()) (consumers.forget_input(), ...);
+}
+template <class Backend, class Producer, class... Consumers>
+void rebuild_before_backward(Backend& ctx, Producer& producer, Consumers&... consumers) {
+  if (!producer.output_dropped()) return;
+  const auto y = producer.rebuild_output(ctx);
+  (consumers.rebind_input(y), ...);
+}
 
 /// dst += src in place (activation gradients where branches merge).
 template <class Backend, class T>

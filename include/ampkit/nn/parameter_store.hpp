@@ -305,6 +305,14 @@ class ParameterStore {
   /// so one switch reaches them all without threading a flag through every constructor.
   void set_recompute_conv_outputs(bool on) { recompute_conv_outputs_ = on; }
   bool recompute_conv_outputs() const { return recompute_conv_outputs_; }
+  /// Second activation-memory policy (nn/conv_bn.hpp, BatchNorm::drop_output), ON by default:
+  /// a training forward frees the BN+ReLU outputs whose consumers sit in the same block or conv
+  /// chain, and backward rebuilds each from the kept BN input and the saved batch statistics
+  /// with the forward's own elementwise code. Bit-identical (one elementwise pass, no conv), so
+  /// there is nothing to trade; off only to reproduce the measurements of older code. Composes
+  /// with recompute_conv_outputs (then the BN input is recomputed first).
+  void set_recompute_bn_outputs(bool on) { recompute_bn_outputs_ = on; }
+  bool recompute_bn_outputs() const { return recompute_bn_outputs_; }
 
   // ---- gradient-ready hook ----------------------------------------------------------------------
   /// Told (first, count): parameters [first.index, first.index + count) (registration order) have
@@ -355,6 +363,7 @@ class ParameterStore {
   std::int64_t n_compute_slots_ = 0, n_fp32_slots_ = 0, n_buffer_ = 0;
   bool allocated_ = false;
   bool recompute_conv_outputs_ = false;
+  bool recompute_bn_outputs_ = true;
   GradReadyObserver grad_ready_;
   // mutable: views handed out by const accessors point into them (the store owns the memory,
   // constness of the store guards its layout, not the values).

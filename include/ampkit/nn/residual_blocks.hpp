@@ -6,6 +6,13 @@
 /// Names: `prefix.conv1.weight`, `prefix.bn1.weight` ..., `prefix.downsample.0.weight` (1x1 conv),
 /// `prefix.downsample.1.*` (its BN). Gradient contract as nn/conv_bn.hpp: dL_dx returned (=),
 /// parameter gradients accumulated (+=).
+///
+/// With the store's recompute_bn_outputs() the inner BN+ReLU outputs (conv1's, and conv2's in the
+/// Bottleneck) are freed after the next conv's forward and rebuilt right before its backward
+/// (nn/conv_bn.hpp recompute_after_forward); the block output (add+ReLU) is kept. The block's
+/// own input can be freed and rebuilt by its producer the same way: forget_input() /
+/// rebind_input() reach every layer of the block whose backward reads the input (conv1 and
+/// the downsample conv; the identity residual is read by the forward only).
 #pragma once
 
 #include <optional>
@@ -39,10 +46,12 @@ class BasicBlock {
     const auto y = conv2_.forward(ctx, h, training, r);
     // The residual is read only by the add+relu forward (its backward needs y, not r).
     if (downsample_) downsample_->release_output();
+    recompute_after_forward(conv1_, conv2_);
     return y;
   }
 
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dy, bool need_dx = true) {
+    rebuild_before_backward(ctx, conv1_, conv2_);
     auto dL_dh = conv2_.backward(ctx, dL_dy);
     auto dL_dr = conv2_.take_dL_dresidual();
     auto dL_dx = conv1_.backward(ctx, dL_dh.cview(), need_dx);
@@ -60,6 +69,14 @@ class BasicBlock {
   }
 
   TensorView<const T> output() const { return conv2_.output(); }
+  void forget_input() {
+    conv1_.forget_input();
+    if (downsample_) downsample_->forget_input();
+  }
+  void rebind_input(TensorView<const T> x) {
+    conv1_.rebind_input(x);
+    if (downsample_) downsample_->rebind_input(x);
+  }
   std::size_t saved_bytes() const {
     return conv1_.saved_bytes() + conv2_.saved_bytes() + (downsample_ ? downsample_->saved_bytes() : 0);
   }
@@ -99,12 +116,18 @@ class Bottleneck {
     const auto y = conv3_.forward(ctx, h2, training, r);
     // The residual is read only by the add+relu forward (its backward needs y, not r).
     if (downsample_) downsample_->release_output();
+    recompute_after_forward(conv1_, conv2_);
+    recompute_after_forward(conv2_, conv3_);
     return y;
   }
 
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dy, bool need_dx = true) {
+    // With recompute_conv_outputs, rebuilding h2 recomputes conv2's output from h1: h1 first.
+    if (conv2_.rebuild_reads_input()) rebuild_before_backward(ctx, conv1_, conv2_);
+    rebuild_before_backward(ctx, conv2_, conv3_);
     auto d2 = conv3_.backward(ctx, dL_dy);
     auto dL_dr = conv3_.take_dL_dresidual();
+    rebuild_before_backward(ctx, conv1_, conv2_);  // (a no-op when done above)
     auto d1 = conv2_.backward(ctx, d2.cview());
     auto dL_dx = conv1_.backward(ctx, d1.cview(), need_dx);
     if (!need_dx) {
@@ -121,6 +144,14 @@ class Bottleneck {
   }
 
   TensorView<const T> output() const { return conv3_.output(); }
+  void forget_input() {
+    conv1_.forget_input();
+    if (downsample_) downsample_->forget_input();
+  }
+  void rebind_input(TensorView<const T> x) {
+    conv1_.rebind_input(x);
+    if (downsample_) downsample_->rebind_input(x);
+  }
   std::size_t saved_bytes() const {
     return conv1_.saved_bytes() + conv2_.saved_bytes() + conv3_.saved_bytes() +
            (downsample_ ? downsample_->saved_bytes() : 0);

@@ -52,6 +52,12 @@ struct ModelConfig {
   /// forward conv per layer): W32 fp16 activations 1110 -> 623 MiB at batch 2 (dry run). Off by
   /// default; nn/conv_bn.hpp has the details.
   bool recompute_conv_outputs = false;
+  /// Free the conv+BN+ReLU outputs that only the next conv of the same block (or stem, fuse
+  /// chain, head branch) reads, and rebuild them in backward from the kept BN input and the saved
+  /// batch statistics: one elementwise pass each, bit-identical to keeping them (same BN apply
+  /// code), W32 fp16 activations -20 % (docs/architecture.md). On by default; false only
+  /// reproduces older measurements.
+  bool recompute_bn_outputs = true;
 };
 
 /// Codec SPR (`mmpose/codecs/spr.py`) as the DEKR config sets it.
@@ -216,6 +222,8 @@ void visit_fields(Config& c, V&& v) {
   v("codec.heatmap_size", c.codec.heatmap_size, "(w, h)");
   v("codec.sigma", c.codec.sigma, "(root, keypoint)");
   v("codec.minimal_diagonal_length", c.codec.minimal_diagonal_length, "heatmap px");
+  v("model.recompute_bn_outputs", c.model.recompute_bn_outputs,
+    "rebuild in-block BN+ReLU outputs in backward from saved statistics: less memory, bit-identical");
   v("codec.background_weight", c.codec.background_weight, "");
   v("codec.decode_max_instances", c.codec.decode_max_instances, "");
   v("codec.decode_nms_kernel", c.codec.decode_nms_kernel, "");

@@ -106,6 +106,7 @@ inline models::DekrConfig dekr_config(const TrainConfig& c) {
   m.heatmap_filters = c.model.num_heatmap_filters;
   m.displacement_filters_per_kpt = c.model.num_displacement_filters_per_keypoint;
   m.recompute_conv_outputs = c.model.recompute_conv_outputs;
+  m.recompute_bn_outputs = c.model.recompute_bn_outputs;
   return m;
 }
 

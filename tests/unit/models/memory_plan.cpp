@@ -92,10 +92,11 @@ HostCount host_step_bytes(const train::MemoryPlanRequest& r) {
 }
 
 template <class P>
-void check_against_host(bool recompute = false) {
+void check_against_host(bool recompute = false, bool recompute_bn = true) {
   train::MemoryPlanRequest r;
   r.model = models::DekrConfig::tiny();
   r.model.recompute_conv_outputs = recompute;
+  r.model.recompute_bn_outputs = recompute_bn;
   r.batch_size = 2;
   r.input_h = 64;
   r.input_w = 96;
@@ -115,10 +116,13 @@ void check_against_host(bool recompute = false) {
   CHECK(plan.requested.step_high_water > plan.requested.activations / 100);  // gradients really counted
 }
 
-train::MemoryPlanRequest w32(std::int64_t batch, bool staging = true) {
+/// @param recompute_bn  model.recompute_bn_outputs (default on); the H200 rows measured on code
+///                      without it pass false
+train::MemoryPlanRequest w32(std::int64_t batch, bool staging = true, bool recompute_bn = true) {
   train::MemoryPlanRequest r;
   r.batch_size = batch;
   r.fp32_image_staging = staging;
+  r.model.recompute_bn_outputs = recompute_bn;
   return r;
 }
 
@@ -240,30 +244,35 @@ TEST_CASE("memory plan: fails before the first step with one message and advice 
 }
 
 TEST_CASE("memory plan: the H200 measurements lie between the dry-run peak and the total") {
-  // bench/results/dekr_step_h200_20261130.txt: peak_allocated_bytes of ampkit_dekr_step (W32,
-  // 512x512, after warm-up; its image is generated in the storage type: no fp32 staging). The
-  // dry run misses only what CUDA ops allocate inside themselves, so it is below the measurement,
-  // and the allowance must cover the difference.
-  // STALE until re-measured: these peaks were measured on the code of a8516d0, which kept the
-  // plain BN outputs (HRNet fuse links, downsample) and the head's affine maps until the next
-  // forward; the layers now free them after use (nn/conv_bn.hpp release_output), so the dry run
-  // is 4.6 % (fp16) to 5 % (fp32) lower than the code that was measured and the measured peak now
-  // lies up to 9.3 % above it (fp32 batch 32 even above the total). Until bench/run_dekr_step.sh
-  // is re-run on the H200 (then restore: within 5 %, and measured <= total), only the lower
-  // bound and a 10 % band are checked.
+  // peak_allocated_bytes of ampkit_dekr_step on the H200 (W32, 512x512, after warm-up; its image
+  // is generated in the storage type: no fp32 staging), measured 2026-11-30 in the same session
+  // as PyTorch, on the code after the early frees (release_output) and BEFORE
+  // recompute_bn_outputs: the rows are checked against that configuration (recompute_bn = false).
+  // The dry run misses only what CUDA ops allocate inside themselves, so it is below the
+  // measurement, and the allowance of the total must cover the difference.
+  // Band per policy: fp16 +0.9..+1.2 % measured (cuDNN tensor-op algorithms with small
+  // workspaces, the deformable conv's fp32 dx scratch at the head): within 3 %. fp32 +1.9..+5.2 %:
+  // every conv runs cuDNN's FMA-math (no TF32) algorithms, whose chosen workspaces grow with the
+  // batch (up to kConvWorkspaceLimit per call, backend/cuda/conv2d.cuh), at the head's 1x1 convs
+  // on the 480-channel neck, where the peak is: within 6 %, and the total's 256 MiB + 5 % still
+  // covers every row.
   struct Row {
     const char* policy;
     int batch;
     std::size_t measured;
   };
-  for (const Row& m : {Row{"fp16", 2, 1919217664}, Row{"fp16", 10, 7238231552}, Row{"fp16", 32, 20446584320},
-                       Row{"fp32", 32, 41396298752}}) {
-    const auto p = train::plan_dekr_step(m.policy, w32(m.batch, false));
+  for (const Row& m : {Row{"fp16", 2, 1839720960}, Row{"fp16", 10, 6888445952}, Row{"fp16", 32, 19487655424},
+                       Row{"fp32", 2, 3072602112}, Row{"fp32", 10, 13113926144}, Row{"fp32", 32, 39548707840}}) {
+    const auto p = train::plan_dekr_step(m.policy, w32(m.batch, false, /*recompute_bn=*/false));
     std::printf("%s batch %d: dry-run peak %zu, total %zu, measured %zu (%.2f %% above the dry run)\n", m.policy,
                 m.batch, p.peak_allocated, p.total(), m.measured,
                 100.0 * (static_cast<double>(m.measured) / static_cast<double>(p.peak_allocated) - 1.0));
+    CAPTURE(m.policy);
+    CAPTURE(m.batch);
+    const bool fp16 = std::string(m.policy) == "fp16";
     CHECK(p.peak_allocated <= m.measured);
-    CHECK(m.measured - p.peak_allocated < p.peak_allocated / 10);  // stale rows: see above (was 5 %, and <= total)
+    CHECK(m.measured - p.peak_allocated < p.peak_allocated / (fp16 ? 33 : 16));  // 3 % / 6 %, see above
+    CHECK(m.measured <= p.total());
   }
 }
 
@@ -278,7 +287,7 @@ TEST_CASE("memory plan: the H200 peaks through the trainer on the current code, 
     double measured_mib;
   };
   for (const Row& m : {Row{2, false, 1752}, Row{2, true, 1266}, Row{32, false, 18681}, Row{32, true, 11923}}) {
-    auto r = w32(m.batch, true);
+    auto r = w32(m.batch, true, /*recompute_bn=*/false);  // measured before recompute_bn_outputs
     r.model.recompute_conv_outputs = m.recompute;
     const auto p = train::plan_dekr_step("fp16", r);
     const double plan_mib = static_cast<double>(p.peak_allocated) / (1024.0 * 1024.0);
@@ -308,13 +317,14 @@ struct RunBytes {
 };
 
 /// Two training steps of tiny DEKR (forward, loss, backward, Adam), with or without
-/// recompute_conv_outputs, from the same seed and inputs.
+/// recompute_conv_outputs and recompute_bn_outputs, from the same seed and inputs.
 template <class P>
-RunBytes two_steps(bool recompute) {
+RunBytes two_steps(bool recompute, bool recompute_bn = true) {
   using T = storage_t<P>;
   Host ctx(2);  // two threads: the host conv's split must not change the recomputed values either
   auto cfg = models::DekrConfig::tiny();
   cfg.recompute_conv_outputs = recompute;
+  cfg.recompute_bn_outputs = recompute_bn;
   models::Dekr<P, Host> model(ctx, cfg, 11);
   DekrLoss<P, Host> loss(ctx);
   amp::AmpOptimizer<P, optim::Adam, Host> opt(ctx, model.store(), optim::Adam{}, amp::loss_scaler_t<P>{});
@@ -390,4 +400,68 @@ TEST_CASE("memory plan: recompute_conv_outputs, dry run equals the host and the 
   // The breakdown names the sites (the conv output site of ConvBn is gone from the kept set).
   CHECK(!pr.activation_sites.empty());
   CHECK(pr.detail().find("nn/conv_bn.hpp") != std::string::npos);
+}
+
+// ---- model.recompute_bn_outputs (nn/conv_bn.hpp BatchNorm::drop_output) -------------------------
+
+namespace {
+
+/// One step pair with recompute_bn_outputs off and on (recompute_conv_outputs as given): every
+/// output, loss, gradient, BN running statistic and updated weight, byte for byte.
+template <class P>
+void check_bn_recompute_bit_identical(bool recompute_conv) {
+  const RunBytes keep = two_steps<P>(recompute_conv, false), again = two_steps<P>(recompute_conv, true);
+  REQUIRE(keep.bytes.size() == again.bytes.size());
+  REQUIRE(keep.bytes.size() > 100000);
+  std::size_t first = keep.bytes.size(), n_diff = 0;
+  for (std::size_t i = 0; i < keep.bytes.size(); ++i)
+    if (keep.bytes[i] != again.bytes[i]) {
+      first = std::min(first, i);
+      ++n_diff;
+    }
+  if (n_diff)
+    std::printf("recompute_bn_outputs (recompute_conv_outputs %d) differs in %zu of %zu bytes, first at byte %zu\n",
+                recompute_conv, n_diff, keep.bytes.size(), first);
+  // Exact: the rebuild runs the forward's own affine map and elementwise pass on the same BN
+  // input with the saved statistics (backend/host/batch_norm.hpp bn_affine / bn_apply).
+  CHECK(n_diff == 0);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("memory plan: recompute_bn_outputs is bit-identical on the host (tiny DEKR, 2 Adam steps)", P, Fp32,
+                   AmpFp16) {
+  SUBCASE("alone") { check_bn_recompute_bit_identical<P>(false); }
+  SUBCASE("with recompute_conv_outputs") { check_bn_recompute_bit_identical<P>(true); }
+}
+
+TEST_CASE("memory plan: recompute_bn_outputs, dry run equals the host, and what it frees") {
+  // The dry run and the host allocate the same with the switch on (alone and composed) and off.
+  check_against_host<AmpFp16>(false, true);
+  check_against_host<AmpFp16>(true, true);
+  check_against_host<Fp32>(false, false);
+  // W32: the dropped outputs leave the activations; the peak (at the start of backward) follows.
+  for (const char* policy : {"fp16", "fp32"})
+    for (int batch : {2, 10, 32}) {
+      const auto off = train::plan_dekr_step(policy, w32(batch, false, false));
+      const auto on = train::plan_dekr_step(policy, w32(batch, false, true));
+      auto both_req = w32(batch, false, true);
+      both_req.model.recompute_conv_outputs = true;
+      const auto both = train::plan_dekr_step(policy, both_req);
+      const double mib = 1024.0 * 1024.0;
+      std::printf("W32 512x512 %s batch %d (bench, no staging): dry-run peak %zu B (%.1f MiB) with "
+                  "recompute_bn_outputs, %zu B (%.1f MiB) without (%.1f %%); activations %.1f -> %.1f MiB; "
+                  "+recompute_conv_outputs: peak %.1f MiB\n",
+                  policy, batch, on.peak_allocated, on.peak_allocated / mib, off.peak_allocated,
+                  off.peak_allocated / mib, 100.0 * (static_cast<double>(on.peak_allocated) / off.peak_allocated - 1.0),
+                  off.requested.activations / mib, on.requested.activations / mib, both.peak_allocated / mib);
+      CAPTURE(policy);
+      CAPTURE(batch);
+      // Per image the inner BN+ReLU outputs of the blocks, the stem and the head branches (fp16:
+      // ~97 MiB of the 502 MiB kept per image, the breakdown's file); at least 15 % of the
+      // activations, and the rebuilt copies are transient (one block's at a time).
+      CHECK(on.requested.activations < off.requested.activations * 85 / 100);
+      CHECK(on.peak_allocated < off.peak_allocated);
+      CHECK(both.peak_allocated < on.peak_allocated);
+    }
 }

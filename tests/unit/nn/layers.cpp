@@ -445,6 +445,43 @@ TEST_CASE_TEMPLATE("host ops round once to the storage type", T, float, half, bf
   CHECK(std::memcmp(rm.data(), rm2.data(), 6 * sizeof(float)) == 0);  // statistics do not depend on T
 }
 
+TEST_CASE_TEMPLATE("batch_norm_relu_forward_saved host: the training forward's output, bit for bit", T, float, half,
+                   bfloat16) {
+  // The rebuild of recompute_bn_outputs (nn/conv_bn.hpp): y from x and the saved statistics must
+  // be the training forward's y exactly, for shifted/scaled data (mean far from 0: the affine
+  // map's rounding matters) and channel counts of DEKR (17, 255) and of packs (64).
+  for (const Shape xs : {Shape{2, 5, 7, 17}, Shape{1, 9, 4, 64}, Shape{2, 3, 3, 255}}) {
+    CAPTURE(xs);
+    const Shape v{1, 1, 1, xs.c};
+    const auto x = rnd<T>(xs, 61 + static_cast<std::uint64_t>(xs.c), -2, 6);
+    const auto g = rnd<float>(v, 62, 0.25, 2.5), be = rnd<float>(v, 63, -1, 1);
+    HostTensor<float> rm(v, 0.f), rv(v, 1.f), sm(v), si(v);
+    HostTensor<T> y(xs), again(xs, T(7.f));
+    batch_norm_relu_forward_training<T>(ctx(), x.cview(), g.cview(), be.cview(), rm.view(), rv.view(), sm.view(),
+                                        si.view(), y.view());
+    const HostTensor<float> rm0 = rm.clone(), rv0 = rv.clone();
+    batch_norm_relu_forward_saved<T>(ctx(), x.cview(), g.cview(), be.cview(), sm.cview(), si.cview(), again.view());
+    std::int64_t n_diff = 0, n_pos = 0;
+    for (std::int64_t i = 0; i < y.numel(); ++i) {
+      n_diff += std::memcmp(&y[i], &again[i], sizeof(T)) != 0;
+      n_pos += static_cast<float>(y[i]) > 0.f;
+    }
+    CHECK(n_diff == 0);
+    CHECK(n_pos > y.numel() / 4);  // the ReLU did not zero everything (the comparison means something)
+    CHECK(n_pos < y.numel());
+    // Nothing updated: the running statistics are the forward's.
+    CHECK(std::memcmp(rm.data(), rm0.data(), sizeof(float) * xs.c) == 0);
+    CHECK(std::memcmp(rv.data(), rv0.data(), sizeof(float) * xs.c) == 0);
+  }
+  // Shapes are checked like every BN op.
+  const Shape xs{1, 2, 2, 4};
+  HostTensor<T> x(xs), y({1, 2, 2, 5});
+  HostTensor<float> g({1, 1, 1, 4}, 1.f);
+  CHECK_THROWS_WITH_AS(
+      batch_norm_relu_forward_saved<T>(ctx(), x.cview(), g.cview(), g.cview(), g.cview(), g.cview(), y.view()),
+      doctest::Contains("batch_norm_relu_forward_saved"), Error);
+}
+
 // =================================================================================================
 // Bad input: clear errors naming the op, the expected and the given values
 // =================================================================================================

@@ -207,6 +207,17 @@ __global__ void __launch_bounds__(kBnThreads)
   }
 }
 
+/// The per-channel affine map y = x*scale + shift from (mean, invstd): one function for the
+/// training forward's finalize and the rebuild from the saved statistics, with the rounding spelled
+/// out (one product, one fused multiply-add: what the compiler contracted `beta - mean * sc` to),
+/// so the two cannot differ by a contraction choice.
+__device__ __forceinline__ void bn_affine_map(float mean, float invstd, float gamma, float beta, float& scale,
+                                              float& shift) {
+  const float sc = __fmul_rn(invstd, gamma);
+  scale = sc;
+  shift = __fmaf_rn(-mean, sc, beta);
+}
+
 /// Per channel: merge the partials in order (block-major, then slot), then the statistics, running stats and the
 /// normalisation as one affine map y = x*scale + shift.
 __global__ void __launch_bounds__(kBnFinalizeThreads)
@@ -256,9 +267,17 @@ bn_stats_finalize(const float* __restrict__ partial, int n_part, int C, int L, s
   const float unbiased = static_cast<float>(static_cast<double>(m2) / static_cast<double>(M - 1));
   running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * mean;
   running_var[c] = (1.f - momentum) * running_var[c] + momentum * unbiased;
-  const float sc = invstd * gamma[c];
-  scale[c] = sc;
-  shift[c] = beta[c] - mean * sc;
+  bn_affine_map(mean, invstd, gamma[c], beta[c], scale[c], shift[c]);
+}
+
+/// Rebuild (batch_norm_relu_forward_saved): the affine map from a training forward's saved
+/// statistics, which are bn_stats_finalize's mean and invstd as it stored them.
+__global__ void bn_saved_affine(int C, const float* __restrict__ gamma, const float* __restrict__ beta,
+                                const float* __restrict__ save_mean, const float* __restrict__ save_invstd,
+                                float* __restrict__ scale, float* __restrict__ shift) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  bn_affine_map(save_mean[c], save_invstd[c], gamma[c], beta[c], scale[c], shift[c]);
 }
 
 /// Inference: the affine map from the running statistics.
@@ -551,10 +570,13 @@ void with_pack_width(int v, F&& f) {
   return f.template operator()<1>();
 }
 
+/// @param from_saved  (with training = false) the affine map from a.save_mean / a.save_invstd
+///                    instead of the running statistics: batch_norm_relu_forward_saved, validated
+///                    there; then the same elementwise pass as the training forward.
 template <StorageScalar T>
 void bn_forward(const Cuda& ctx, const ampkit::detail::BatchNormForwardArgs<T>& a, BatchNormEpilogue e,
-                bool training, const BatchNormConfig& cfg) {
-  a.validate(ampkit::detail::bn_forward_name(e, training), e, training, cfg);
+                bool training, const BatchNormConfig& cfg, bool from_saved = false) {
+  if (!from_saved) a.validate(ampkit::detail::bn_forward_name(e, training), e, training, cfg);
   using N = native_t<T>;
   const std::int64_t C64 = a.x.shape.c, M = a.x.shape.n * a.x.shape.h * a.x.shape.w;
   AMPKIT_CHECK(C64 < (1 << 26), "batch_norm: ", C64, " channels is more than the kernels index");
@@ -579,6 +601,10 @@ void bn_forward(const Cuda& ctx, const ampkit::detail::BatchNormForwardArgs<T>& 
       bn_stats_finalize<<<static_cast<unsigned>(C), kBnFinalizeThreads, 0, ctx.stream()>>>(
           partial, static_cast<int>(t.grid_y), C, L, M, a.gamma.data, a.beta.data, a.running_mean.data,
           a.running_var.data, a.save_mean.data, a.save_invstd.data, scale, shift, cfg.momentum, cfg.eps);
+      AMPKIT_CUDA_CHECK_LAUNCH();
+    } else if (from_saved) {
+      bn_saved_affine<<<cblocks, 128, 0, ctx.stream()>>>(C, a.gamma.data, a.beta.data, a.save_mean.data,
+                                                          a.save_invstd.data, scale, shift);
       AMPKIT_CUDA_CHECK_LAUNCH();
     } else {
       bn_inference_affine<<<cblocks, 128, 0, ctx.stream()>>>(
@@ -686,6 +712,30 @@ void batch_norm_add_relu_forward_training(Cuda& ctx, TensorView<const T> x, Tens
   cuda::detail::bn_forward<T>(
       ctx, {x, residual, gamma, beta, running_mean, running_var, save_mean, save_invstd, y},
       BatchNormEpilogue::kAddRelu, true, cfg);
+}
+
+// ---- rebuild from the saved statistics ----------------------------------------------------------
+/// y = relu(bn(x)) with save_mean / save_invstd of the training forward that wrote them; nothing
+/// is updated. The affine map goes through bn_affine_map as in that forward's finalize, and the
+/// elementwise pass is the forward's own (bn_forward, same layout choice and kernels), so y is
+/// bit-identical to the forward's on the same x (nn/ops/batch_norm.hpp).
+template <StorageScalar T>
+void batch_norm_relu_forward_saved(Cuda& ctx, TensorView<const T> x, TensorView<const float> gamma,
+                                   TensorView<const float> beta, TensorView<const float> save_mean,
+                                   TensorView<const float> save_invstd, TensorView<T> y) {
+  ampkit::detail::BatchNormSavedArgs<T>{x, gamma, beta, save_mean, save_invstd, y}.validate(
+      "batch_norm_relu_forward_saved");
+  cuda::detail::bn_forward<T>(ctx,
+                              {x,
+                               {},
+                               gamma,
+                               beta,
+                               {},
+                               {},
+                               {const_cast<float*>(save_mean.data), save_mean.shape},
+                               {const_cast<float*>(save_invstd.data), save_invstd.shape},
+                               y},
+                              BatchNormEpilogue::kRelu, /*training=*/false, BatchNormConfig{}, /*from_saved=*/true);
 }
 
 // ---- inference forward -------------------------------------------------------------------------

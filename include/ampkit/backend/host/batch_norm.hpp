@@ -20,6 +20,32 @@ namespace ampkit {
 
 namespace host::detail {
 
+/// The per-channel affine map y = x*scale + shift from the statistics backward reads (fp32 in
+/// storage-type mode, unrounded in double mode), in double, rounded to the accumulation type once.
+/// One function for the training forward and the rebuild from saved statistics: same bits.
+template <HostScalar T>
+void bn_affine(double mean_f, double invstd_f, float gamma, float beta, acc_t<T>& scale, acc_t<T>& shift) {
+  using A = acc_t<T>;
+  scale = static_cast<A>(invstd_f * gamma);
+  shift = static_cast<A>(beta - mean_f * invstd_f * gamma);
+}
+
+/// y = epilogue(x*scale[c] + shift[c] [+ residual]): the elementwise pass of every forward.
+template <HostScalar T>
+void bn_apply(TensorView<const T> x, TensorView<const T> residual, const std::vector<acc_t<T>>& scale,
+              const std::vector<acc_t<T>>& shift, TensorView<T> y, BatchNormEpilogue e) {
+  using A = acc_t<T>;
+  const std::int64_t C = x.shape.c, M = x.shape.n * x.shape.h * x.shape.w;
+  for (std::int64_t i = 0; i < M; ++i)
+    for (std::int64_t c = 0; c < C; ++c) {
+      const std::int64_t j = i * C + c;
+      A z = widen(x.data[j]) * scale[c] + shift[c];
+      if (e == BatchNormEpilogue::kAddRelu) z += widen(residual.data[j]);
+      if (e != BatchNormEpilogue::kNone) z = z > A(0) ? z : A(0);
+      y.data[j] = narrow<T>(z);
+    }
+}
+
 template <HostScalar T>
 void bn_forward(const ampkit::detail::BatchNormForwardArgs<T>& a, BatchNormEpilogue e, bool training,
                 const BatchNormConfig& cfg) {
@@ -55,17 +81,20 @@ void bn_forward(const ampkit::detail::BatchNormForwardArgs<T>& a, BatchNormEpilo
     const bool exact = std::is_same_v<T, double>;
     const double mean_f = exact ? mean : static_cast<float>(mean);
     const double invstd_f = exact ? invstd : static_cast<float>(invstd);
-    scale[c] = static_cast<A>(invstd_f * a.gamma.data[c]);
-    shift[c] = static_cast<A>(a.beta.data[c] - mean_f * invstd_f * a.gamma.data[c]);
+    bn_affine<T>(mean_f, invstd_f, a.gamma.data[c], a.beta.data[c], scale[c], shift[c]);
   }
-  for (std::int64_t i = 0; i < M; ++i)
-    for (std::int64_t c = 0; c < C; ++c) {
-      const std::int64_t j = i * C + c;
-      A z = widen(a.x.data[j]) * scale[c] + shift[c];
-      if (e == BatchNormEpilogue::kAddRelu) z += widen(a.residual.data[j]);
-      if (e != BatchNormEpilogue::kNone) z = z > A(0) ? z : A(0);
-      a.y.data[j] = narrow<T>(z);
-    }
+  bn_apply<T>(a.x, a.residual, scale, shift, a.y, e);
+}
+
+/// relu(bn(x)) from the saved fp32 statistics: the training forward's affine map and pass.
+template <HostScalar T>
+void bn_forward_saved(const ampkit::detail::BatchNormSavedArgs<T>& a) {
+  a.validate("batch_norm_relu_forward_saved");
+  const std::int64_t C = a.x.shape.c;
+  std::vector<acc_t<T>> scale(static_cast<std::size_t>(C)), shift(static_cast<std::size_t>(C));
+  for (std::int64_t c = 0; c < C; ++c)
+    bn_affine<T>(a.save_mean.data[c], a.save_invstd.data[c], a.gamma.data[c], a.beta.data[c], scale[c], shift[c]);
+  bn_apply<T>(a.x, {}, scale, shift, a.y, BatchNormEpilogue::kRelu);
 }
 
 template <HostScalar T>
@@ -135,6 +164,16 @@ void batch_norm_add_relu_forward_training(Host&, TensorView<const T> x, TensorVi
   host::detail::bn_forward<T>(
       {x, residual, gamma, beta, running_mean, running_var, save_mean, save_invstd, y},
       BatchNormEpilogue::kAddRelu, true, cfg);
+}
+
+// ---- rebuild from the saved statistics ----------------------------------------------------------
+/// y = relu(bn(x)) with save_mean / save_invstd of the training forward that wrote them; nothing
+/// is updated. Bit-identical to that forward's y for fp32/fp16/bf16 (nn/ops/batch_norm.hpp).
+template <HostScalar T>
+void batch_norm_relu_forward_saved(Host&, TensorView<const T> x, TensorView<const float> gamma,
+                                   TensorView<const float> beta, TensorView<const float> save_mean,
+                                   TensorView<const float> save_invstd, TensorView<T> y) {
+  host::detail::bn_forward_saved<T>({x, gamma, beta, save_mean, save_invstd, y});
 }
 
 // ---- inference forward -------------------------------------------------------------------------

@@ -44,6 +44,7 @@ AMPKIT_META_NOOP_OP(batch_norm_add_relu_forward_inference)
 AMPKIT_META_NOOP_OP(batch_norm_backward)
 AMPKIT_META_NOOP_OP(batch_norm_relu_backward)
 AMPKIT_META_NOOP_OP(batch_norm_add_relu_backward)
+AMPKIT_META_NOOP_OP(batch_norm_relu_forward_saved)
 // elementwise, resampling, concatenation, fills
 AMPKIT_META_NOOP_OP(relu_forward)
 AMPKIT_META_NOOP_OP(relu_backward)

@@ -19,6 +19,14 @@
 ///   dL_dgamma, dL_dbeta  ACCUMULATED (+=), fp32
 /// The fused backward takes y (the forward output) for the ReLU mask: dz = dL_dy * (y > 0).
 /// For y = relu(bn(x) + residual), dL_dresidual = dz.
+///
+/// Rebuild from the saved statistics (batch_norm_relu_forward_saved): y = relu(bn(x)) with
+/// save_mean / save_invstd of the training forward that wrote them, nothing updated. Each backend
+/// forms the per-channel affine map (scale, shift) from those fp32 values with the arithmetic its
+/// training forward uses and runs the same elementwise pass, so on the same x it writes the same
+/// bits as that forward (storage types fp32/fp16/bf16; the host's double mode normalises with
+/// unrounded statistics and is not reproduced). Why: a layer may free a BN+ReLU output between
+/// forward and backward and rebuild it for the backward (nn/conv_bn.hpp, recompute_bn_outputs).
 #pragma once
 
 #include <cstdint>
@@ -114,6 +122,24 @@ struct BatchNormForwardArgs {
       check_bn_vector(op, "save_invstd", save_invstd, c);
     }
     if (e == BatchNormEpilogue::kAddRelu) check_bn_activation(op, "residual", residual, x.shape);
+    check_bn_activation(op, "y", y, x.shape);
+  }
+};
+
+/// Arguments of a rebuild from the saved statistics (see the file comment).
+template <class T>
+struct BatchNormSavedArgs {
+  TensorView<const T> x;
+  TensorView<const float> gamma, beta, save_mean, save_invstd;
+  TensorView<T> y;
+
+  void validate(const char* op) const {
+    check_bn_input(op, x.shape, true);
+    const std::int64_t c = x.shape.c;
+    check_bn_vector(op, "gamma", gamma, c);
+    check_bn_vector(op, "beta", beta, c);
+    check_bn_vector(op, "save_mean", save_mean, c);
+    check_bn_vector(op, "save_invstd", save_invstd, c);
     check_bn_activation(op, "y", y, x.shape);
   }
 };
