@@ -18,7 +18,9 @@
 # 2-GPU epoch of 20 iterations puts an epoch end (loader restart, BN statistics all-reduce) into
 # every other logged interval.
 # Environment: ITERS (iterations per run, default 300), LOG_INTERVAL (20), REPEAT (1000), WORKERS
-# (loader threads per process, 6), VARIANTS ("10x1 2x4": batch x accumulation), WORK (scratch dir),
+# (loader threads per process, 6), VARIANTS ("10x1 2x4": batch x accumulation), OVERLAPS ("1 0":
+# the 2-GPU run with the gradient all-reduce overlapped with backward, AMPKIT_DDP_OVERLAP=1, and
+# without, =0, in the same session; the table's scaling column is the first), WORK (scratch dir),
 # OUT (where ddp_scaling.md and the logs go).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,7 @@ LOG_INTERVAL=${LOG_INTERVAL:-20}
 REPEAT=${REPEAT:-1000}
 WORKERS=${WORKERS:-6}
 VARIANTS=${VARIANTS:-10x1 2x4}
+OVERLAPS=${OVERLAPS:-1 0}
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
 [ "${NGPU:-0}" -ge 2 ] || { echo "run_ddp_scaling.sh: skipped: needs 2 GPUs, ${NGPU:-0} visible"; exit 77; }
 mkdir -p "$OUT" "$WORK/data"
@@ -55,8 +58,8 @@ print(f"dataset: {len(images)} images ({len(src['images'])} x {repeat}), {len(an
 EOF
 ln -sfn "$PWD/data/coco_sample/images" "$WORK/data/images"
 
-run() {  # run NAME GPUS BATCH ACCUM
-  local name=$1 g=$2 b=$3 a=$4 wd=$WORK/$1
+run() {  # run NAME GPUS BATCH ACCUM [OVERLAP]
+  local name=$1 g=$2 b=$3 a=$4 ov=${5:-1} wd=$WORK/$1
   rm -rf "$wd"
   local opts=(--amp --work-dir "$wd" --cfg-options "train_cfg.batch_size=$b" "optim_wrapper.accumulative_counts=$a"
               "train_cfg.max_iters=$ITERS" train_cfg.val_interval=0 "default_hooks.logger.interval=$LOG_INTERVAL"
@@ -68,7 +71,7 @@ run() {  # run NAME GPUS BATCH ACCUM
     env -u RANK -u WORLD_SIZE -u LOCAL_RANK CUDA_VISIBLE_DEVICES=0 "$BIN" train configs/dekr_hrnet-w32_coco-512x512.toml \
       "${opts[@]}" > "$OUT/$name.log" 2>&1
   else
-    CUDA_VISIBLE_DEVICES=0,1 AMPKIT_BIN=$BIN PORT=$((29700 + RANDOM % 200)) \
+    CUDA_VISIBLE_DEVICES=0,1 AMPKIT_BIN=$BIN PORT=$((29700 + RANDOM % 200)) AMPKIT_DDP_OVERLAP=$ov \
       tools/dist_train.sh configs/dekr_hrnet-w32_coco-512x512.toml "$g" "${opts[@]}" > "$OUT/$name.log" 2>&1
   fi
   local rc=$?
@@ -79,12 +82,14 @@ run() {  # run NAME GPUS BATCH ACCUM
 for v in $VARIANTS; do
   b=${v%x*} a=${v#*x}
   run "b${b}x${a}_1gpu" 1 "$b" "$a"
-  run "b${b}x${a}_2gpu" 2 "$b" "$a"
+  for ov in $OVERLAPS; do
+    if [ "$ov" = 1 ]; then run "b${b}x${a}_2gpu" 2 "$b" "$a" 1; else run "b${b}x${a}_2gpu_overlap$ov" 2 "$b" "$a" "$ov"; fi
+  done
 done
 
-python3 - "$WORK" "$OUT/ddp_scaling.md" "$ITERS" "$LOG_INTERVAL" "$REPEAT" "$WORKERS" "$VARIANTS" <<'EOF'
+python3 - "$WORK" "$OUT/ddp_scaling.md" "$ITERS" "$LOG_INTERVAL" "$REPEAT" "$WORKERS" "$VARIANTS" "$OVERLAPS" <<'EOF'
 import json, os, statistics, subprocess, sys, datetime
-work, out, iters, interval, repeat, workers, variants = sys.argv[1:8]
+work, out, iters, interval, repeat, workers, variants, overlaps = sys.argv[1:9]
 def speed(name):
     path = os.path.join(work, name, "scalars.jsonl")
     if not os.path.exists(path):
@@ -105,11 +110,14 @@ lines = [f"# DEKR-W32 512x512 AMP (fp16, fp32 master) training: 1 GPU vs 2 GPUs 
          "|---|---|---|---|---|---|"]
 for v in variants.split():
     s1, m1 = speed(f"b{v}_1gpu")
-    s2, m2 = speed(f"b{v}_2gpu")
-    if s1 and s2:
-        lines.append(f"| {v} | {s1:.1f} | {s2:.1f} | {s2 / s1:.2f}x | {100 * s2 / (2 * s1):.0f} % | {m1:.0f} / {m2:.0f} |")
-    else:
-        lines.append(f"| {v} | {s1 or 'failed'} | {s2 or 'failed'} | - | - | - |")
+    for ov in overlaps.split():
+        name = f"b{v}_2gpu" if ov == "1" else f"b{v}_2gpu_overlap{ov}"
+        label = f"{v} (AMPKIT_DDP_OVERLAP={ov})"
+        s2, m2 = speed(name)
+        if s1 and s2:
+            lines.append(f"| {label} | {s1:.1f} | {s2:.1f} | {s2 / s1:.2f}x | {100 * s2 / (2 * s1):.0f} % | {m1:.0f} / {m2:.0f} |")
+        else:
+            lines.append(f"| {label} | {s1 or 'failed'} | {s2 or 'failed'} | - | - | - |")
 text = "\n".join(lines) + "\n"
 open(out, "w").write(text)
 print(text)

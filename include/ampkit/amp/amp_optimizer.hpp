@@ -75,6 +75,23 @@ class AmpOptimizer {
   /// After the backward of a micro-batch that does not end its window: fold its storage-type
   /// gradients into the fp32 accumulator. No-op for the fp32 policy.
   void end_micro_batch() { amp_accumulate_grads(*ctx_, flat()); }
+  /// The same fold for elements [begin, end) of the compute segment only: the data-parallel
+  /// overlap folds each gradient bucket as soon as backward has finished it (train::GradPrepare).
+  /// Element-wise the same operation on the same operands, so folding all ranges equals one
+  /// end_micro_batch() bit for bit.
+  void end_micro_batch(std::int64_t begin, std::int64_t end) {
+    AMPKIT_CHECK(0 <= begin && begin <= end && end <= store_->n_compute_slots(), "AmpOptimizer::end_micro_batch: [",
+                 begin, ", ", end, ") outside the ", store_->n_compute_slots(), " compute slots");
+    optim::FlatParams<T> f = flat();
+    if (!f.grad_accum || begin == end) return;
+    f.master += begin;
+    if (f.weights) f.weights += begin;
+    f.grad += begin;
+    f.grad_accum += begin;
+    f.n_compute = end - begin;
+    f.n_fp32 = 0;  // the fold touches the compute segment only
+    amp_accumulate_grads(*ctx_, f);
+  }
   /// The optimizer step of a window: check, finalize, update + zero gradients. No host sync.
   void step() {
     step([](GradPartial*, int) {});

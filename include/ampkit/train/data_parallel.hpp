@@ -7,11 +7,17 @@
 ///   start            attach(replica_buffers(...)), broadcast_from_rank0(), store.sync_compute():
 ///                    every replica starts from rank 0's master weights, BN buffers, optimizer
 ///                    and step state (after a resume too, so ranks can never start apart).
+///   backward         begin_backward(sync) before every model backward; the store's
+///                    gradient-ready hook forwards each layer's report to grads_ready().
 ///   micro-batch      nothing on the first accumulative_counts - 1 micro-batches of a window
 ///                    (mmengine's no_sync): gradients accumulate locally.
-///   window end       fold the micro-batch into the fp32 gradient, average_gradients() (fp32
-///                    buckets, stream-ordered), then the optimizer step with reduce_step_check()
-///                    between the gradient check and finalize (the overflow flag: max over ranks).
+///   window end       overlapped (begin_backward returned true, the default): during backward,
+///                    each finished bucket was folded into the fp32 gradient and its all-reduce
+///                    issued; average_gradients() only makes the step wait for them. Not
+///                    overlapped (AMPKIT_DDP_OVERLAP=0): fold the whole micro-batch, then
+///                    average_gradients() issues every bucket. Then the optimizer step with
+///                    reduce_step_check() between the gradient check and finalize (the overflow
+///                    flag: max over ranks).
 ///   epoch end        average_buffers() (mmengine's SyncBuffersHook: BN running statistics).
 ///   rank-0-only work wait_for_main(): the others wait for rank 0's checkpoint / evaluation at a
 ///                    barrier with the long timeout, not the collective one.
@@ -20,25 +26,37 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "ampkit/amp/step_state.hpp"
 #include "ampkit/core/error.hpp"
+#include "ampkit/dist/bucket_plan.hpp"
 #include "ampkit/nn/parameter_store.hpp"
 #include "ampkit/precision.hpp"
 
 namespace ampkit::train {
+
+/// Issues (stream-ordered, no host sync) what elements [begin, end) of a gradient buffer need
+/// before they are averaged: under fp16/bf16 the fold of the window's last micro-batch into the
+/// fp32 accumulator (amp::AmpOptimizer::end_micro_batch(begin, end)).
+using GradPrepare = std::function<void(std::size_t begin, std::size_t end)>;
 
 /// One flat fp32 gradient buffer that is averaged across ranks, with its parameters' element
 /// ranges (increasing offsets) so buckets never split a parameter.
 struct GradBuffer {
   std::span<float> data;
   std::vector<std::size_t> sizes, offsets;
+  /// The parameter store index (registration order) of each entry of sizes/offsets.
+  std::vector<std::size_t> params;
+  /// Empty: the buffer is final once backward wrote it (fp32 gradients).
+  GradPrepare prepare;
 };
 
 /// The device buffers of one run that data parallelism reads or writes.
@@ -53,10 +71,18 @@ struct ReplicaBuffers {
 /// The buffers of `store` for data parallelism. `grad_accum` is the AMP optimizer's fp32
 /// micro-batch accumulator (required under fp16/bf16: the gradients are averaged in fp32, after
 /// the window's last micro-batch was folded into it; unused under fp32, where the gradients are
-/// fp32 already and the two segments form one buffer).
+/// fp32 already). `fold` folds a range of the micro-batch into it (becomes that buffer's
+/// GradPrepare; fp16/bf16 only).
+///
+/// Two buffers under every policy: the compute parameters' gradients, then the BN (fp32)
+/// parameters'. Under fp32 both are segments of one allocation; they are still averaged as two
+/// buffers so that each one's bucket plan runs backwards through its own parameters: in one
+/// buffer the BN segment would sit at the end, its bucket would be bucket 0, and bucket 0 would
+/// complete only with the stem's BN, at the very end of backward (no overlap at all).
 template <PrecisionPolicy P, class Backend>
 ReplicaBuffers replica_buffers(const nn::ParameterStore<P, Backend>& store, float* grad_accum,
-                               std::span<float> optimizer_state, amp::StepState* step_state) {
+                               std::span<float> optimizer_state, amp::StepState* step_state,
+                               GradPrepare fold = {}) {
   using T = storage_t<P>;
   constexpr bool kFp32 = std::is_same_v<T, float>;
   ReplicaBuffers r;
@@ -69,37 +95,92 @@ ReplicaBuffers replica_buffers(const nn::ParameterStore<P, Backend>& store, floa
   const std::size_t n_compute = static_cast<std::size_t>(store.n_compute_slots());
   const std::size_t n_fp32 = static_cast<std::size_t>(store.n_fp32_slots());
 
-  // (offset, size) per parameter in the buffer it lives in, sorted: registration order mixes the
-  // two kinds, a bucket plan needs increasing offsets.
-  std::vector<std::pair<std::size_t, std::size_t>> compute, fp32;
-  for (const auto& p : store.params()) {
+  // (offset, size, store index) per parameter in the segment it lives in, sorted: registration
+  // order mixes the two kinds, a bucket plan needs increasing offsets. (Within one kind, slots
+  // follow registration order, so the sort keeps it.)
+  using Entry = std::tuple<std::size_t, std::size_t, std::size_t>;
+  std::vector<Entry> compute, fp32;
+  for (std::size_t i = 0; i < store.params().size(); ++i) {
+    const auto& p = store.params()[i];
     const auto slot = static_cast<std::size_t>(p.slot), n = static_cast<std::size_t>(p.numel);
-    if (p.kind == nn::ParamKind::kCompute) compute.emplace_back(slot, n);
-    else if (kFp32) compute.emplace_back(n_compute + slot, n);  // fp32: one buffer, both segments
-    else fp32.emplace_back(slot, n);
+    (p.kind == nn::ParamKind::kCompute ? compute : fp32).emplace_back(slot, n, i);
   }
-  auto add = [&](float* data, std::size_t n, std::vector<std::pair<std::size_t, std::size_t>>& ps) {
+  auto add = [&](float* data, std::size_t n, std::vector<Entry>& ps, GradPrepare prepare) {
     if (ps.empty()) return;
     std::sort(ps.begin(), ps.end());
     GradBuffer g;
     g.data = {data, n};
-    for (const auto& [o, s] : ps) {
+    for (const auto& [o, s, i] : ps) {
       g.offsets.push_back(o);
       g.sizes.push_back(s);
+      g.params.push_back(i);
     }
+    g.prepare = std::move(prepare);
     r.grads.push_back(std::move(g));
   };
   if constexpr (kFp32) {
-    add(store.grad_compute_all().data, n_compute + n_fp32, compute);
+    add(store.grad_compute_all().data, n_compute, compute, {});
+    add(store.grad_fp32_all().data, n_fp32, fp32, {});
   } else {
     AMPKIT_CHECK(grad_accum != nullptr || compute.empty(), "replica_buffers: under ", policy_name_v<P>,
                  " the gradients are averaged in fp32: the AMP optimizer needs its fp32 accumulator "
                  "(construct it with accumulative_counts >= 2 when distributed)");
-    add(grad_accum, n_compute, compute);
-    add(store.grad_fp32_all().data, n_fp32, fp32);
+    add(grad_accum, n_compute, compute, std::move(fold));
+    add(store.grad_fp32_all().data, n_fp32, fp32, {});
   }
   return r;
 }
+
+/// Where each parameter of the store sits among the averaged buffers, for the gradient-ready
+/// hook: a store range [first, first + count) becomes ranges of bucket-plan indices per buffer.
+class GradReadyRouter {
+ public:
+  struct Place {
+    std::size_t buffer = 0, index = 0;  ///< grads[buffer], entry `index` of its plan
+  };
+
+  GradReadyRouter() = default;
+  GradReadyRouter(const ReplicaBuffers& r, std::size_t n_store_params) : places_(n_store_params) {
+    std::vector<bool> seen(n_store_params, false);
+    for (std::size_t b = 0; b < r.grads.size(); ++b) {
+      const GradBuffer& g = r.grads[b];
+      AMPKIT_CHECK(g.params.size() == g.sizes.size(), "GradReadyRouter: gradient buffer ", b, " lists ",
+                   g.params.size(), " store indices for ", g.sizes.size(), " parameters");
+      for (std::size_t k = 0; k < g.params.size(); ++k) {
+        const std::size_t p = g.params[k];
+        AMPKIT_CHECK(p < n_store_params && !seen[p], "GradReadyRouter: store parameter ", p,
+                     " is out of range or in two buffers");
+        seen[p] = true;
+        places_[p] = {b, k};
+      }
+    }
+    for (std::size_t p = 0; p < n_store_params; ++p)
+      AMPKIT_CHECK(seen[p], "GradReadyRouter: store parameter ", p, " is in no averaged buffer");
+  }
+
+  std::size_t n_params() const { return places_.size(); }
+  const Place& place(std::size_t store_index) const { return places_.at(store_index); }
+
+  /// fn(buffer, dist::ParamRange) for each maximal run of [first, first + count) that is
+  /// contiguous in one buffer's plan, in order.
+  template <class Fn>
+  void route(std::size_t first, std::size_t count, Fn&& fn) const {
+    AMPKIT_CHECK(first + count <= places_.size(), "GradReadyRouter: parameters [", first, ", ", first + count,
+                 ") outside the ", places_.size(), " of the store");
+    std::size_t p = first;
+    const std::size_t end = first + count;
+    while (p < end) {
+      const Place start = places_[p];
+      std::size_t n = 1;
+      while (p + n < end && places_[p + n].buffer == start.buffer && places_[p + n].index == start.index + n) ++n;
+      fn(start.buffer, dist::ParamRange{start.index, n});
+      p += n;
+    }
+  }
+
+ private:
+  std::vector<Place> places_;
+};
 
 /// Where a resumed run continues when the world size (hence iterations per epoch) may differ
 /// from the run that wrote the checkpoint.
@@ -162,7 +243,21 @@ class DataParallel {
   virtual void attach(ReplicaBuffers buffers) = 0;
   /// Master weights, BN buffers, optimizer and step state := rank 0's. Waits for completion.
   virtual void broadcast_from_rank0() = 0;
-  /// Average the fp32 gradient buffers over ranks (the last micro-batch of a window only).
+  /// Before each model backward; `sync`: this micro-batch ends its accumulation window. Returns
+  /// true when this backward's gradients are folded and averaged DURING it (through
+  /// grads_ready()); the trainer then skips its own fold. Default: never (no overlap).
+  virtual bool begin_backward(bool sync) {
+    (void)sync;
+    return false;
+  }
+  /// The store's gradient-ready hook: parameters [first, first + count) (store registration
+  /// order) have their final gradients, in stream order. Ignored unless begin_backward armed it.
+  virtual void grads_ready(std::size_t first, std::size_t count) {
+    (void)first;
+    (void)count;
+  }
+  /// Average the fp32 gradient buffers over ranks (the last micro-batch of a window only). After
+  /// an overlapped backward: wait (stream-ordered) for the all-reduces it issued.
   virtual void average_gradients() = 0;
   /// Between the gradient check and finalize: make the check's non-finite flag the max over
   /// ranks, so every rank makes the same skip decision.

@@ -356,9 +356,16 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
   accum.initialize(start_iter, max_iters, /*model_has_batch_norm=*/true, [&](std::string_view w) { log.warn(std::string(w)); });
   model.store().zero_grad(ctx);
   if (dp) {  // every replica starts from rank 0's state (fresh, pretrained or resumed)
+    // fold: the overlapped backward folds each finished gradient bucket of the window's last
+    // micro-batch into the fp32 accumulator (fp16/bf16) just before its all-reduce.
     dp->attach(replica_buffers(model.store(), opt.flat().grad_accum,
                                std::span<float>(opt.optimizer_state(), static_cast<std::size_t>(n_slot_floats)),
-                               opt.state()));
+                               opt.state(), [&opt](std::size_t b, std::size_t e) {
+                                 opt.end_micro_batch(static_cast<std::int64_t>(b), static_cast<std::int64_t>(e));
+                               }));
+    // Each layer's backward reports its finished parameters (nn::ParameterStore's hook).
+    model.store().set_grad_ready_observer(
+        [dp](nn::ParamId first, int n) { dp->grads_ready(static_cast<std::size_t>(first.index), static_cast<std::size_t>(n)); });
     dp->broadcast_from_rank0();
     model.store().sync_compute(ctx);
   }
@@ -465,13 +472,19 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
       TensorView<const float> scale{};
       if constexpr (PrecisionTraits<P>::needs_loss_scaling) scale = TensorView<const float>(opt.scale_ptr(), Shape{1, 1, 1, 1});
       loss.backward(ctx, in, first_n(dL_dhm, hm_s, n), first_n(dL_dds, ds_s, n), factor, scale);
+      // Data parallel, window end: the gradient all-reduce overlaps this backward (unless
+      // AMPKIT_DDP_OVERLAP=0), bucket by bucket as the layers report their gradients.
+      const bool overlapped = dp && dp->begin_backward(accum.should_sync());
       model.backward(ctx, TensorView<const T>(first_n(dL_dhm, hm_s, n)), TensorView<const T>(first_n(dL_dds, ds_s, n)));
       accum.count_backward();
       const bool updated = accum.should_update();
+      AMPKIT_CHECK(!overlapped || updated, "trainer: the overlapped all-reduce ran on a micro-batch that does not end "
+                   "its accumulation window (iteration ", iter, ")");
       if (updated && dp) {
-        // Window end: fold into the fp32 gradient, average it over ranks, then the step with the
-        // non-finite flag max-reduced between check and finalize (no host sync anywhere).
-        opt.end_micro_batch();
+        // Window end: fold into the fp32 gradient (done per bucket during an overlapped
+        // backward), average it over ranks, then the step with the non-finite flag max-reduced
+        // between check and finalize (no host sync anywhere).
+        if (!overlapped) opt.end_micro_batch();
         dp->average_gradients();
         opt.step([dp](amp::GradPartial* partials, int n) { dp->reduce_step_check(partials, n); });
       } else if (updated) {

@@ -2,14 +2,19 @@
 /// process per GPU: weight broadcast, fp32 bucketed gradient averaging, the overflow flag reduced
 /// with max, BN buffer averaging, and a rank-0-only-work barrier with its own long timeout.
 ///
-/// Gradient averaging: bucketed launches right AFTER backward, not overlapped with it. The model
-/// has no per-layer gradient hook, and under fp16/bf16 the fp32 gradient a bucket reduces exists
-/// only once the window's last micro-batch was folded into the fp32 accumulator (one pass after
-/// backward). The buckets (BucketPlan: 1 MiB first, 25 MiB after) are issued in one go on the
-/// reducer's high-priority comm stream, which waits on an event of the compute stream; the
-/// optimizer waits on the comm stream through an event. No host synchronisation. Overlap with
-/// backward (a per-layer hook calling GradReducer::mark_ready, and a per-bucket fold) is a
-/// follow-up (docs/architecture.md, Distribution).
+/// Gradient averaging, overlapped with backward (default): on the last micro-batch of a window,
+/// begin_backward(true) opens a pass on every reducer; each layer's backward reports its
+/// finished parameters through the store's gradient-ready hook (grads_ready), routed to the
+/// reducers' mark_ready; a bucket whose parameters are all final is, under fp16/bf16, folded into
+/// the fp32 accumulator (GradReducer's prepare: AmpOptimizer::end_micro_batch(begin, end) on the
+/// compute stream) and its all-reduce issued on the shared high-priority comm stream after an
+/// event of the compute stream, while backward continues. average_gradients() then only makes the
+/// compute stream wait for the comm stream. Buckets (BucketPlan: 1 MiB first, 25 MiB after) run
+/// backwards through the parameters, the order backward finishes them, and are released in index
+/// order: the same NCCL issue order on every rank (docs/architecture.md, "In the trainer").
+/// AMPKIT_DDP_OVERLAP=0: the previous behaviour, all buckets issued in one go after backward and
+/// the trainer's whole-buffer fold (to measure both in one session). No host synchronisation in
+/// either.
 ///
 /// Two communicators: the main one, whose watchdog ends any collective that outlives
 /// AMPKIT_DIST_TIMEOUT (300 s), and a second one used only by wait_for_main(), whose timeout is
@@ -68,6 +73,17 @@ __global__ void apply_nonfinite_kernel(amp::GradPartial* __restrict__ partials, 
 
 }  // namespace detail
 
+/// AMPKIT_DDP_OVERLAP: 1 (default) overlaps the gradient all-reduce with backward, 0 issues it
+/// after backward.
+inline bool ddp_overlap_from_env() {
+  const char* v = std::getenv("AMPKIT_DDP_OVERLAP");
+  if (!v || !*v) return true;
+  const int o = ::ampkit::dist::detail::parse_int("AMPKIT_DDP_OVERLAP", v);
+  AMPKIT_CHECK(o == 0 || o == 1, "AMPKIT_DDP_OVERLAP=", v, ": use 1 (overlap the gradient all-reduce with "
+               "backward, the default) or 0 (all-reduce after backward)");
+  return o == 1;
+}
+
 /// AMPKIT_DIST_SLOW_TIMEOUT (seconds) or the default; never below the collective timeout.
 inline std::chrono::seconds slow_timeout_from_env(const LaunchEnv& env) {
   std::chrono::seconds t = kDefaultSlowTimeout;
@@ -85,7 +101,7 @@ class NcclDataParallel final : public train::DataParallel {
   /// `on_abort` is told a failure message once (default: print it, and end the process 10 s
   /// later if the main thread has not ended it by then: a rank must never hang on a dead peer).
   NcclDataParallel(Cuda& ctx, const LaunchEnv& env, std::function<void(const std::string&)> on_abort = {})
-      : ctx_(&ctx), env_(env) {
+      : ctx_(&ctx), env_(env), overlap_(ddp_overlap_from_env()) {
     AMPKIT_CHECK(ctx.device().index == env.local_rank, "NcclDataParallel: the CUDA context is on GPU ",
                  ctx.device().index, " but local rank ", env.local_rank, " must use GPU ", env.local_rank);
     if (!on_abort) on_abort = default_on_abort;
@@ -109,7 +125,9 @@ class NcclDataParallel final : public train::DataParallel {
   }
 
   ~NcclDataParallel() override {
-    reducers_.clear();  // their comm streams drain before the communicators go
+    // Their comm stream drains before the communicators go; the first reducer owns the stream
+    // the others share, so it goes last.
+    while (!reducers_.empty()) reducers_.pop_back();
     slow_pg_.reset();
     pg_.reset();
   }
@@ -123,11 +141,44 @@ class NcclDataParallel final : public train::DataParallel {
   int rank() const override { return env_.rank; }
   int world_size() const override { return env_.world_size; }
 
+  /// Whether gradient averaging overlaps backward (AMPKIT_DDP_OVERLAP, default on).
+  bool overlap() const { return overlap_; }
+  /// For tests and benchmarks (collective: every rank must choose the same); not inside a pass.
+  void set_overlap(bool on) {
+    AMPKIT_CHECK(!armed_, "NcclDataParallel::set_overlap inside an overlapped backward");
+    overlap_ = on;
+  }
+
   void attach(train::ReplicaBuffers buffers) override {
     AMPKIT_CHECK(reducers_.empty(), "NcclDataParallel::attach called twice");
     buffers_ = std::move(buffers);
-    for (const train::GradBuffer& g : buffers_.grads)
-      reducers_.push_back(std::make_unique<GradReducer<Fp32>>(*pg_, g.data, g.sizes, BucketOptions{}, g.offsets));
+    std::size_t n_store = 0;
+    for (const train::GradBuffer& g : buffers_.grads) n_store += g.params.size();
+    router_ = train::GradReadyRouter(buffers_, n_store);
+    for (const train::GradBuffer& g : buffers_.grads) {
+      const cudaStream_t shared = reducers_.empty() ? nullptr : reducers_.front()->comm_stream();
+      reducers_.push_back(
+          std::make_unique<GradReducer<Fp32>>(*pg_, g.data, g.sizes, BucketOptions{}, g.offsets, shared));
+    }
+  }
+
+  bool begin_backward(bool sync) override {
+    AMPKIT_CHECK(!armed_, "NcclDataParallel::begin_backward: the previous overlapped backward was never averaged "
+                 "(average_gradients() must follow the last micro-batch of every window)");
+    if (!sync || !overlap_ || reducers_.empty()) return false;
+    // The fold (prepare) belongs to this pass only: after a non-overlapped backward the trainer
+    // has folded the whole micro-batch itself.
+    for (std::size_t b = 0; b < reducers_.size(); ++b) {
+      reducers_[b]->set_prepare(buffers_.grads[b].prepare);
+      reducers_[b]->begin(ctx_->stream(), /*sync=*/true);
+    }
+    armed_ = true;
+    return true;
+  }
+
+  void grads_ready(std::size_t first, std::size_t count) override {
+    if (!armed_) return;
+    router_.route(first, count, [&](std::size_t b, ParamRange r) { reducers_[b]->mark_ready(r); });
   }
 
   void broadcast_from_rank0() override {
@@ -144,10 +195,21 @@ class NcclDataParallel final : public train::DataParallel {
   }
 
   void average_gradients() override {
+    if (armed_) {
+      // Overlapped: backward released every bucket (finish() says which parameter was never
+      // reported, if one was not); the step waits for the shared comm stream.
+      armed_ = false;
+      for (auto& r : reducers_) {
+        r->finish();
+        r->set_prepare({});
+      }
+      ++n_syncs_;
+      return;
+    }
     const cudaStream_t s = ctx_->stream();
-    // One reducer per flat buffer, one after the other: each finish() makes the compute stream
-    // wait for its comm stream, so the next reducer's comm stream (which waits on the compute
-    // stream) cannot start before it: the NCCL calls run in issue order on every rank.
+    // After backward, one reducer per flat buffer, one after the other, on the shared comm
+    // stream: the NCCL calls run in issue order on every rank. No prepare here: the trainer
+    // folded the whole micro-batch before this call.
     for (auto& r : reducers_) {
       r->begin(s, /*sync=*/true);
       r->mark_ready(ParamRange{0, r->plan().n_params()});
@@ -212,6 +274,9 @@ class NcclDataParallel final : public train::DataParallel {
   std::unique_ptr<ProcessGroup> pg_, slow_pg_;
   train::ReplicaBuffers buffers_;
   std::vector<std::unique_ptr<GradReducer<Fp32>>> reducers_;
+  train::GradReadyRouter router_;
+  bool overlap_ = true;
+  bool armed_ = false;  ///< an overlapped backward is open (begin_backward returned true)
   cuda::DeviceBuffer<float> flag_;
   std::int64_t n_syncs_ = 0;
 };

@@ -13,6 +13,15 @@
 /// after the kernels that wrote them; finish() makes the compute stream wait on the communication
 /// stream, so the optimizer reads only averaged gradients. The host never blocks.
 ///
+/// Before a launch, an optional `prepare(begin, end)` issues on the compute stream what the
+/// released buckets' elements [begin, end) still need (under fp16/bf16 the fold of the window's
+/// last micro-batch into the fp32 accumulator); the launch's event is recorded after it.
+///
+/// Several reducers on one communicator (the data-parallel trainer has one per gradient buffer)
+/// share one communication stream (`comm_stream` argument): NCCL matches collectives across
+/// ranks by issue order, and two NCCL kernels of one communicator running concurrently on two
+/// streams may deadlock; on one stream they run in the (deterministic) host issue order.
+///
 /// Accumulation (mmengine's no_sync): with sync = false the buckets are tracked but nothing is
 /// communicated; gradients keep accumulating locally and the window's accumulated gradient is
 /// averaged once, on the last micro-batch.
@@ -27,6 +36,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -49,17 +59,24 @@ class GradReducer {
   /// @param grads        the flat device gradient buffer (at least plan extent elements)
   /// @param param_sizes  elements per parameter, in forward order
   /// @param offsets      offsets of the parameters in `grads` (empty: packed back to back)
+  /// @param comm_stream  another reducer's comm_stream() to share (it must outlive this one);
+  ///                     null: create an own high-priority stream
   GradReducer(ProcessGroup& pg, std::span<grad_t> grads, std::span<const std::size_t> param_sizes,
-              BucketOptions opts = {}, std::span<const std::size_t> offsets = {})
+              BucketOptions opts = {}, std::span<const std::size_t> offsets = {}, cudaStream_t comm_stream = nullptr)
       : pg_(&pg), grads_(grads.data()), plan_(param_sizes, with_element_size(opts), offsets), tracker_(plan_) {
     AMPKIT_CHECK(grads.size() >= plan_.extent(), "GradReducer: the gradient buffer holds ", grads.size(),
                  " elements, the parameters need ", plan_.extent());
     AMPKIT_CUDA_CHECK(cudaSetDevice(pg.device()));
-    // Highest priority: an all-reduce kernel ready to run should not queue behind the next
-    // layer's backward kernels, or the overlap shrinks to nothing.
-    int least = 0, greatest = 0;
-    AMPKIT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-    AMPKIT_CUDA_CHECK(cudaStreamCreateWithPriority(&comm_stream_, cudaStreamNonBlocking, greatest));
+    if (comm_stream) {
+      comm_stream_ = comm_stream;
+      owns_stream_ = false;
+    } else {
+      // Highest priority: an all-reduce kernel ready to run should not queue behind the next
+      // layer's backward kernels, or the overlap shrinks to nothing.
+      int least = 0, greatest = 0;
+      AMPKIT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+      AMPKIT_CUDA_CHECK(cudaStreamCreateWithPriority(&comm_stream_, cudaStreamNonBlocking, greatest));
+    }
     AMPKIT_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
     AMPKIT_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
   }
@@ -70,8 +87,15 @@ class GradReducer {
     if (!pg_->aborted() && comm_stream_) (void)cudaStreamSynchronize(comm_stream_);
     if (done_) (void)cudaEventDestroy(done_);
     if (ready_) (void)cudaEventDestroy(ready_);
-    if (comm_stream_) (void)cudaStreamDestroy(comm_stream_);
+    if (comm_stream_ && owns_stream_) (void)cudaStreamDestroy(comm_stream_);
   }
+
+  /// `prepare(begin, end)`: see the file comment (empty: none). Called in synced passes only.
+  void set_prepare(std::function<void(std::size_t, std::size_t)> prepare) { prepare_ = std::move(prepare); }
+  /// Whether a backward pass is open (begin() without finish()).
+  bool in_pass() const { return in_pass_; }
+  /// Buckets released in the current (or last) pass.
+  std::size_t n_released() const { return tracker_.n_released(); }
 
   const BucketPlan& plan() const { return plan_; }
   cudaStream_t comm_stream() const { return comm_stream_; }
@@ -126,6 +150,9 @@ class GradReducer {
   }
 
   void launch(BucketSpan s) {
+    // Buckets are formed backwards, so buckets [first, end) are the elements from the start of
+    // the last one to the end of the first: one contiguous range.
+    if (prepare_) prepare_(plan_.bucket(s.end - 1).begin, plan_.bucket(s.first).end);
     AMPKIT_CUDA_CHECK(cudaEventRecord(ready_, compute_));
     // Captures the record above; re-recording ready_ for the next bucket does not disturb it.
     AMPKIT_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, ready_, 0));
@@ -152,7 +179,8 @@ class GradReducer {
   BucketTracker tracker_;
   cudaStream_t comm_stream_ = nullptr, compute_ = nullptr;
   cudaEvent_t ready_ = nullptr, done_ = nullptr;
-  bool sync_ = true, in_pass_ = false;
+  bool sync_ = true, in_pass_ = false, owns_stream_ = true;
+  std::function<void(std::size_t, std::size_t)> prepare_;
   std::vector<DeviceChunk> chunks_;
   std::size_t n_launches_ = 0, n_buckets_reduced_ = 0, n_synced_ = 0;
 };
