@@ -16,6 +16,10 @@
 // the backward directions timed alone (ms_bwd_data, ms_bwd_filter). --force-cudnn and
 // --no-bn-flat select the older paths, so one session can time both:
 //   ampkit_ops_bench --only g17; ampkit_ops_bench --only g17 --force-cudnn
+// 1x1 convs may run a direction as a cuBLASLt GEMM (conv1x1_gemm.cuh): the path then names the
+// engine per direction ("fwd=cublaslt", or cuDNN's algorithm number). The bench runs in
+// benchmark mode (CudnnOptions default), so each direction is the faster of cuDNN and cuBLASLt;
+// --conv-gemm always|never forces one side (--force-cudnn implies never).
 // "conv1x1 480->256 (alignment probe)" is not a DEKR layer: next to 480->255 it shows whether
 // cuDNN's time on the head comes from K = 255 not being a multiple of 8.
 #include <cuda_runtime.h>
@@ -92,10 +96,15 @@ struct Entry {
 
 std::string cudnn_algos(const cuda::detail::ConvKey& key) {
   auto& plan = cuda::detail::ConvPlanCache::instance().get(key);
+  // cuDNN's algorithm number, or the engine that replaced it
+  auto algo = [](cuda::ConvEngine e, int a) {
+    return e == cuda::ConvEngine::kCublasLt ? std::string(cuda::conv_engine_name(e)) : std::to_string(a);
+  };
   std::string s;
-  if (plan.has_fwd) s += " fwd=" + std::to_string(static_cast<int>(plan.fwd_algo));
-  if (plan.has_bwd_data) s += " bwd_data=" + std::to_string(static_cast<int>(plan.bwd_data_algo));
-  if (plan.has_bwd_filter) s += " bwd_filter=" + std::to_string(static_cast<int>(plan.bwd_filter_algo));
+  if (plan.has_fwd) s += " fwd=" + algo(plan.fwd_engine, static_cast<int>(plan.fwd_algo));
+  if (plan.has_bwd_data) s += " bwd_data=" + algo(plan.bwd_data_engine, static_cast<int>(plan.bwd_data_algo));
+  if (plan.has_bwd_filter)
+    s += " bwd_filter=" + algo(plan.bwd_filter_engine, static_cast<int>(plan.bwd_filter_algo));
   return s;
 }
 
@@ -337,8 +346,22 @@ int main(int argc, char** argv) {
       cuda::conv_force_cudnn() = true;
     else if (a == "--no-bn-flat")
       cuda::bn_flat_packs() = false;
-    else {
-      std::fprintf(stderr, "usage: %s [--batch 32] [--iters 20] [--dtype fp16|bf16|fp32] [--only SUBSTR] [--force-cudnn] [--no-bn-flat]\n",
+    else if (a == "--conv-gemm") {
+      const std::string m = next();
+      if (m == "auto")
+        cuda::conv1x1_gemm() = cuda::Conv1x1Gemm::kAuto;
+      else if (m == "always")
+        cuda::conv1x1_gemm() = cuda::Conv1x1Gemm::kAlways;
+      else if (m == "never")
+        cuda::conv1x1_gemm() = cuda::Conv1x1Gemm::kNever;
+      else {
+        std::fprintf(stderr, "--conv-gemm takes auto, always or never\n");
+        return 2;
+      }
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--batch 32] [--iters 20] [--dtype fp16|bf16|fp32] [--only SUBSTR] "
+                   "[--force-cudnn] [--no-bn-flat] [--conv-gemm auto|always|never]\n",
                    argv[0]);
       return 2;
     }

@@ -261,6 +261,175 @@ TEST_SUITE("gpu") {
           "cudnn");  // 64 channels per group
   }
 
+  TEST_CASE_TEMPLATE(
+      "conv2d 1x1 as cuBLASLt GEMM == host: forward, dgrad, wgrad (accumulated), engine choice", T, float,
+      ampkit::half, ampkit::bfloat16) {
+    // DEKR's 1x1 convs at small, odd M = N*H*W (105, 286, 234, 308 ...): rows 16-byte aligned
+    // (C, K multiples of 8: GEMM in heuristic mode and under kAlways) and not (K = 255 / 18 / 34,
+    // C = 17: cuDNN in heuristic mode; GEMM under kAlways when cuBLASLt has a kernel for that
+    // leading dimension); a dilation, which a 1x1 kernel ignores; M = 8192 so that wgrad's
+    // reduction is long enough for split-K. Under each policy (kAuto, kAlways) x each
+    // CudnnOptions the plan's engine per direction is checked where it is determined, so the test
+    // cannot pass on cuDNN alone. fp32 must stay on cuDNN (its numerics are the reference).
+    // Tolerances as the cuDNN test above: both sides sum in fp32 (cuBLASLt's split-K partials
+    // too: CUBLAS_COMPUTE_32F, COMPUTE_TYPE reduction only), one rounding to T.
+    struct Case {
+      const char* name;
+      Shape x;
+      std::int64_t k;
+      Conv2dParams p;
+      bool bias;
+    };
+    const Case cases[] = {
+        {"1x1 480->255 odd M", {3, 7, 5, 480}, 255, Conv2dParams{}, false},
+        {"1x1 480->32", {2, 13, 11, 480}, 32, Conv2dParams{}, false},
+        {"1x1 64->32", {2, 9, 13, 64}, 32, Conv2dParams{}, false},
+        {"1x1 256->64", {4, 11, 7, 256}, 64, Conv2dParams{}, false},
+        {"1x1 64->256 bias", {2, 8, 9, 64}, 256, Conv2dParams{}, true},
+        {"1x1 32->18 bias", {3, 9, 7, 32}, 18, Conv2dParams{}, true},
+        {"1x1 17->34", {2, 5, 7, 17}, 34, Conv2dParams{}, false},
+        {"1x1 64->32 dilation 2", {2, 6, 5, 64}, 32, Conv2dParams::square(1, 0, 2), false},
+        {"1x1 256->64 M=8192", {8, 32, 32, 256}, 64, Conv2dParams{}, false},
+    };
+    using cuda::Conv1x1Gemm;
+    using cuda::ConvDirection;
+    using cuda::ConvEngine;
+    std::uint64_t seed = 900;
+    auto& g = gpu();
+    const CudnnOptions saved = g.cudnn_options();
+    SwitchGuard sw(cuda::conv_force_cudnn(), false);
+    for (const auto& c : cases) {
+      CAPTURE(c.name);
+      const auto x = testing::random_tensor<T>(c.x, ++seed);
+      const Shape ws{c.k, 1, 1, c.x.c};
+      const float wscale = 1.f / std::sqrt(static_cast<float>(ws.c));
+      const auto w = testing::random_tensor<T>(ws, ++seed, -wscale, wscale);
+      HostTensor<T> b;
+      if (c.bias) b = testing::random_tensor<T>({1, 1, 1, c.k}, ++seed);
+      const Shape ys = conv2d_output_shape(c.x, ws, c.p);
+      const auto dy = testing::random_tensor<T>(ys, ++seed);
+      const auto dw0 = testing::random_tensor<T>(ws, ++seed, -0.1f, 0.1f);  // wgrad accumulates onto it
+      const double extra = std::is_same_v<T, float> ? 1e-4 : 0.0;
+
+      HostTensor<T> y_h(ys), dx_h(c.x);
+      auto dw_h = dw0.clone();
+      conv2d_forward<T>(cpu(), x.cview(), w.cview(), b.cview(), y_h.view(), c.p);
+      conv2d_backward_data<T>(cpu(), dy.cview(), w.cview(), dx_h.view(), c.p);
+      conv2d_backward_filter<T>(cpu(), x.cview(), dy.cview(), dw_h.view(), c.p);
+
+      const bool rows_aligned = c.x.c % 8 == 0 && c.k % 8 == 0;
+      auto xd = g.to_device(x), wd = g.to_device(w), dyd = g.to_device(dy);
+      auto bd = c.bias ? g.to_device(b) : cuda::DeviceTensor<T>{};
+      const TensorView<const T> bv = c.bias ? bd.cview() : TensorView<const T>{};
+      for (const Conv1x1Gemm mode : {Conv1x1Gemm::kAuto, Conv1x1Gemm::kAlways})
+        for (const CudnnOptions opt : {CudnnOptions{true, false}, CudnnOptions{false, false},
+                                       CudnnOptions{false, true}, CudnnOptions{true, true}}) {
+          const Conv1x1Gemm old_mode = cuda::conv1x1_gemm().exchange(mode);
+          g.set_cudnn_options(opt);
+          const std::string n = std::string(c.name) + " " + type_name_v<T> +
+                                (mode == Conv1x1Gemm::kAlways ? " [gemm always, " : " [gemm auto, ") +
+                                (opt.benchmark ? "find" : "heuristic") +
+                                (opt.deterministic ? ", deterministic]" : "]");
+          CAPTURE(n);
+          auto yd = g.tensor<T>(ys), dxd = g.tensor<T>(c.x);
+          HostTensor<T> y_first, dx_first, dw_first;
+          for (int rep = 0; rep < 2; ++rep) {  // rep 1 runs from the plan cache
+            auto dwd = g.to_device(dw0);
+            conv2d_forward<T>(g, xd.cview(), wd.cview(), bv, yd.view(), c.p);
+            conv2d_backward_data<T>(g, dyd.cview(), wd.cview(), dxd.view(), c.p);
+            conv2d_backward_filter<T>(g, xd.cview(), dyd.cview(), dwd.view(), c.p);
+            auto y_d = g.to_host(yd.cview()), dx_d = g.to_host(dxd.cview()), dw_d = g.to_host(dwd.cview());
+            if (rep == 0) {
+              y_first = std::move(y_d);
+              dx_first = std::move(dx_d);
+              dw_first = std::move(dw_d);
+              continue;
+            }
+            const ConvEngine e[3] = {conv2d_engine<T>(g, c.x, ws, c.p, ConvDirection::kForward),
+                                     conv2d_engine<T>(g, c.x, ws, c.p, ConvDirection::kBackwardData),
+                                     conv2d_engine<T>(g, c.x, ws, c.p, ConvDirection::kBackwardFilter)};
+            const std::string engines = std::string("fwd=") + cuda::conv_engine_name(e[0]) +
+                                        " bwd_data=" + cuda::conv_engine_name(e[1]) +
+                                        " bwd_filter=" + cuda::conv_engine_name(e[2]);
+            CAPTURE(engines);
+            bool all_gemm = true;
+            for (const ConvEngine ei : e) {
+              all_gemm = all_gemm && ei == ConvEngine::kCublasLt;
+              if (std::is_same_v<T, float>)
+                CHECK(ei == ConvEngine::kCudnn);
+              else if (rows_aligned && (mode == Conv1x1Gemm::kAlways || !opt.benchmark))
+                CHECK(ei == ConvEngine::kCublasLt);
+              else if (!rows_aligned && mode == Conv1x1Gemm::kAuto && !opt.benchmark)
+                CHECK(ei == ConvEngine::kCudnn);
+              else if (!rows_aligned && mode == Conv1x1Gemm::kAlways)
+                WARN_MESSAGE(ei == ConvEngine::kCublasLt, n,
+                             ": cuBLASLt has no algorithm for this leading "
+                             "dimension; cuDNN ran (",
+                             engines, ")");
+              else
+                CHECK((ei == ConvEngine::kCublasLt || ei == ConvEngine::kCudnn));  // timed: either may win
+            }
+            MESSAGE(n, ": ", engines);
+            CHECK(std::memcmp(y_first.data(), y_d.data(), y_d.numel() * sizeof(T)) == 0);
+            // The GEMM path is run-to-run deterministic under both settings (conv1x1_gemm.cuh).
+            if (opt.deterministic || all_gemm) {
+              CHECK_MESSAGE(std::memcmp(dx_first.data(), dx_d.data(), dx_d.numel() * sizeof(T)) == 0, n,
+                            ": dL_dx differs between two runs");
+              CHECK_MESSAGE(std::memcmp(dw_first.data(), dw_d.data(), dw_d.numel() * sizeof(T)) == 0, n,
+                            ": dL_dw differs between two runs");
+            }
+          }
+          expect_match(n + " y", y_first, y_h, tol_v<T>, tol_v<T>, extra * max_abs(y_h));
+          expect_match(n + " dL_dx", dx_first, dx_h, tol_v<T>, tol_v<T>, extra * max_abs(dx_h));
+          expect_match(n + " dL_dw (accumulated)", dw_first, dw_h, tol_v<T>, tol_v<T>, extra * max_abs(dw_h));
+          cuda::conv1x1_gemm() = old_mode;
+        }
+    }
+    g.set_cudnn_options(saved);
+  }
+
+  TEST_CASE("conv2d 1x1 GEMM: a call with views off the 16-byte boundary runs cuDNN, same results") {
+    // The plan is made on aligned tensors (GEMM chosen), then the same shape runs on views shifted
+    // by 4 elements (8 bytes): cublasLt's algorithms were chosen for 16-byte aligned pointers, so
+    // conv2d_* must take cuDNN for that call.
+    using H = ampkit::half;
+    using cuda::Conv1x1Gemm;
+    auto& g = gpu();
+    const CudnnOptions saved = g.cudnn_options();
+    SwitchGuard sw(cuda::conv_force_cudnn(), false);
+    const Conv1x1Gemm old_mode = cuda::conv1x1_gemm().exchange(Conv1x1Gemm::kAlways);
+    g.set_cudnn_options({false, false});
+    const Shape xs{2, 9, 7, 64}, ws{32, 1, 1, 64}, ys{2, 9, 7, 32};
+    const auto x = testing::random_tensor<H>(xs, 951);
+    const auto w = testing::random_tensor<H>(ws, 952, -0.125f, 0.125f);
+    HostTensor<H> y_h(ys);
+    conv2d_forward<H>(cpu(), x.cview(), w.cview(), TensorView<const H>{}, y_h.view(), Conv2dParams{});
+    auto xd = g.to_device(x), wd = g.to_device(w);
+    auto yd = g.tensor<H>(ys);
+    conv2d_forward<H>(g, xd.cview(), wd.cview(), TensorView<const H>{}, yd.view(), Conv2dParams{});
+    CHECK(conv2d_engine<H>(g, xs, ws, Conv2dParams{}, cuda::ConvDirection::kForward) ==
+          cuda::ConvEngine::kCublasLt);
+    auto xbuf = g.alloc<H>(static_cast<std::size_t>(xs.numel()) + 8),
+         ybuf = g.alloc<H>(static_cast<std::size_t>(ys.numel()) + 8);
+    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(xbuf.data() + 4, xd.data(), x.numel() * sizeof(H),
+                                      cudaMemcpyDeviceToDevice, g.stream()));
+    const TensorView<const H> xv{xbuf.data() + 4, xs};
+    const TensorView<H> yv{ybuf.data() + 4, ys};
+    bool ran = true;
+    try {
+      conv2d_forward<H>(g, xv, wd.cview(), TensorView<const H>{}, yv, Conv2dParams{});
+      g.synchronize();
+    } catch (const Error& e) {
+      ran = false;  // cuDNN's own alignment needs (unchanged by the GEMM path)
+      WARN_MESSAGE(false, "cuDNN rejects 8-byte aligned fp16 views as well: ", e.what());
+    }
+    if (ran)
+      expect_match("misaligned views (cuDNN fallback) y", g.to_host(TensorView<const H>{yv.data, ys}), y_h,
+                   tol_v<H>, tol_v<H>);
+    cuda::conv1x1_gemm() = old_mode;
+    g.set_cudnn_options(saved);
+  }
+
   TEST_CASE_TEMPLATE("batch_norm cuda == host: training/inference, all epilogues, packed and scalar paths", T,
                      float, ampkit::half, ampkit::bfloat16) {
     // C = 32/64/480 take 16-byte packs per channel. With the flat layout on, C = 255/34/17/3 take
@@ -478,6 +647,64 @@ TEST_SUITE("gpu") {
     auto other = g.tensor<ampkit::half>({1, 5, 5, 33});
     CHECK_THROWS_WITH_AS(relu_forward<ampkit::half>(g, x.cview(), other.view()),
                          doctest::Contains("relu_forward"), Error);
+  }
+
+  // recompute_bn_outputs (nn/conv_bn.hpp): a BN+ReLU output freed after forward is rebuilt from
+  // the BN input and the saved statistics by batch_norm_relu_forward_saved; the claim is the same
+  // bits as the training forward wrote, in every layout (flat packs on/off, channel counts of
+  // DEKR, views off the 16-byte boundary that force another pack width than the forward's).
+  TEST_CASE_TEMPLATE("batch_norm_relu_forward_saved cuda: the training forward's output bit for bit", T, float,
+                     ampkit::half, ampkit::bfloat16) {
+    auto& g = gpu();
+    for (const bool flat : {true, false}) {
+      SwitchGuard guard(cuda::bn_flat_packs(), flat);
+      for (const Shape s : {Shape{2, 8, 8, 64}, Shape{2, 5, 7, 255}, Shape{1, 9, 4, 17}, Shape{3, 3, 3, 34}}) {
+        for (const std::int64_t off : {std::int64_t{0}, std::int64_t{1}}) {
+          CAPTURE(flat);
+          CAPTURE(s);
+          CAPTURE(off);
+          const Shape v{1, 1, 1, s.c};
+          // Shifted data (mean ~2): the affine map's shift carries the rounding that matters.
+          const auto xh = testing::random_tensor<T>(s, 71, -2.f, 6.f);
+          const auto x = g.to_device(xh);
+          const auto gm = g.to_device(testing::random_tensor<float>(v, 72, 0.25f, 2.5f)),
+                     bt = g.to_device(testing::random_tensor<float>(v, 73));
+          auto rm = g.to_device(HostTensor<float>(v, 0.f)), rv = g.to_device(HostTensor<float>(v, 1.f));
+          auto sm = g.tensor<float>(v), si = g.tensor<float>(v);
+          auto y = g.tensor<T>(s);
+          batch_norm_relu_forward_training<T>(g, x.cview(), gm.cview(), bt.cview(), rm.view(), rv.view(), sm.view(),
+                                              si.view(), y.view());
+          // The rebuild reads a copy of x at `off` elements into a fresh buffer and writes there too.
+          auto xb = g.tensor<T>({1, 1, 1, s.numel() + 1}), yb = g.tensor<T>({1, 1, 1, s.numel() + 1});
+          AMPKIT_CUDA_CHECK(cudaMemcpyAsync(xb.data() + off, x.data(), s.numel() * sizeof(T), cudaMemcpyDeviceToDevice,
+                                            g.stream()));
+          const TensorView<const T> xv{xb.data() + off, s};
+          const TensorView<T> yv{yb.data() + off, s};
+          const auto rm0 = g.to_host(rm.cview()), rv0 = g.to_host(rv.cview());
+          batch_norm_relu_forward_saved<T>(g, xv, gm.cview(), bt.cview(), sm.cview(), si.cview(), yv);
+          const auto want = g.to_host(y.cview()), got = g.to_host(TensorView<const T>(yv));
+          std::int64_t n_diff = 0, n_pos = 0;
+          for (std::int64_t i = 0; i < want.numel(); ++i) {
+            n_diff += std::memcmp(&want[i], &got[i], sizeof(T)) != 0;
+            n_pos += static_cast<float>(want[i]) > 0.f;
+          }
+          CHECK(n_diff == 0);
+          CHECK(n_pos > want.numel() / 4);  // not all clipped: the comparison means something
+          // Nothing updated.
+          const auto rm1 = g.to_host(rm.cview()), rv1 = g.to_host(rv.cview());
+          CHECK(std::memcmp(rm0.data(), rm1.data(), s.c * sizeof(float)) == 0);
+          CHECK(std::memcmp(rv0.data(), rv1.data(), s.c * sizeof(float)) == 0);
+          // And the host op on the same saved statistics: the same map up to the rounding of
+          // shift (host: double, CUDA: one fma) and of x*scale+shift (CUDA: fma) -> 2 eps of T.
+          HostTensor<T> yh(s);
+          const auto smh = g.to_host(sm.cview()), sih = g.to_host(si.cview());
+          const auto gmh = g.to_host(gm.cview()), bth = g.to_host(bt.cview());
+          batch_norm_relu_forward_saved<T>(cpu(), xh.cview(), gmh.cview(), bth.cview(), smh.cview(), sih.cview(),
+                                           yh.view());
+          expect_match("bn saved cuda vs host", got, yh, tol_v<T>, 1e-6);
+        }
+      }
+    }
   }
 
 }  // TEST_SUITE

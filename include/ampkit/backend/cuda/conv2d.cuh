@@ -17,6 +17,13 @@
 /// slower); cuda::conv_force_cudnn() (env AMPKIT_CONV_FORCE_CUDNN=1) sends them back to cuDNN.
 /// conv2d_path_name() says which path a shape takes.
 ///
+/// fp16/bf16 1x1 convs (stride 1, no padding, one group) may run each direction as one cuBLASLt
+/// GEMM instead (conv1x1_gemm.cuh says why and how). The choice is made with the cuDNN one, once
+/// per plan and direction: benchmark = true times cuDNN's pick against cuBLASLt's top candidates
+/// and keeps the fastest; benchmark = false takes cuBLASLt's first candidate when all rows are
+/// 16-byte aligned. cuda::conv1x1_gemm() (env AMPKIT_CONV_GEMM) sets the policy;
+/// conv2d_engine() says which engine a planned direction uses.
+///
 /// Numerics: fp16/bf16 use CUDNN_TENSOR_OP_MATH with fp32 compute; fp32 uses CUDNN_FMA_MATH so
 /// TF32 is never used behind the user's back (fp32 means fp32). Workspace comes from the
 /// context's caching allocator, in stream order.
@@ -28,14 +35,17 @@
 #include <climits>
 #include <cstdint>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
+#include "ampkit/backend/cuda/conv1x1_gemm.cuh"
 #include "ampkit/backend/cuda/grouped_conv2d.cuh"
 #include "ampkit/backend/cuda/packed_io.cuh"
 #include "ampkit/core/tensor.hpp"
@@ -55,9 +65,13 @@ struct ConvKey {
   std::int64_t n, c, h, w, k, r, s;
   Conv2dParams p;
   bool benchmark = true, deterministic = false;  // CudnnOptions
+  /// The 1x1 GEMM policy for this shape: conv1x1_gemm(), or kNever where the path does not apply
+  /// (fp32, other geometry, conv_force_cudnn()).
+  Conv1x1Gemm gemm = Conv1x1Gemm::kNever;
   auto tie() const {
     return std::tuple(device, static_cast<int>(dtype), n, c, h, w, k, r, s, p.stride_h, p.stride_w, p.pad_h,
-                      p.pad_w, p.dilation_h, p.dilation_w, p.groups, benchmark, deterministic);
+                      p.pad_w, p.dilation_h, p.dilation_w, p.groups, benchmark, deterministic,
+                      static_cast<int>(gemm));
   }
   bool operator<(const ConvKey& o) const { return tie() < o.tie(); }
 };
@@ -72,6 +86,10 @@ struct ConvPlan {
   cudnnConvolutionBwdDataAlgo_t bwd_data_algo{};
   cudnnConvolutionBwdFilterAlgo_t bwd_filter_algo{};
   std::size_t fwd_ws = 0, bwd_data_ws = 0, bwd_filter_ws = 0;
+  /// Which engine runs each direction (kCublasLt: the matching *_gemm holds its matmul plan).
+  ConvEngine fwd_engine = ConvEngine::kUnplanned, bwd_data_engine = ConvEngine::kUnplanned,
+             bwd_filter_engine = ConvEngine::kUnplanned;
+  std::unique_ptr<GemmPlan> fwd_gemm, bwd_data_gemm, bwd_filter_gemm;
 
   ConvPlan() = default;
   ConvPlan(const ConvPlan&) = delete;
@@ -116,6 +134,12 @@ class ConvPlanCache {
     auto& slot = plans_[key];
     if (!slot) slot = make(key);
     return *slot;
+  }
+  /// The plan for `key` if one was made, else nullptr (creates nothing).
+  ConvPlan* find(const ConvKey& key) {
+    std::lock_guard lock(mu_);
+    auto it = plans_.find(key);
+    return it == plans_.end() ? nullptr : it->second.get();
   }
   std::mutex& mutex() { return mu_; }
   std::size_t size() {
@@ -171,8 +195,62 @@ const Perf& pick(const Perf* res, int n, const char* op, const ConvKey& k) {
 
 template <StorageScalar T>
 ConvKey conv_key(const Cuda& ctx, Shape x, Shape w, const Conv2dParams& p) {
-  return {ctx.device().index, cudnn_type_v<T>, x.n, x.c, x.h, x.w, w.n, w.h, w.w, p, ctx.cudnn_options().benchmark,
-          ctx.cudnn_options().deterministic};
+  // fp32 stays on cuDNN (FMA math): the fp32 policy is the numerics reference and keeps its sums.
+  const bool gemm_applies =
+      !std::is_same_v<T, float> && !conv_force_cudnn().load() && conv1x1_gemm_shape_ok(x, w, p);
+  return {ctx.device().index,
+          cudnn_type_v<T>,
+          x.n,
+          x.c,
+          x.h,
+          x.w,
+          w.n,
+          w.h,
+          w.w,
+          p,
+          ctx.cudnn_options().benchmark,
+          ctx.cudnn_options().deterministic,
+          gemm_applies ? conv1x1_gemm().load() : Conv1x1Gemm::kNever};
+}
+
+/// The engine for direction `dir` of a 1x1 conv whose cuDNN algorithm is already chosen (called
+/// once, under the cache lock). Creates `gemm` when cuBLASLt runs it. `a`, `b` are the GEMM
+/// operands of this call and `out` where results may be written while timing (the real output
+/// for forward / backward data; a zeroed scratch for backward filter, whose real output
+/// accumulates). `run_cudnn(out)` runs the chosen cuDNN algorithm into `out`, true on success.
+template <class RunCudnn>
+ConvEngine choose_conv_engine(const Cuda& ctx, const ConvKey& k, std::unique_ptr<GemmPlan>& gemm,
+                              ConvDirection dir, const void* a, const void* b, void* out,
+                              RunCudnn&& run_cudnn) {
+  if (k.gemm == Conv1x1Gemm::kNever) return ConvEngine::kCudnn;
+  const bool aligned = conv1x1_gemm_rows_aligned(k.c, k.k, 2);  // fp16/bf16 only (see conv_key)
+  // Heuristic mode has nothing to compare with: GEMM where its tensor-core kernels apply.
+  if (k.gemm == Conv1x1Gemm::kAuto && !k.benchmark && !aligned) return ConvEngine::kCudnn;
+  // Plan-time views that are not aligned cannot be timed; such a shape stays on cuDNN.
+  if (!gemm_pointers_aligned({a, b, out})) return ConvEngine::kCudnn;
+  auto g = std::make_unique<GemmPlan>();
+  const cudaDataType_t t = k.dtype == CUDNN_DATA_HALF ? CUDA_R_16F : CUDA_R_16BF;
+  gemm_describe(*g, dir, t, k.n * k.h * k.w, k.c, k.k);
+  cublasLtMatmulHeuristicResult_t cand[kGemmCandidates];
+  const int n = gemm_heuristic(ctx, *g, k.benchmark ? kGemmCandidates : 1, cand);
+  if (n == 0) return ConvEngine::kCudnn;
+  int best = 0;
+  if (k.benchmark) {
+    float best_ms = std::numeric_limits<float>::infinity();
+    for (int i = 0; i < n; ++i) {
+      const float ms = time_on_stream(ctx, [&] {
+        return gemm_run(ctx, *g, cand[i].algo, cand[i].workspaceSize, a, b, out) == CUBLAS_STATUS_SUCCESS;
+      });
+      if (ms < best_ms) best_ms = ms, best = i;
+    }
+    if (!(best_ms < std::numeric_limits<float>::infinity())) return ConvEngine::kCudnn;  // none ran
+    if (k.gemm == Conv1x1Gemm::kAuto && time_on_stream(ctx, [&] { return run_cudnn(out); }) <= best_ms)
+      return ConvEngine::kCudnn;
+  }
+  g->algo = cand[best].algo;
+  g->ws = cand[best].workspaceSize;
+  gemm = std::move(g);
+  return ConvEngine::kCublasLt;
 }
 
 /// y(M,K) += bias[k], in place.
@@ -230,6 +308,29 @@ const char* conv2d_path_name(Cuda& ctx, Shape x, Shape w, const Conv2dParams& p)
   return cuda::detail::use_grouped_direct<T>(ctx, x, w, p) ? "direct-grouped" : "cudnn";
 }
 
+/// Which engine runs direction `dir` of conv(x, w, p) in storage type T under the context's
+/// current options: kDirectGrouped, or, once that direction has run, kCudnn / kCublasLt
+/// (kUnplanned before). A call whose views are not 16-byte aligned runs cuDNN even where this
+/// says kCublasLt.
+template <StorageScalar T>
+cuda::ConvEngine conv2d_engine(Cuda& ctx, Shape x, Shape w, const Conv2dParams& p, cuda::ConvDirection dir) {
+  using namespace cuda::detail;
+  if (use_grouped_direct<T>(ctx, x, w, p)) return cuda::ConvEngine::kDirectGrouped;
+  auto& cache = ConvPlanCache::instance();
+  ConvPlan* plan = cache.find(conv_key<T>(ctx, x, w, p));
+  if (plan == nullptr) return cuda::ConvEngine::kUnplanned;
+  std::lock_guard lock(cache.mutex());
+  switch (dir) {
+    case cuda::ConvDirection::kForward:
+      return plan->has_fwd ? plan->fwd_engine : cuda::ConvEngine::kUnplanned;
+    case cuda::ConvDirection::kBackwardData:
+      return plan->has_bwd_data ? plan->bwd_data_engine : cuda::ConvEngine::kUnplanned;
+    case cuda::ConvDirection::kBackwardFilter:
+      return plan->has_bwd_filter ? plan->bwd_filter_engine : cuda::ConvEngine::kUnplanned;
+  }
+  return cuda::ConvEngine::kUnplanned;
+}
+
 /// y = conv2d(x, w) + bias (bias may be an empty view). Output WRITTEN.
 template <StorageScalar T>
 void conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> w, TensorView<const T> bias,
@@ -258,13 +359,26 @@ void conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> w, Ten
       AMPKIT_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(ctx.cudnn(), plan.x, plan.w, plan.fwd,
                                                                  plan.y, r.algo, &plan.fwd_ws));
       plan.fwd_algo = r.algo;
+      plan.fwd_engine = choose_conv_engine(
+          ctx, key, plan.fwd_gemm, cuda::ConvDirection::kForward, w.data, x.data, y.data, [&](void* out) {
+            auto ws = ctx.workspace(plan.fwd_ws);
+            const float one = 1.f, zero = 0.f;
+            return cudnnConvolutionForward(ctx.cudnn(), &one, plan.x, x.data, plan.w, w.data, plan.fwd,
+                                           plan.fwd_algo, ws.data(), plan.fwd_ws, &zero, plan.y,
+                                           out) == CUDNN_STATUS_SUCCESS;
+          });
       plan.has_fwd = true;
     }
   }
-  auto ws = ctx.workspace(plan.fwd_ws);
-  const float one = 1.f, zero = 0.f;
-  AMPKIT_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn(), &one, plan.x, x.data, plan.w, w.data, plan.fwd,
-                                             plan.fwd_algo, ws.data(), plan.fwd_ws, &zero, plan.y, y.data));
+  if (plan.fwd_engine == cuda::ConvEngine::kCublasLt && gemm_pointers_aligned({w.data, x.data, y.data})) {
+    const GemmPlan& g = *plan.fwd_gemm;
+    AMPKIT_CUBLAS_CHECK(gemm_run(ctx, g, g.algo, g.ws, w.data, x.data, y.data));  // Y' = W'^T . X'
+  } else {
+    auto ws = ctx.workspace(plan.fwd_ws);
+    const float one = 1.f, zero = 0.f;
+    AMPKIT_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn(), &one, plan.x, x.data, plan.w, w.data, plan.fwd,
+                                               plan.fwd_algo, ws.data(), plan.fwd_ws, &zero, plan.y, y.data));
+  }
   if (bias.data) {
     const std::int64_t total = y.numel();
     add_bias_kernel<<<grid_for(total, 256, ctx.device().multiprocessors), 256, 0, ctx.stream()>>>(
@@ -303,8 +417,23 @@ void conv2d_backward_data(Cuda& ctx, TensorView<const T> dL_dy, TensorView<const
       AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
           ctx.cudnn(), plan.w, plan.y, plan.bwd_data, plan.x, r.algo, &plan.bwd_data_ws));
       plan.bwd_data_algo = r.algo;
+      plan.bwd_data_engine = choose_conv_engine(
+          ctx, key, plan.bwd_data_gemm, cuda::ConvDirection::kBackwardData, w.data, dL_dy.data, dL_dx.data,
+          [&](void* out) {
+            auto ws = ctx.workspace(plan.bwd_data_ws);
+            const float one = 1.f, zero = 0.f;
+            return cudnnConvolutionBackwardData(ctx.cudnn(), &one, plan.w, w.data, plan.y, dL_dy.data,
+                                                plan.bwd_data, plan.bwd_data_algo, ws.data(),
+                                                plan.bwd_data_ws, &zero, plan.x, out) == CUDNN_STATUS_SUCCESS;
+          });
       plan.has_bwd_data = true;
     }
+  }
+  if (plan.bwd_data_engine == cuda::ConvEngine::kCublasLt &&
+      gemm_pointers_aligned({w.data, dL_dy.data, dL_dx.data})) {
+    const GemmPlan& g = *plan.bwd_data_gemm;
+    AMPKIT_CUBLAS_CHECK(gemm_run(ctx, g, g.algo, g.ws, w.data, dL_dy.data, dL_dx.data));  // dX' = W' . dY'
+    return;
   }
   auto ws = ctx.workspace(plan.bwd_data_ws);
   const float one = 1.f, zero = 0.f;
@@ -343,8 +472,33 @@ void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T
       AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
           ctx.cudnn(), plan.x, plan.y, plan.bwd_filter, plan.w, r.algo, &plan.bwd_filter_ws));
       plan.bwd_filter_algo = r.algo;
+      if (key.gemm != cuda::Conv1x1Gemm::kNever) {
+        // Timing writes into a zeroed scratch: the real dL_dw accumulates (beta = 1) and must see
+        // exactly one update.
+        const std::size_t bytes = static_cast<std::size_t>(dL_dw.numel()) * sizeof(T);
+        auto scratch = ctx.workspace(bytes);
+        AMPKIT_CUDA_CHECK(cudaMemsetAsync(scratch.data(), 0, bytes, ctx.stream()));
+        plan.bwd_filter_engine =
+            choose_conv_engine(ctx, key, plan.bwd_filter_gemm, cuda::ConvDirection::kBackwardFilter, x.data,
+                               dL_dy.data, scratch.data(), [&](void* out) {
+                                 auto ws = ctx.workspace(plan.bwd_filter_ws);
+                                 const float one = 1.f;
+                                 return cudnnConvolutionBackwardFilter(
+                                            ctx.cudnn(), &one, plan.x, x.data, plan.y, dL_dy.data,
+                                            plan.bwd_filter, plan.bwd_filter_algo, ws.data(),
+                                            plan.bwd_filter_ws, &one, plan.w, out) == CUDNN_STATUS_SUCCESS;
+                               });
+      } else {
+        plan.bwd_filter_engine = cuda::ConvEngine::kCudnn;
+      }
       plan.has_bwd_filter = true;
     }
+  }
+  if (plan.bwd_filter_engine == cuda::ConvEngine::kCublasLt &&
+      gemm_pointers_aligned({x.data, dL_dy.data, dL_dw.data})) {
+    const GemmPlan& g = *plan.bwd_filter_gemm;
+    AMPKIT_CUBLAS_CHECK(gemm_run(ctx, g, g.algo, g.ws, x.data, dL_dy.data, dL_dw.data));  // dW' += X' . dY'^T
+    return;
   }
   auto ws = ctx.workspace(plan.bwd_filter_ws);
   const float one = 1.f;  // beta = 1: accumulate into dL_dw
