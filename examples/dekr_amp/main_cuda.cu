@@ -33,14 +33,9 @@ int run_cuda(const Request& req_in, ampkit::train::RunLogger& log, const ampkit:
   // runtime.cudnn_benchmark / randomness.deterministic mean what torch.backends.cudnn's two flags
   // mean: time the algorithms per shape or take cuDNN's ranking; only deterministic ones or any.
   const auto& cfg = req.run.config.config;
-  // Measured on the H200 (2026-11-30, bench/results/recompute_h200_20261130.md): the memory it
-  // saves is as planned, but the run was not bit-identical to the default one (two default runs
-  // were, for 20 iterations), and whether that is rounding amplified by Adam or a defect is open.
-  // Until that is settled it runs on CUDA only when asked for explicitly.
-  const char* allow = std::getenv("AMPKIT_EXPERIMENTAL_RECOMPUTE");
-  AMPKIT_CHECK(!cfg.model.recompute_conv_outputs || (allow && std::string(allow) == "1"),
-               "model.recompute_conv_outputs is verified on the host backend only; on CUDA its gradients are not yet "
-               "shown to match the default's. Set AMPKIT_EXPERIMENTAL_RECOMPUTE=1 to run it anyway, or leave it off");
+  // model.recompute_conv_outputs needs no guard on CUDA: one step with and without it is bit-identical
+  // there (fp16 DEKR with W32 head widths, HRNet; fp32 DEKR within the deformable conv's run-to-run
+  // atomics noise), tests/gpu/models/dekr.cu, H200 2026-11-30 (bench/results/gpu_h200x2_20261130_0825.md).
   ctx.set_cudnn_options({.benchmark = cfg.runtime.cudnn_benchmark, .deterministic = cfg.randomness.deterministic});
   if (cfg.randomness.deterministic)
     log.info("randomness.deterministic: cuDNN convolutions use deterministic algorithms only; deformable "
