@@ -628,6 +628,7 @@ TEST_CASE("DEKR tiny fp16 AMP step (2 micro-batches, Adam, dynamic scale) as one
 // defect. Here: ONE forward + loss + backward from identical weights and inputs, with cuDNN
 // restricted to its heuristic choice of deterministic algorithms (benchmark=false,
 // deterministic=true: the plan is the same for both runs and cannot depend on timing), compared
+  st.set_recompute_bn_outputs(recompute_bn);
 // per tensor. Runs: default, default again (the determinism baseline: a difference there is
 // noise, not recompute's), recompute, recompute again. Each run builds a fresh model from the
 // same seed on the same context (same plan cache).
@@ -732,7 +733,8 @@ RecomputeRun dekr_one_step(ak::Cuda& ctx, ak::models::DekrConfig cfg, bool recom
 /// The same for the HRNet backbone alone (no deformable conv: no atomics anywhere), driven by
 /// random gradients on its four outputs.
 template <class P>
-RecomputeRun hrnet_one_step(ak::Cuda& ctx, const ak::models::HRNetConfig& cfg, bool recompute) {
+RecomputeRun hrnet_one_step(ak::Cuda& ctx, const ak::models::HRNetConfig& cfg, bool recompute,
+                            bool recompute_bn = true) {
   using T = ak::storage_t<P>;
   constexpr int B = 2, S = 128;
   ak::nn::ParameterStore<P, ak::Cuda> st;
@@ -788,6 +790,94 @@ int report_diff(const char* what, const RecomputeRun& a, const RecomputeRun& b) 
       if (bad == 0) first = ta.name;
       if (bad++ < 40)
         std::printf("  %s %s #%zu %s: %zu of %zu elements differ (first at %zu), max abs %.3g (max |a| %.3g), max "
+
+// ---- model.recompute_bn_outputs on CUDA: off vs on, one step, per tensor --------------------------
+// nn/conv_bn.hpp BatchNorm::drop_output: the inner conv+BN+ReLU outputs are freed after their
+// consumer's forward and rebuilt before its backward by batch_norm_relu_forward_saved, which runs
+// the training forward's own apply pass with the affine map from the saved statistics (the op
+// itself: test_gpu_nn "batch_norm_relu_forward_saved cuda"). Claim: the step is bit-identical to
+// keeping the outputs, alone and with recompute_conv_outputs. Runs: off, off again (the noise
+// baseline), on, on again, each from a fresh model with the same seed; fp32 DEKR is judged against
+// its run-to-run noise (the deformable conv's fp32 atomics), everything else bit for bit.
+namespace {
+
+template <class P, class RunFn>
+void check_bn_recompute_cuda(const std::string& label, RunFn&& one_step, bool deterministic) {
+  ak::Cuda ctx;
+  ctx.set_cudnn_options({.benchmark = false, .deterministic = true});
+  const RecomputeRun off = one_step(ctx, false);
+  const RecomputeRun off2 = one_step(ctx, false);
+  const RecomputeRun on = one_step(ctx, true);
+  const RecomputeRun on2 = one_step(ctx, true);
+  REQUIRE(off.backward.size() > 10);
+  double gsum = 0;
+  for (const auto& t : off.backward)
+    for (float v : t.values) gsum += std::abs(static_cast<double>(v));
+  CHECK(std::isfinite(gsum));
+  CHECK(gsum > 0);
+  const std::string pre = label + " " + std::string(ak::policy_name_v<P>);
+  const int n_off = report_diff((pre + " bn-keep vs bn-keep").c_str(), off, off2);
+  const int n_on = report_diff((pre + " recompute_bn_outputs vs bn-keep").c_str(), off, on);
+  const int n_on2 = report_diff((pre + " recompute_bn_outputs vs itself").c_str(), on, on2);
+  if (deterministic) {
+    CHECK_MESSAGE(n_off == 0, "the step is not deterministic in this setup (baseline)");
+    CHECK_MESSAGE(n_on == 0, "recompute_bn_outputs changes the step on CUDA");
+    CHECK_MESSAGE(n_on2 == 0, "recompute_bn_outputs is not deterministic run to run");
+    return;
+  }
+  // fp32 DEKR: the forward has no atomics (bit-identical); the backward against the noise, as in
+  // check_recompute_bit_identical_cuda above.
+  int n_fwd = 0;
+  for (std::size_t i = 0; i < off.forward.size(); ++i)
+    n_fwd += off.forward[i].bytes != on.forward[i].bytes || on.forward[i].bytes != on2.forward[i].bytes;
+  CHECK_MESSAGE(n_fwd == 0, "recompute_bn_outputs changes the forward on CUDA");
+  const double noise = std::max(max_rel_l2(off, off2), max_rel_l2(on, on2));
+  const double diff = max_rel_l2(off, on);
+  std::printf("%s: worst per-tensor relative L2 of the gradients: recompute_bn_outputs vs keep %.3g, noise %.3g\n",
+              pre.c_str(), diff, noise);
+  CHECK(diff <= std::max(10.0 * noise, 1e-6));
+}
+
+/// DEKR step with recompute_bn_outputs as given (recompute_conv_outputs: `conv`).
+template <class P>
+RecomputeRun dekr_one_step_bn(ak::Cuda& ctx, ak::models::DekrConfig cfg, bool conv, bool bn) {
+  cfg.recompute_bn_outputs = bn;
+  return dekr_one_step<P>(ctx, cfg, conv);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("DEKR tiny: recompute_bn_outputs on vs off on CUDA (one step, with and without conv recompute)",
+                   P, ak::Fp32, ak::AmpFp16) {
+  for (const bool conv : {false, true}) {
+    CAPTURE(conv);
+    check_bn_recompute_cuda<P>(
+        std::string("DEKR tiny") + (conv ? " +recompute_conv" : ""),
+        [conv](ak::Cuda& ctx, bool bn) { return dekr_one_step_bn<P>(ctx, ak::models::DekrConfig::tiny(), conv, bn); },
+        /*deterministic=*/!std::is_same_v<P, ak::Fp32>);
+  }
+}
+
+TEST_CASE_TEMPLATE("DEKR tiny, W32 head widths: recompute_bn_outputs on vs off on CUDA", P, ak::Fp32, ak::AmpFp16) {
+  for (const bool conv : {false, true}) {
+    CAPTURE(conv);
+    check_bn_recompute_cuda<P>(
+        std::string("DEKR tiny/W32-head") + (conv ? " +recompute_conv" : ""),
+        [conv](ak::Cuda& ctx, bool bn) { return dekr_one_step_bn<P>(ctx, tiny_w32_head(), conv, bn); },
+        /*deterministic=*/!std::is_same_v<P, ak::Fp32>);
+  }
+}
+
+TEST_CASE_TEMPLATE("HRNet tiny (no deformable conv): recompute_bn_outputs is bit-identical on CUDA", P, ak::Fp32,
+                   ak::AmpFp16) {
+  for (const bool conv : {false, true}) {
+    CAPTURE(conv);
+    check_bn_recompute_cuda<P>(
+        std::string("HRNet tiny") + (conv ? " +recompute_conv" : ""),
+        [conv](ak::Cuda& ctx, bool bn) { return hrnet_one_step<P>(ctx, ak::models::HRNetConfig::tiny(), conv, bn); },
+        /*deterministic=*/true);
+  }
+}
                     "rel %.3g\n", what, gname, i, ta.name.c_str(), n_diff, ta.values.size(), first_el, max_abs, max_a,
                     max_rel);
     }
