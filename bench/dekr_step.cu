@@ -21,14 +21,16 @@
 //   "fp16_recompute_graph") and the JSON the member "recompute":true, so that a run with and one
 //   without the flag set step time and peak side by side (rows without it carry "recompute":false).
 // --graph: after the eager rows, capture one whole step (all micro-batches + the AMP step) as a
-//   CUDA graph and time its replays (an extra row, variant "<policy>_graph"). Capture needs no
-//   host synchronisation inside the step (there is none by design) and no cudaMalloc: after the
-//   warm-up every allocation is a cache hit of the stream-ordered caching allocator, so the
-//   captured kernels use the addresses handed out during capture, and replaying them in stream
-//   order reproduces the eager memory reuse exactly (nothing else allocates between replays).
-//   cuDNN Find runs only at the first call of each conv shape (plan cache), i.e. in the warm-up.
-//   Capture is tried in global mode first (any unsafe call fails it, as in tests/gpu/amp/amp.cu);
-//   if that fails it says why and retries in relaxed mode (which permits a cudaMalloc).
+//   CUDA graph and time its replays (an extra row, variant "<policy>_graph"), with the library's
+//   cuda::GraphStep (backend/cuda/graph_step.cuh, also what `dekr_amp train` uses with
+//   runtime.cuda_graph). Capture needs no host synchronisation inside the step (there is none by
+//   design) and no cudaMalloc: after the warm-up every allocation is a cache hit of the caching
+//   allocator; the blocks handed out during capture move into the graph's private pool, so no
+//   other allocation receives them between replays. cuDNN Find runs only at the first call of
+//   each conv shape (plan cache), i.e. in the warm-up. Capture is tried in global mode first (any
+//   unsafe call fails it, naming the call); if that fails it says why and retries in relaxed
+//   mode (which permits a cudaMalloc). The JSON row adds graph_nodes, capture_mode,
+//   capture_instantiate_ms and graph_pool_bytes.
 // --profile: where the time goes. (1) Phases with CUDA events between them: forward, loss
 //   (forward + backward), model backward, optimizer (accumulate fold + check/unscale/Adam), plus
 //   the host time to enqueue a step (≈ GPU time means launch-bound). (2) When CUPTI can be loaded
@@ -61,6 +63,7 @@
 #include "ampkit/amp/amp_optimizer.hpp"
 #include "ampkit/backend/cuda/amp_step.cuh"
 #include "ampkit/backend/cuda/dekr.cuh"
+#include "ampkit/backend/cuda/graph_step.cuh"
 #include "ampkit/optim/adam.hpp"
 #include "ampkit/train/memory_plan.hpp"
 
@@ -471,59 +474,34 @@ void run_config(const Options& o, const Options::Variant& v) {
 #else
     Row g;
     g.variant = policy + "_graph";
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    std::string mode = "global", error;
     ctx.synchronize();
     ctx.allocator().reset_peak();
-    const std::size_t raw_before = ctx.memory_stats().n_raw_allocs;
-    const auto t_cap = std::chrono::steady_clock::now();
-    for (cudaStreamCaptureMode m : {cudaStreamCaptureModeGlobal, cudaStreamCaptureModeRelaxed}) {
-      mode = m == cudaStreamCaptureModeGlobal ? "global" : "relaxed";
-      error.clear();
-      AMPKIT_CUDA_CHECK(cudaStreamBeginCapture(ctx.stream(), m));
-      try {
-        step();
-      } catch (const std::exception& e) {
-        error = e.what();
-      }
-      const cudaError_t ec = cudaStreamEndCapture(ctx.stream(), &graph);
-      if (error.empty() && ec != cudaSuccess) error = std::string("cudaStreamEndCapture: ") + cudaGetErrorString(ec);
-      (void)cudaGetLastError();
-      if (error.empty()) break;
-      if (graph) (void)cudaGraphDestroy(graph);
-      graph = nullptr;
-      std::fprintf(stderr, "# graph: capture in %s mode failed: %s\n", mode.c_str(), error.c_str());
-      ctx.synchronize();
-    }
-    const std::size_t raw_in_capture = ctx.memory_stats().n_raw_allocs - raw_before;
-    if (!error.empty()) {
+    // One whole step (all micro-batches + the AMP step) in one graph, its blocks in the graph's
+    // private pool (backend/cuda/graph_step.cuh).
+    ak::cuda::GraphStep graph(ctx);
+    const ak::cuda::CaptureReport& cap = graph.capture(step);
+    if (!cap.error.empty()) std::fprintf(stderr, "# graph: %s\n", cap.error.c_str());
+    if (!cap.ok) {
       std::fprintf(stderr, "# graph: no graph for %s batch %d x %d (raw cudaMalloc calls during capture: %zu)\n",
-                   policy.c_str(), B, A, raw_in_capture);
+                   policy.c_str(), B, A, cap.raw_allocs);
     } else {
       // The step's memory high-water mark, reached while capturing: replays reuse exactly those
-      // blocks, and nothing is allocated between replays.
+      // blocks (the pool's), and nothing is allocated between replays.
       const auto m = ctx.memory_stats();
       g.peak_allocated = m.peak_allocated;
       g.peak_reserved = m.peak_reserved;
-      g.raw_allocs = raw_in_capture;
-      std::size_t n_nodes = 0;
-      AMPKIT_CUDA_CHECK(cudaGraphGetNodes(graph, nullptr, &n_nodes));
-      AMPKIT_CUDA_CHECK(cudaGraphInstantiateWithFlags(&exec, graph, 0));
-      AMPKIT_CUDA_CHECK(cudaGraphUpload(exec, ctx.stream()));
-      const double cap_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_cap).count();
-      const auto replay = [&] { AMPKIT_CUDA_CHECK(cudaGraphLaunch(exec, ctx.stream())); };
+      g.raw_allocs = cap.raw_allocs;
+      const auto replay = [&] { graph.replay(); };
       for (int i = 0; i < 3; ++i) replay();  // first replays upload / page in
       ctx.synchronize();
       timed(replay, g, false);
       fill_row(g);
-      char buf[256];
-      std::snprintf(buf, sizeof buf, ",\"graph_nodes\":%zu,\"capture_mode\":\"%s\",\"capture_instantiate_ms\":%.1f",
-                    n_nodes, mode.c_str(), cap_ms);
+      char buf[320];
+      std::snprintf(buf, sizeof buf,
+                    ",\"graph_nodes\":%zu,\"capture_mode\":\"%s\",\"capture_instantiate_ms\":%.1f,\"graph_pool_bytes\":%zu",
+                    cap.n_nodes, cap.mode.c_str(), cap.ms, graph.pool()->bytes());
       g.extra += buf;
       rows.push_back(g);
-      AMPKIT_CUDA_CHECK(cudaGraphExecDestroy(exec));
-      AMPKIT_CUDA_CHECK(cudaGraphDestroy(graph));
     }
 #endif
   }

@@ -184,6 +184,10 @@ struct RuntimeConfig {
   /// The one default that departs from mmpose (False there): DEKR trains at one fixed input size,
   /// so the one-off timing pays for itself within the first steps.
   bool cudnn_benchmark = true;
+  /// CUDA: capture the training step as CUDA graphs after a few eager warm-up iterations and
+  /// replay them (one launch instead of thousands per step; train/graph_mode.hpp). Off under data
+  /// parallelism and on the host backend. Default off until verified on the GPU.
+  bool cuda_graph = false;
   std::int64_t host_threads = 0;  ///< host backend threads (0: all cores)
 };
 
@@ -284,6 +288,7 @@ void visit_fields(Config& c, V&& v) {
   v("default_hooks.logger.tensorboard", c.logger.tensorboard, "");
   v("runtime.device", c.runtime.device, "auto, cuda or host");
   v("runtime.cudnn_benchmark", c.runtime.cudnn_benchmark, "CUDA: time conv algorithms (true) or cuDNN heuristics");
+  v("runtime.cuda_graph", c.runtime.cuda_graph, "CUDA: capture the step as CUDA graphs and replay them");
   v("runtime.host_threads", c.runtime.host_threads, "0: all cores");
 }
 

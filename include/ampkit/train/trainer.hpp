@@ -13,7 +13,9 @@
 ///   backward (parameter gradients +=) -> count -> step (window end) or fold into fp32 accum
 ///   lr schedule after every iteration (mmengine ParamSchedulerHook), after every epoch
 /// Nothing in the iteration waits for the host except the log points (every logger.interval
-/// iterations the loss values and the scaler state are read back).
+/// iterations the loss values and the scaler state are read back). With runtime.cuda_graph the
+/// iteration's device work (convert .. step) is captured as CUDA graphs after an eager warm-up and
+/// replayed (train/graph_mode.hpp).
 
 #pragma once
 
@@ -52,6 +54,7 @@
 #include "ampkit/train/config_schema.hpp"
 #include "ampkit/train/data_parallel.hpp"
 #include "ampkit/train/evaluate.hpp"
+#include "ampkit/train/graph_mode.hpp"
 #include "ampkit/train/launch.hpp"
 #include "ampkit/train/memory_plan.hpp"
 #include "ampkit/train/progress.hpp"
@@ -78,6 +81,7 @@ struct TrainResult {
   std::int64_t skipped_steps = 0;
   std::string last_checkpoint;
   std::optional<EvalResult> last_val;  ///< the last validation (main rank), if any ran
+  std::int64_t graph_replays = 0;      ///< iterations run as CUDA graph replays (runtime.cuda_graph)
   // data parallel runs only (world size > 1):
   std::int64_t optimizer_steps = 0;    ///< StepState::n_steps at the end
   std::int64_t gradient_syncs = 0;     ///< gradient averagings (must equal optimizer_steps)
@@ -406,6 +410,17 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
   auto dL_dds = ctx.template tensor<T>(batched(ds_s, B));
   const auto first_n = [&](auto& t, Shape s, std::int64_t n) { return TensorView<std::remove_cvref_t<decltype(*t.data())>>(t.data(), batched(s, n)); };
 
+  // runtime.cuda_graph: the iteration's device work captured as CUDA graphs after an eager
+  // warm-up, then replayed (train/graph_mode.hpp: what is captured, the fallbacks). What changes
+  // per iteration reaches a replay through device memory: the batch is uploaded into the buffers
+  // above (the same addresses at every full batch), the lr is written into StepState by
+  // opt.set_lr before the replay, the scaler state and counters live in StepState.
+  StepGraphRunner<Backend> graphs(
+      ctx, GraphPlanConfig{cfg.runtime.cuda_graph, true, run.world_size, B, cfg.optim_wrapper.accumulative_counts},
+      [&](const std::string& s) {
+        if (main_rank) log.info(s);
+      });
+
   // ---- the loop ----
   std::signal(SIGINT, detail::on_stop_signal);
   std::signal(SIGTERM, detail::on_stop_signal);
@@ -457,41 +472,49 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
       up(gt_ds, ds_s, 3);
       up(gt_dsw, ds_s, 4);
       up(mask, mk_s, 5);
-      convert_copy(ctx, TensorView<const float>(first_n(image_f, img_s, n)), first_n(image, img_s, n));
 
       // forward, loss, backward: one micro-batch
       const double lr_used = schedule.lr();  // logged: the lr this iteration trained with
-      opt.set_lr(lr_used);
-      const auto out = model.forward(ctx, TensorView<const T>(first_n(image, img_s, n)), /*training=*/true);
-      const DekrLossInputs<T> in{out.heatmaps, out.displacements,
-                                 first_n(gt_hm, hm_s, n), first_n(gt_hmw, hm_s, n), first_n(mask, mk_s, n),
-                                 first_n(gt_ds, ds_s, n), first_n(gt_dsw, ds_s, n)};
-      loss.forward(ctx, in);
-      // The seed is scale / loss_factor (mmengine divides the loss by the accumulation count).
-      const float factor = 1.f / static_cast<float>(accum.loss_factor());
-      TensorView<const float> scale{};
-      if constexpr (PrecisionTraits<P>::needs_loss_scaling) scale = TensorView<const float>(opt.scale_ptr(), Shape{1, 1, 1, 1});
-      loss.backward(ctx, in, first_n(dL_dhm, hm_s, n), first_n(dL_dds, ds_s, n), factor, scale);
-      // Data parallel, window end: the gradient all-reduce overlaps this backward (unless
-      // AMPKIT_DDP_OVERLAP=0), bucket by bucket as the layers report their gradients.
-      const bool overlapped = dp && dp->begin_backward(accum.should_sync());
-      model.backward(ctx, TensorView<const T>(first_n(dL_dhm, hm_s, n)), TensorView<const T>(first_n(dL_dds, ds_s, n)));
+      opt.set_lr(lr_used);  // eagerly, also in graph mode: a replay reads the lr from StepState
+      // Whether this micro-batch ends its window: should_sync() before the backward equals
+      // should_update() after it (checked below); the graphs differ by it (fold vs. step).
+      const bool updated = accum.should_sync();
+      // The iteration's device work: eagerly, or captured once and then replayed (runtime.cuda_graph;
+      // the lambda then runs only at the capture, which executes nothing by itself).
+      graphs.run(n, accum.loss_factor(), updated, [&] {
+        convert_copy(ctx, TensorView<const float>(first_n(image_f, img_s, n)), first_n(image, img_s, n));
+        const auto out = model.forward(ctx, TensorView<const T>(first_n(image, img_s, n)), /*training=*/true);
+        const DekrLossInputs<T> in{out.heatmaps, out.displacements,
+                                   first_n(gt_hm, hm_s, n), first_n(gt_hmw, hm_s, n), first_n(mask, mk_s, n),
+                                   first_n(gt_ds, ds_s, n), first_n(gt_dsw, ds_s, n)};
+        loss.forward(ctx, in);
+        // The seed is scale / loss_factor (mmengine divides the loss by the accumulation count).
+        const float factor = 1.f / static_cast<float>(accum.loss_factor());
+        TensorView<const float> scale{};
+        if constexpr (PrecisionTraits<P>::needs_loss_scaling) scale = TensorView<const float>(opt.scale_ptr(), Shape{1, 1, 1, 1});
+        loss.backward(ctx, in, first_n(dL_dhm, hm_s, n), first_n(dL_dds, ds_s, n), factor, scale);
+        // Data parallel, window end: the gradient all-reduce overlaps this backward (unless
+        // AMPKIT_DDP_OVERLAP=0), bucket by bucket as the layers report their gradients.
+        const bool overlapped = dp && dp->begin_backward(accum.should_sync());
+        model.backward(ctx, TensorView<const T>(first_n(dL_dhm, hm_s, n)), TensorView<const T>(first_n(dL_dds, ds_s, n)));
+        AMPKIT_CHECK(!overlapped || updated, "trainer: the overlapped all-reduce ran on a micro-batch that does not end "
+                     "its accumulation window (iteration ", iter, ")");
+        if (updated && dp) {
+          // Window end: fold into the fp32 gradient (done per bucket during an overlapped
+          // backward), average it over ranks, then the step with the non-finite flag max-reduced
+          // between check and finalize (no host sync anywhere).
+          if (!overlapped) opt.end_micro_batch();
+          dp->average_gradients();
+          opt.step([dp](amp::GradPartial* partials, int n) { dp->reduce_step_check(partials, n); });
+        } else if (updated) {
+          opt.step();
+        } else {
+          opt.end_micro_batch();  // no_sync: gradients accumulate locally
+        }
+      });
       accum.count_backward();
-      const bool updated = accum.should_update();
-      AMPKIT_CHECK(!overlapped || updated, "trainer: the overlapped all-reduce ran on a micro-batch that does not end "
-                   "its accumulation window (iteration ", iter, ")");
-      if (updated && dp) {
-        // Window end: fold into the fp32 gradient (done per bucket during an overlapped
-        // backward), average it over ranks, then the step with the non-finite flag max-reduced
-        // between check and finalize (no host sync anywhere).
-        if (!overlapped) opt.end_micro_batch();
-        dp->average_gradients();
-        opt.step([dp](amp::GradPartial* partials, int n) { dp->reduce_step_check(partials, n); });
-      } else if (updated) {
-        opt.step();
-      } else {
-        opt.end_micro_batch();  // no_sync: gradients accumulate locally
-      }
+      AMPKIT_CHECK(accum.should_update() == updated, "trainer: should_sync() before the backward (", updated,
+                   ") disagrees with should_update() after it at iteration ", iter);
       schedule.after_iteration(updated);
       ++iter;
       ++in_epoch;
@@ -598,6 +621,7 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
     if (dp) dp->wait_for_main("rank 0's end-of-epoch checkpoint / validation");
   }
   result.iterations = iter;
+  result.graph_replays = graphs.n_replays();
   if (dp) {
     const auto st = ctx.to_host(TensorView<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(opt.state()),
                                                                 Shape{1, 1, 1, sizeof(amp::StepState)}));

@@ -68,6 +68,7 @@ TEST_CASE("config defaults are mmpose's dekr_hrnet-w32_8xb10-140e_coco-512x512 v
   CHECK(c.pipeline.rotate_factor == 30.0);
   CHECK(c.pipeline.shift_factor == 0.2);
   CHECK(c.runtime.cudnn_benchmark == true);  // ampkit's one departure from mmpose (False): fixed input size
+  CHECK(c.runtime.cuda_graph == false);  // graph mode is opt-in until verified on the GPU
   CHECK_NOTHROW(validate(c));
 }
 
@@ -324,3 +325,5 @@ TEST_CASE("policy banner spells the C++ type") {
   CHECK(contains(policy_banner<AmpBf16>(amp), "Using Precision<bf16, fp32_master>: bf16 compute"));
   CHECK(policy_banner<Fp32>(amp) == "Using Precision<fp32>: fp32 compute, no loss scaling");
 }
+
+#include "graph_mode.inc"

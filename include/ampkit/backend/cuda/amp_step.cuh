@@ -24,6 +24,7 @@
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
 #include "ampkit/backend/cuda/fill.cuh"
+#include "ampkit/backend/cuda/graph_step.cuh"  // the trainer's graph hooks (train/graph_mode.hpp)
 #include "ampkit/backend/cuda/memory.cuh"
 #include "ampkit/optim/optimizer.hpp"
 #include "ampkit/precision.hpp"
