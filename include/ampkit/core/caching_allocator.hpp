@@ -90,7 +90,10 @@ class CachingAllocator {
         return p;
       }
     }
-    if (void* p = take_cached(free_, size, stream, /*other_streams=*/true)) {
+    // While capturing: only blocks this stream freed and nobody else still uses. Taking another
+    // stream's block needs an event query, which a global-mode capture forbids (and the capture
+    // only orders work on its own stream anyway).
+    if (void* p = take_cached(free_, size, stream, /*other_streams=*/!pool)) {
       if (pool) adopt(live_.at(p), pool);
       return p;
     }
@@ -257,6 +260,7 @@ class CachingAllocator {
       for (auto it = list.lower_bound(size); it != last; ++it) {
         Cached& c = it->second;
         if (pass == 0 && c.stream != stream) continue;
+        if (!other_streams && !c.pending.empty()) continue;  // would query events (see allocate)
         if (pass == 1) {
           if (c.stream == stream) continue;
           // A block last used on another stream: that stream's queued work must be finished.

@@ -232,6 +232,21 @@ TEST_CASE("a private pool adopts shared blocks freed during the capture and keep
   CHECK_THROWS_WITH_AS(a.begin_pool_capture(pool, 1), doctest::Contains("unknown pool"), Error);
 }
 
+TEST_CASE("a capture takes no other stream's block (that would need an event query, forbidden while capturing)") {
+  CachingAllocator<FakeRaw> a;
+  void* other = a.allocate(4096, 2);
+  a.deallocate(other);  // cached on stream 2, which is idle: an ordinary allocation on 1 may take it
+  const auto pool = a.create_pool();
+  a.begin_pool_capture(pool, 1);
+  void* c = a.allocate(4096, 1);
+  CHECK(c != other);
+  a.deallocate(c);
+  a.end_pool_capture(1);
+  void* e = a.allocate(4096, 1);
+  CHECK(e == other);
+  a.deallocate(e);
+}
+
 TEST_CASE("device checks say what to use instead") {
   DeviceInfo turing{0, "Tesla T4", 7, 5, 16u << 30, 40, 13000, 13000};
   DeviceInfo pascal{1, "GeForce GTX 1080", 6, 1, 8u << 30, 20, 13000, 13000};
