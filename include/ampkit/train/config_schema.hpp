@@ -222,12 +222,12 @@ void visit_fields(Config& c, V&& v) {
     "displacement filters per keypoint");
   v("model.pretrained", c.model.pretrained, "pretrained backbone (safetensors)");
   v("model.recompute_conv_outputs", c.model.recompute_conv_outputs, "recompute conv outputs in backward: less memory, more time");
+  v("model.recompute_bn_outputs", c.model.recompute_bn_outputs,
+    "rebuild in-block BN+ReLU outputs in backward from saved statistics: less memory, bit-identical");
   v("codec.input_size", c.codec.input_size, "(w, h)");
   v("codec.heatmap_size", c.codec.heatmap_size, "(w, h)");
   v("codec.sigma", c.codec.sigma, "(root, keypoint)");
   v("codec.minimal_diagonal_length", c.codec.minimal_diagonal_length, "heatmap px");
-  v("model.recompute_bn_outputs", c.model.recompute_bn_outputs,
-    "rebuild in-block BN+ReLU outputs in backward from saved statistics: less memory, bit-identical");
   v("codec.background_weight", c.codec.background_weight, "");
   v("codec.decode_max_instances", c.codec.decode_max_instances, "");
   v("codec.decode_nms_kernel", c.codec.decode_nms_kernel, "");
