@@ -21,7 +21,8 @@
 # (loader threads per process, 6), VARIANTS ("10x1 2x4": batch x accumulation), OVERLAPS ("1 0":
 # the 2-GPU run with the gradient all-reduce overlapped with backward, AMPKIT_DDP_OVERLAP=1, and
 # without, =0, in the same session; the table's scaling column is the first), WORK (scratch dir),
-# OUT (where ddp_scaling.md and the logs go).
+# OUT (where ddp_scaling.md and the logs go), EXTRA_CFG (more k=v config overrides for every run,
+# e.g. runtime.cuda_graph=true; with OVERLAPS="" only the 1-GPU runs happen).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${AMPKIT_BIN:-build/examples/dekr_amp/dekr_amp}
@@ -66,6 +67,8 @@ run() {  # run NAME GPUS BATCH ACCUM [OVERLAP]
               default_hooks.logger.tensorboard=false default_hooks.checkpoint.interval=100000
               "train_cfg.num_workers=$WORKERS" "data.data_root=$WORK/data/" data.train_ann_file=ann.json
               data.train_img_prefix=images/ runtime.device=cuda)
+  # shellcheck disable=SC2206
+  opts+=(${EXTRA_CFG:-})
   local t0=$SECONDS
   if [ "$g" -eq 1 ]; then
     env -u RANK -u WORLD_SIZE -u LOCAL_RANK CUDA_VISIBLE_DEVICES=0 "$BIN" train configs/dekr_hrnet-w32_coco-512x512.toml \

@@ -21,6 +21,8 @@
 #   parity    tools/plot_parity.py --device cuda on configs/demo_gpu.toml: the W32 loss curves under
 #             the three policies (issue 5; the PNG is drawn afterwards where matplotlib is)
 #   sanitize  tools/sanitize_gpu.sh memcheck over the GPU op tests (SANITIZE_FILTER narrows it)
+#   tgraph    dekr_amp train W32 --amp at batch 2 and 2 x 4, runtime.cuda_graph false vs true (the
+#             trainer's step as CUDA graphs, issue 10): img/s and the capture log lines
 #   ops       bench/ampkit_ops_bench and bench/torch_ops_bench.py side by side (fp16, batch 32,
 #             DEKR-W32 shapes; OPS_ONLY narrows both to rows containing a substring): issue 3
 # "all" is the first six (about 8 minutes); name the others. Every part needs `build` first, in
@@ -168,5 +170,28 @@ d = json.load(open(sys.argv[1]))
 for r in d.get("comparison", []):
     print(f"{r['op'][:44]:44s} fwd {r.get('speedup_fwd', 0):5.2f}x  fwd+bwd {r.get('speedup_fwd_bwd', 0):5.2f}x")
 PY
+fi
+if want tgraph; then
+  t0=$SECONDS
+  for g in false true; do
+    WORK=/tmp/tgraph_$g OUT=$OUT/tgraph_$g ITERS=${TG_ITERS:-100} LOG_INTERVAL=10 REPEAT=100 VARIANTS="2x1 2x4" \
+      OVERLAPS="" EXTRA_CFG="runtime.cuda_graph=$g" AMPKIT_BIN=$B/examples/dekr_amp/dekr_amp \
+      timeout ${TG_TIMEOUT:-100} bash bench/run_ddp_scaling.sh > "$OUT/tgraph_$g.log" 2>&1
+  done
+  log "trainer graph mode (dekr_amp W32 --amp, runtime.cuda_graph false/true): in $((SECONDS - t0)) s"
+  python3 - <<'PY' 2>&1 | tee -a "$S"
+import json, os, statistics
+for v in ("2x1", "2x4"):
+    row = []
+    for g in ("false", "true"):
+        p = f"/tmp/tgraph_{g}/b{v}_1gpu/scalars.jsonl"
+        recs = [json.loads(l) for l in open(p) if l.strip()] if os.path.exists(p) else []
+        recs = [r for r in recs if r.get("mode") == "train" and "img_per_s" in r]
+        steady = [r["img_per_s"] for r in recs[2:]] or [r["img_per_s"] for r in recs]
+        mem = max((r.get("memory_mib", 0) for r in recs), default=0)
+        row.append(f"cuda_graph={g}: {statistics.median(steady):.1f} img/s, {mem:.0f} MiB" if steady else f"cuda_graph={g}: no data")
+    print(f"batch {v}: " + "; ".join(row))
+PY
+  grep -hiE "cuda graph|graph mode" "$OUT"/tgraph_true/*.log 2>/dev/null | sort | uniq -c | head -8 | tee -a "$S"
 fi
 log "done"
