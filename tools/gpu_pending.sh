@@ -174,7 +174,7 @@ fi
 if want tgraph; then
   t0=$SECONDS
   for g in false true; do
-    WORK=/tmp/tgraph_$g OUT=$OUT/tgraph_$g ITERS=${TG_ITERS:-100} LOG_INTERVAL=10 REPEAT=100 VARIANTS="2x1 2x4" \
+    WORK=/tmp/tgraph_$g OUT=$OUT/tgraph_$g ITERS=${TG_ITERS:-100} LOG_INTERVAL=10 REPEAT=100 VARIANTS="${TG_VARIANTS:-2x1 2x4}" \
       OVERLAPS="" EXTRA_CFG="runtime.cuda_graph=$g" AMPKIT_BIN=$B/examples/dekr_amp/dekr_amp \
       timeout ${TG_TIMEOUT:-100} bash bench/run_ddp_scaling.sh > "$OUT/tgraph_$g.log" 2>&1
   done
