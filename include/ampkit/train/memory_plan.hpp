@@ -173,8 +173,10 @@ inline std::vector<MemoryPlan::SiteRow> site_rows(const std::map<meta::Allocatio
 /// The stated allowance for what a dry run on ampkit::Meta cannot see, for a plan's peak:
 ///   - scratch a CUDA op takes inside itself at the peak moment (cuDNN workspaces, capped at
 ///     1 GiB per call by backend/cuda/conv2d.cuh but tens of MiB for the choices DEKR gets; the
-///     deformable conv's fp32 dx scratch at the head, up to its 768 MiB budget; BN partials);
-///   - memory outside the allocator after the first step (cuBLAS workspace, cuDNN Find);
+///     deformable conv's fp32 dx scratch at the head, up to its 768 MiB budget; BN partials;
+///     at a conv's first call in benchmark mode, cudnnFind*Ex's workspace, up to 192 MiB:
+///     kFindWorkspaceBudget in backend/cuda/conv2d.cuh says why that fits in here);
+///   - memory outside the allocator after the first step (cuBLAS workspace);
 ///   - fragmentation: the allocator frees its cache and retries before it reports out of memory,
 ///     so blocks of the wrong size cost little, but not nothing.
 /// 256 MiB plus 5 % of the peak: chosen against the H200 measurements in docs/amp_guide.md

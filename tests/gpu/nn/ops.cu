@@ -14,7 +14,9 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -428,6 +430,161 @@ TEST_SUITE("gpu") {
       expect_match("misaligned views (cuDNN fallback) y", g.to_host(TensorView<const H>{yv.data, ys}), y_h,
                    tol_v<H>, tol_v<H>);
     cuda::conv1x1_gemm() = old_mode;
+    g.set_cudnn_options(saved);
+  }
+
+  TEST_CASE_TEMPLATE("conv2d benchmark mode: the first call (Find) leaves an accumulating dL_dw its start value", T,
+                     float, ampkit::half, ampkit::bfloat16) {
+    // cudnnFind*Ex writes every algorithm it times into its output argument. dL_dw accumulates
+    // (beta = 1), so Find must time into a scratch: here dL_dw starts from random values of the
+    // gradient's own size (sums of 240 products of U(-1,1) values: std ~5, max ~15), so a Find
+    // that wrote into it would leave an error of order |dL_dw start| ~ 8, far above the
+    // tolerance (2 eps_T * max|ref|, + 1e-4 * max|ref| for fp32: 0.04 for fp16). Shapes used by
+    // no other test in this binary, so the calls here are the ones that plan (checked).
+    struct Case {
+      const char* name;
+      Shape x;
+      std::int64_t k, r;
+      Conv2dParams p;
+    };
+    const Case cases[] = {
+        {"3x3 40->24", {2, 12, 10, 40}, 24, 3, Conv2dParams::square(1, 1)},
+        {"1x1 64->48", {2, 10, 12, 64}, 48, 1, Conv2dParams{}},  // fp16/bf16: the GEMM engine choice too
+    };
+    auto& g = gpu();
+    const CudnnOptions saved = g.cudnn_options();
+    g.set_cudnn_options({true, false});
+    std::uint64_t seed = 7100;
+    for (const auto& c : cases) {
+      const std::string n = std::string(c.name) + " " + type_name_v<T> + " [find]";
+      CAPTURE(n);
+      const Shape ws{c.k, c.r, c.r, c.x.c};
+      const Shape ys = conv2d_output_shape(c.x, ws, c.p);
+      const float wscale = 1.f / std::sqrt(static_cast<float>(ws.h * ws.w * ws.c));
+      const auto x = testing::random_tensor<T>(c.x, ++seed);
+      const auto w = testing::random_tensor<T>(ws, ++seed, -wscale, wscale);
+      const auto dy = testing::random_tensor<T>(ys, ++seed);
+      const auto dw0 = testing::random_tensor<T>(ws, ++seed, -8.f, 8.f);
+      HostTensor<T> y_h(ys), dx_h(c.x);
+      auto dw_h = dw0.clone();
+      conv2d_forward<T>(cpu(), x.cview(), w.cview(), TensorView<const T>{}, y_h.view(), c.p);
+      conv2d_backward_data<T>(cpu(), dy.cview(), w.cview(), dx_h.view(), c.p);
+      conv2d_backward_filter<T>(cpu(), x.cview(), dy.cview(), dw_h.view(), c.p);
+
+      for (const auto dir : {cuda::ConvDirection::kForward, cuda::ConvDirection::kBackwardData,
+                             cuda::ConvDirection::kBackwardFilter})
+        REQUIRE_MESSAGE(conv2d_engine<T>(g, c.x, ws, c.p, dir) == cuda::ConvEngine::kUnplanned, n,
+                        ": planned before this test; pick a shape no other test uses");
+      auto xd = g.to_device(x), wd = g.to_device(w), dyd = g.to_device(dy), dwd = g.to_device(dw0);
+      auto yd = g.tensor<T>(ys), dxd = g.tensor<T>(c.x);
+      conv2d_forward<T>(g, xd.cview(), wd.cview(), TensorView<const T>{}, yd.view(), c.p);
+      conv2d_backward_data<T>(g, dyd.cview(), wd.cview(), dxd.view(), c.p);
+      conv2d_backward_filter<T>(g, xd.cview(), dyd.cview(), dwd.view(), c.p);
+      CHECK(conv2d_engine<T>(g, c.x, ws, c.p, cuda::ConvDirection::kBackwardFilter) != cuda::ConvEngine::kUnplanned);
+      const double extra = std::is_same_v<T, float> ? 1e-4 : 0.0;
+      expect_match(n + " y", g.to_host(yd.cview()), y_h, tol_v<T>, tol_v<T>, extra * max_abs(y_h));
+      expect_match(n + " dL_dx", g.to_host(dxd.cview()), dx_h, tol_v<T>, tol_v<T>, extra * max_abs(dx_h));
+      expect_match(n + " dL_dw (start + gradient)", g.to_host(dwd.cview()), dw_h, tol_v<T>, tol_v<T>,
+                   extra * max_abs(dw_h));
+    }
+    g.set_cudnn_options(saved);
+  }
+
+  TEST_CASE("conv2d benchmark mode: Find allocates nothing outside the allocator (fp32 1x1 conv on 128 MiB tensors)") {
+    // The plain cudnnFind* cudaMallocs its own x, w, y and workspace for the shape it is given
+    // (and frees them before it returns). cudnnFind*Ex runs on our buffers and a workspace from the
+    // caching allocator. A host thread samples cudaMemGetInfo while the first (planning) calls of
+    // the three directions run; the drop of free memory below its start, less what the allocator
+    // reserved meanwhile, is what cuDNN took outside the allocator. For this shape the plain
+    // Find's own x and y alone are 2 x 128 MiB (fp32, 32x256x256x16), so the bound of 64 MiB
+    // separates the two by 4x and leaves room for what the driver may take on its own (kernel
+    // modules cuDNN loads lazily, a few MiB each: a warm-up on the same geometry at batch 16
+    // loads them first). Another process allocating on the same GPU in that window could add to
+    // the drop: up to three fresh shapes (batch 32, 31, 30) are tried and the smallest drop
+    // counts; the old Find exceeds the bound at every one. compute-sanitizer's own device memory
+    // falls in the same window, so tools/sanitize_gpu.sh leaves this case out.
+    // The same calls check the results: a second call per direction (cached plan, no Find), from
+    // the same random dL_dw start, must agree with the first (Find clobbering dL_dw would double
+    // the gradient). fp32 sums of 2M products: rtol 2 eps, atol 1e-4 * max|ref| as above.
+    using F = float;
+    auto& g = gpu();
+    const CudnnOptions saved = g.cudnn_options();
+    g.set_cudnn_options({true, false});
+    const Shape ws{16, 1, 1, 16};
+    const auto w = testing::random_tensor<F>(ws, 7201, -0.25f, 0.25f);
+    auto wd = g.to_device(w);
+    const auto run_all = [&](const cuda::DeviceTensor<F>& xd, const cuda::DeviceTensor<F>& dyd,
+                             cuda::DeviceTensor<F>& yd, cuda::DeviceTensor<F>& dxd, cuda::DeviceTensor<F>& dwd) {
+      conv2d_forward<F>(g, xd.cview(), wd.cview(), TensorView<const F>{}, yd.view(), Conv2dParams{});
+      conv2d_backward_data<F>(g, dyd.cview(), wd.cview(), dxd.view(), Conv2dParams{});
+      conv2d_backward_filter<F>(g, xd.cview(), dyd.cview(), dwd.view(), Conv2dParams{});
+      g.synchronize();
+    };
+    {  // warm-up: same geometry at batch 16 (its own plan), loads the kernels Find will time
+      const Shape xs{16, 256, 256, 16};
+      auto xd = g.to_device(testing::random_tensor<F>(xs, 7202)), dyd = g.to_device(testing::random_tensor<F>(xs, 7203));
+      auto yd = g.tensor<F>(xs), dxd = g.tensor<F>(xs), dwd = g.to_device(testing::random_tensor<F>(ws, 7204));
+      run_all(xd, dyd, yd, dxd, dwd);
+    }
+    constexpr std::int64_t kBound = std::int64_t{64} << 20;
+    std::int64_t best = std::numeric_limits<std::int64_t>::max();
+    for (const std::int64_t batch : {32, 31, 30}) {
+      CAPTURE(batch);
+      const Shape xs{batch, 256, 256, 16};  // (N,H,W,C): 128 MiB at batch 32
+      REQUIRE(conv2d_engine<F>(g, xs, ws, Conv2dParams{}, cuda::ConvDirection::kForward) ==
+              cuda::ConvEngine::kUnplanned);
+      const auto x = testing::random_tensor<F>(xs, 7210 + static_cast<std::uint64_t>(batch));
+      const auto dy = testing::random_tensor<F>(xs, 7250 + static_cast<std::uint64_t>(batch));
+      const auto dw0 = testing::random_tensor<F>(ws, 7290 + static_cast<std::uint64_t>(batch), -500.f, 500.f);
+      auto xd = g.to_device(x), dyd = g.to_device(dy), dwd = g.to_device(dw0);
+      auto yd = g.tensor<F>(xs), dxd = g.tensor<F>(xs);
+      g.synchronize();
+
+      std::size_t free0 = 0, total = 0;
+      AMPKIT_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
+      const std::size_t reserved0 = g.memory_stats().reserved;
+      std::atomic<bool> stop{false};
+      std::atomic<std::size_t> min_free{free0};
+      std::atomic<long> samples{0};
+      std::thread poll([&] {
+        if (cudaSetDevice(g.device().index) != cudaSuccess) return;
+        do {
+          std::size_t f = 0, t = 0;
+          if (cudaMemGetInfo(&f, &t) == cudaSuccess && f < min_free.load()) min_free = f;
+          ++samples;
+        } while (!stop.load());
+      });
+      run_all(xd, dyd, yd, dxd, dwd);  // plans: Find for each direction
+      stop = true;
+      poll.join();
+      const std::size_t reserved1 = g.memory_stats().reserved;
+      const std::int64_t drop = static_cast<std::int64_t>(free0) - static_cast<std::int64_t>(min_free.load());
+      const std::int64_t grown = static_cast<std::int64_t>(reserved1) - static_cast<std::int64_t>(reserved0);
+      const std::int64_t outside = drop - grown;
+      MESSAGE("batch ", batch, ": free memory dropped by ", drop >> 20, " MiB during the planning calls (",
+              samples.load(), " samples), the allocator reserved ", grown >> 20, " MiB more: ", outside >> 20,
+              " MiB outside the allocator (bound ", kBound >> 20, " MiB)");
+      CHECK(samples.load() > 1);
+
+      // results of the planning calls against a second, planned call from the same start
+      const auto y1 = g.to_host(yd.cview()), dx1 = g.to_host(dxd.cview()), dw1 = g.to_host(dwd.cview());
+      auto dwd2 = g.to_device(dw0);
+      run_all(xd, dyd, yd, dxd, dwd2);
+      const auto y2 = g.to_host(yd.cview()), dx2 = g.to_host(dxd.cview()), dw2 = g.to_host(dwd2.cview());
+      expect_match("y (planning call vs planned call)", y1, y2, tol_v<F>, tol_v<F>, 1e-4 * max_abs(y2));
+      expect_match("dL_dx (planning call vs planned call)", dx1, dx2, tol_v<F>, tol_v<F>, 1e-4 * max_abs(dx2));
+      expect_match("dL_dw (planning call vs planned call, from the same start)", dw1, dw2, tol_v<F>, tol_v<F>,
+                   1e-4 * max_abs(dw2));
+      // and the update is in there: the planned call's dL_dw differs from its start by the
+      // gradient (a sum of 2M products of two U(-1,1) values: std ~480 per entry)
+      double moved = 0;
+      for (std::int64_t i = 0; i < dw2.numel(); ++i)
+        moved = std::max(moved, std::abs(static_cast<double>(dw2.data()[i]) - dw0.data()[i]));
+      CHECK(moved > 10.0);
+      best = std::min(best, outside);
+      if (outside < kBound) break;
+    }
+    CHECK_MESSAGE(best < kBound, "cuDNN took ", best >> 20, " MiB outside the caching allocator while planning");
     g.set_cudnn_options(saved);
   }
 

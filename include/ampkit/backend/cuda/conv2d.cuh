@@ -6,8 +6,13 @@
 /// The plan cache: the first call for a (device, dtype, shapes, params) key creates the tensor,
 /// filter and convolution descriptors and keeps them; the first call of each direction (forward,
 /// backward data, backward filter) runs cudnnFind* for it and keeps the fastest algorithm that
-/// fits the workspace limit together with the math type Find measured it with. Find synchronises
-/// and allocates, so run one warm-up step before capturing a CUDA graph. The context's
+/// fits the workspace limit together with the math type Find measured it with. Find is the Ex
+/// form: it times the algorithms on this call's own inputs and outputs (a scratch for the
+/// accumulating dL_dw) with a workspace from the context's caching allocator, so it reads no
+/// uninitialised memory and allocates nothing behind the allocator's back (the plain form
+/// cudaMallocs and times on unset x, w, y and workspace of its own); find_workspace_bytes says
+/// how much workspace it gets. Find synchronises, so run one warm-up step before capturing a
+/// CUDA graph. The context's
 /// CudnnOptions change this: benchmark = false takes cuDNN's heuristic ranking (cudnnGet*_v7, no
 /// timing), deterministic = true skips algorithms cuDNN does not report as deterministic. Both are
 /// part of the key, so plans made under other options are never reused.
@@ -58,6 +63,20 @@ namespace cuda::detail {
 
 /// Largest workspace an algorithm may ask for (cuDNN's fastest choices rarely need more).
 inline constexpr std::size_t kConvWorkspaceLimit = std::size_t{1} << 30;
+
+/// Workspace that benchmark mode's cudnnFind*Ex gets beyond what cuDNN's heuristic pick needs
+/// (find_workspace_bytes). Find's workspace is a caching-allocator block taken at the conv's first
+/// call, on top of everything live at that moment, so it can raise the first step's peak above the
+/// steady state, possibly at the step's peak moment (backward starts with the head's convs). The
+/// memory plan's allowance is 256 MiB + 5 % of the dry-run peak (train/memory_plan.hpp), and the
+/// measured peaks already lie above the dry run (docs/amp_guide.md, W32 512x512 on the H200); what
+/// is left of the allowance after that gap is, in MiB: fp16 b2 323, b10 522, b32 1000; fp32 b2
+/// 346, b10 237 (allowance 851, gap 614), b32 474; recompute b2 292, b32 663; the trainer's fp16
+/// rows (tests/unit/models/memory_plan.cpp) b2 331, b32 1004. 192 MiB fits under the smallest
+/// (fp32 b10) with 44 MiB to spare for the backward-filter scratch (< 3 MiB in DEKR) and the
+/// 2 MiB rounding, even if a Find lands exactly on the peak. A larger budget would let Find time
+/// algorithms the heuristic does not rank first but could push a planned run past its total.
+inline constexpr std::size_t kFindWorkspaceBudget = std::size_t{192} << 20;
 
 struct ConvKey {
   int device;
@@ -191,6 +210,28 @@ const Perf& pick(const Perf* res, int n, const char* op, const ConvKey& k) {
               ",", k.h, ",", k.w, ",", k.c, ") weights (", k.k, ",", k.r, ",", k.s, ",", k.c / k.p.groups,
               ") groups=", k.p.groups, " (", n, k.benchmark ? " candidates measured)" : " candidates ranked)",
               k.deterministic ? "; set randomness.deterministic = false" : "");
+}
+
+/// Bytes of workspace for benchmark mode's cudnnFind*Ex, from the heuristic candidate list `cand`
+/// (cudnnGet*_v7, which runs nothing and reports each algorithm's workspace for this shape and
+/// math type): the largest workspace of a candidate pick() could accept, capped at
+/// kFindWorkspaceBudget, but never below what the heuristic's own pick needs (so Find can always
+/// time what heuristic mode would run; that workspace is allocated by the real call at the same
+/// moment anyway). Find skips algorithms that need more than it gets (they come back with a
+/// failed status, which pick() skips).
+template <class Perf>
+std::size_t find_workspace_bytes(const Perf* cand, int n, const ConvKey& k) {
+  std::size_t largest = 0, heuristic = 0;
+  bool first = true;
+  for (int i = 0; i < n; ++i) {
+    const Perf& r = cand[i];
+    if (r.status != CUDNN_STATUS_SUCCESS || r.memory > kConvWorkspaceLimit || !conv_math_ok(k.dtype, r.mathType) ||
+        (k.deterministic && r.determinism != CUDNN_DETERMINISTIC))
+      continue;
+    if (first) heuristic = r.memory, first = false;
+    largest = std::max(largest, r.memory);
+  }
+  return std::min(largest, std::max(kFindWorkspaceBudget, heuristic));
 }
 
 template <StorageScalar T>
@@ -348,12 +389,18 @@ void conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> w, Ten
       cudnnConvolutionFwdAlgoPerf_t res[CUDNN_CONVOLUTION_FWD_ALGO_COUNT * 3];
       int n = 0;
       const int want = static_cast<int>(std::size(res));
-      if (key.benchmark)
-        AMPKIT_CUDNN_CHECK(
-            cudnnFindConvolutionForwardAlgorithm(ctx.cudnn(), plan.x, plan.w, plan.fwd, plan.y, want, &n, res));
-      else
-        AMPKIT_CUDNN_CHECK(
-            cudnnGetConvolutionForwardAlgorithm_v7(ctx.cudnn(), plan.x, plan.w, plan.fwd, plan.y, want, &n, res));
+      AMPKIT_CUDNN_CHECK(
+          cudnnGetConvolutionForwardAlgorithm_v7(ctx.cudnn(), plan.x, plan.w, plan.fwd, plan.y, want, &n, res));
+      if (key.benchmark) {
+        // Timed on this call's own x and w and into its y (beta = 0 below: the real call
+        // overwrites what Find leaves there), with a workspace from the caching allocator that
+        // goes back to the cache at the end of this block (find_workspace_bytes says how large).
+        const std::size_t ws_bytes = find_workspace_bytes(res, n, key);
+        auto ws = ctx.workspace(ws_bytes);
+        AMPKIT_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(ctx.cudnn(), plan.x, x.data, plan.w, w.data,
+                                                                  plan.fwd, plan.y, y.data, want, &n, res,
+                                                                  ws.data(), ws_bytes));
+      }
       const auto& r = pick(res, n, "conv2d_forward", key);
       AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.fwd, conv_math_use(key.dtype, r.mathType)));
       AMPKIT_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(ctx.cudnn(), plan.x, plan.w, plan.fwd,
@@ -406,12 +453,18 @@ void conv2d_backward_data(Cuda& ctx, TensorView<const T> dL_dy, TensorView<const
       cudnnConvolutionBwdDataAlgoPerf_t res[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT * 3];
       int n = 0;
       const int want = static_cast<int>(std::size(res));
-      if (key.benchmark)
-        AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(ctx.cudnn(), plan.w, plan.y, plan.bwd_data,
+      AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(ctx.cudnn(), plan.w, plan.y, plan.bwd_data,
                                                                      plan.x, want, &n, res));
-      else
-        AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(ctx.cudnn(), plan.w, plan.y, plan.bwd_data,
-                                                                       plan.x, want, &n, res));
+      if (key.benchmark) {
+        // Into the real dL_dx: it is written with beta = 0 below, so what Find leaves is
+        // overwritten (no activation-sized scratch). Workspace as for forward.
+        const std::size_t ws_bytes = find_workspace_bytes(res, n, key);
+        auto ws = ctx.workspace(ws_bytes);
+        AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(ctx.cudnn(), plan.w, w.data, plan.y,
+                                                                       dL_dy.data, plan.bwd_data, plan.x,
+                                                                       dL_dx.data, want, &n, res, ws.data(),
+                                                                       ws_bytes));
+      }
       const auto& r = pick(res, n, "conv2d_backward_data", key);
       AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.bwd_data, conv_math_use(key.dtype, r.mathType)));
       AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
@@ -461,12 +514,22 @@ void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T
       cudnnConvolutionBwdFilterAlgoPerf_t res[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT * 3];
       int n = 0;
       const int want = static_cast<int>(std::size(res));
-      if (key.benchmark)
-        AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(ctx.cudnn(), plan.x, plan.y,
+      AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(ctx.cudnn(), plan.x, plan.y,
                                                                        plan.bwd_filter, plan.w, want, &n, res));
-      else
-        AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(ctx.cudnn(), plan.x, plan.y,
-                                                                         plan.bwd_filter, plan.w, want, &n, res));
+      if (key.benchmark) {
+        // Find overwrites its dw, but the real dL_dw accumulates (beta = 1: gradients add up over
+        // the layer's uses and the micro-batches), so Find writes into a scratch of the weights'
+        // size (small: < 3 MiB for any DEKR conv). Zeroed so that no algorithm reads it unset.
+        const std::size_t dw_bytes = static_cast<std::size_t>(dL_dw.numel()) * sizeof(T);
+        auto dw_scratch = ctx.workspace(dw_bytes);
+        AMPKIT_CUDA_CHECK(cudaMemsetAsync(dw_scratch.data(), 0, dw_bytes, ctx.stream()));
+        const std::size_t ws_bytes = find_workspace_bytes(res, n, key);
+        auto ws = ctx.workspace(ws_bytes);
+        AMPKIT_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(ctx.cudnn(), plan.x, x.data, plan.y,
+                                                                         dL_dy.data, plan.bwd_filter, plan.w,
+                                                                         dw_scratch.data(), want, &n, res,
+                                                                         ws.data(), ws_bytes));
+      }
       const auto& r = pick(res, n, "conv2d_backward_filter", key);
       AMPKIT_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.bwd_filter, conv_math_use(key.dtype, r.mathType)));
       AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
