@@ -17,7 +17,8 @@
 // --no-bn-flat select the older paths, so one session can time both:
 //   ampkit_ops_bench --only g17; ampkit_ops_bench --only g17 --force-cudnn
 // 1x1 convs may run a direction as a cuBLASLt GEMM (conv1x1_gemm.cuh): the path then names the
-// engine per direction ("fwd=cublaslt", or cuDNN's algorithm number). The bench runs in
+// engine per direction ("fwd=cublaslt", "fwd=cublaslt-padded" for the staged variant of rows
+// that are not 16-byte aligned, or cuDNN's algorithm number). The bench runs in
 // benchmark mode (CudnnOptions default), so each direction is the faster of cuDNN and cuBLASLt;
 // --conv-gemm always|never forces one side (--force-cudnn implies never).
 // "conv1x1 480->256 (alignment probe)" is not a DEKR layer: next to 480->255 it shows whether
@@ -98,7 +99,7 @@ std::string cudnn_algos(const cuda::detail::ConvKey& key) {
   auto& plan = cuda::detail::ConvPlanCache::instance().get(key);
   // cuDNN's algorithm number, or the engine that replaced it
   auto algo = [](cuda::ConvEngine e, int a) {
-    return e == cuda::ConvEngine::kCublasLt ? std::string(cuda::conv_engine_name(e)) : std::to_string(a);
+    return cuda::is_gemm_engine(e) ? std::string(cuda::conv_engine_name(e)) : std::to_string(a);
   };
   std::string s;
   if (plan.has_fwd) s += " fwd=" + algo(plan.fwd_engine, static_cast<int>(plan.fwd_algo));

@@ -175,7 +175,10 @@ inline std::vector<MemoryPlan::SiteRow> site_rows(const std::map<meta::Allocatio
 ///     1 GiB per call by backend/cuda/conv2d.cuh but tens of MiB for the choices DEKR gets; the
 ///     deformable conv's fp32 dx scratch at the head, up to its 768 MiB budget; BN partials;
 ///     at a conv's first call in benchmark mode, cudnnFind*Ex's workspace, up to 192 MiB:
-///     kFindWorkspaceBudget in backend/cuda/conv2d.cuh says why that fits in here);
+///     kFindWorkspaceBudget in backend/cuda/conv2d.cuh says why that fits in here; the padded
+///     1x1 GEMM's staging (backend/cuda/conv1x1_gemm.cuh), one output-sized buffer for the
+///     head's 480->255 conv: 256 MiB + <= 32 MiB GEMM workspace at fp16 batch 32, 512x512,
+///     capped with it at the 1 GiB per-call limit);
 ///   - memory outside the allocator after the first step (cuBLAS workspace);
 ///   - fragmentation: the allocator frees its cache and retries before it reports out of memory,
 ///     so blocks of the wrong size cost little, but not nothing.

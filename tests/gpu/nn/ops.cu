@@ -11,10 +11,13 @@
 // A wrong index, a missed tap or a wrong reduction gives O(max|ref|) errors and fails.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <string>
 #include <thread>
 #include <utility>
@@ -268,11 +271,15 @@ TEST_SUITE("gpu") {
       ampkit::half, ampkit::bfloat16) {
     // DEKR's 1x1 convs at small, odd M = N*H*W (105, 286, 234, 308 ...): rows 16-byte aligned
     // (C, K multiples of 8: GEMM in heuristic mode and under kAlways) and not (K = 255 / 18 / 34,
-    // C = 17: cuDNN in heuristic mode; GEMM under kAlways when cuBLASLt has a kernel for that
-    // leading dimension); a dilation, which a 1x1 kernel ignores; M = 8192 so that wgrad's
-    // reduction is long enough for split-K. Under each policy (kAuto, kAlways) x each
-    // CudnnOptions the plan's engine per direction is checked where it is determined, so the test
-    // cannot pass on cuDNN alone. fp32 must stay on cuDNN (its numerics are the reference).
+    // C = 17 / 20: cuDNN in heuristic mode under kAuto; under kAlways the padded GEMM in
+    // heuristic mode, which stages the unaligned matrices with rows rounded up to 8 elements, and
+    // the faster of padded and direct in benchmark mode); a dilation, which a 1x1 kernel ignores;
+    // M = 8192 so that wgrad's reduction is long enough for split-K; 20->255 at M = 1054 so that
+    // every staging copy spans several tiles with a ragged last one (C and K both padded: X, W,
+    // dX, dW and Y, dY staged, dW copied in and out around the accumulating GEMM). Under each
+    // policy (kAuto, kAlways) x each CudnnOptions the plan's engine per direction is checked
+    // where it is determined, so the test cannot pass on cuDNN alone. fp32 must stay on cuDNN
+    // (its numerics are the reference).
     // Tolerances as the cuDNN test above: both sides sum in fp32 (cuBLASLt's split-K partials
     // too: CUBLAS_COMPUTE_32F, COMPUTE_TYPE reduction only), one rounding to T.
     struct Case {
@@ -290,6 +297,7 @@ TEST_SUITE("gpu") {
         {"1x1 64->256 bias", {2, 8, 9, 64}, 256, Conv2dParams{}, true},
         {"1x1 32->18 bias", {3, 9, 7, 32}, 18, Conv2dParams{}, true},
         {"1x1 17->34", {2, 5, 7, 17}, 34, Conv2dParams{}, false},
+        {"1x1 20->255 M=1054", {2, 31, 17, 20}, 255, Conv2dParams{}, true},
         {"1x1 64->32 dilation 2", {2, 6, 5, 64}, 32, Conv2dParams::square(1, 0, 2), false},
         {"1x1 256->64 M=8192", {8, 32, 32, 256}, 64, Conv2dParams{}, false},
     };
@@ -356,20 +364,21 @@ TEST_SUITE("gpu") {
             CAPTURE(engines);
             bool all_gemm = true;
             for (const ConvEngine ei : e) {
-              all_gemm = all_gemm && ei == ConvEngine::kCublasLt;
+              all_gemm = all_gemm && cuda::is_gemm_engine(ei);
               if (std::is_same_v<T, float>)
                 CHECK(ei == ConvEngine::kCudnn);
               else if (rows_aligned && (mode == Conv1x1Gemm::kAlways || !opt.benchmark))
                 CHECK(ei == ConvEngine::kCublasLt);
               else if (!rows_aligned && mode == Conv1x1Gemm::kAuto && !opt.benchmark)
                 CHECK(ei == ConvEngine::kCudnn);
+              else if (!rows_aligned && mode == Conv1x1Gemm::kAlways && !opt.benchmark)
+                CHECK(ei == ConvEngine::kCublasLtPadded);  // padded first; its kernels are the aligned ones
               else if (!rows_aligned && mode == Conv1x1Gemm::kAlways)
-                WARN_MESSAGE(ei == ConvEngine::kCublasLt, n,
-                             ": cuBLASLt has no algorithm for this leading "
-                             "dimension; cuDNN ran (",
-                             engines, ")");
-              else
+                CHECK(cuda::is_gemm_engine(ei));  // timed: padded or direct
+              else if (rows_aligned)
                 CHECK((ei == ConvEngine::kCublasLt || ei == ConvEngine::kCudnn));  // timed: either may win
+              else
+                CHECK(ei != ConvEngine::kUnplanned);  // timed: cuDNN, direct or padded
             }
             // The timed choices, for the log (what the H200 picked per direction).
             if (opt.benchmark && !std::is_same_v<T, float>) MESSAGE(n, ": ", engines);
@@ -429,6 +438,82 @@ TEST_SUITE("gpu") {
     if (ran)
       expect_match("misaligned views (cuDNN fallback) y", g.to_host(TensorView<const H>{yv.data, ys}), y_h,
                    tol_v<H>, tol_v<H>);
+    cuda::conv1x1_gemm() = old_mode;
+    g.set_cudnn_options(saved);
+  }
+
+  TEST_CASE("conv2d 1x1 padded GEMM staging copy (repack_rows): exact, pad lanes zero, both kernels") {
+    // The copies that stage the padded GEMM's matrices are bit copies: each (src_ld -> dst_ld,
+    // rows) pair is checked element for element against a host loop, the pad lanes for zero.
+    // Shapes: pad and compact of DEKR's head (255 <-> 256) over several 32-row tiles with a
+    // ragged last one; 17 -> 24 and 20 -> 24 (one ragged tile, then several); an ld above 3072
+    // (the one-element-per-thread kernel). Sources are random 16-bit patterns (NaN and Inf bit
+    // patterns included: nothing may convert them).
+    struct Case {
+      std::int64_t src_ld, dst_ld, rows;
+    };
+    const Case cases[] = {{255, 256, 1054}, {256, 255, 1054}, {17, 24, 7},     {20, 24, 1054},
+                          {24, 17, 2000},   {3075, 3080, 19}, {3080, 3075, 19}, {255, 256, 1}};
+    auto& g = gpu();
+    std::mt19937_64 rng(4242);
+    for (const auto& c : cases) {
+      const std::int64_t cols = std::min(c.src_ld, c.dst_ld);
+      CAPTURE(c.src_ld);
+      CAPTURE(c.dst_ld);
+      CAPTURE(c.rows);
+      std::vector<std::uint16_t> src(static_cast<std::size_t>(c.src_ld * c.rows));
+      for (auto& v : src) v = static_cast<std::uint16_t>(rng());
+      // Poison the destination: every element must be written (data or a zero pad lane).
+      std::vector<std::uint16_t> out(static_cast<std::size_t>(c.dst_ld * c.rows), 0xBEEF);
+      auto src_d = g.alloc<std::uint16_t>(src.size()), dst_d = g.alloc<std::uint16_t>(out.size());
+      AMPKIT_CUDA_CHECK(cudaMemcpy(src_d.data(), src.data(), src.size() * 2, cudaMemcpyHostToDevice));
+      AMPKIT_CUDA_CHECK(cudaMemcpy(dst_d.data(), out.data(), out.size() * 2, cudaMemcpyHostToDevice));
+      cuda::detail::repack_rows(g, src_d.data(), c.src_ld, dst_d.data(), c.dst_ld, c.rows, cols);
+      g.synchronize();
+      AMPKIT_CUDA_CHECK(cudaMemcpy(out.data(), dst_d.data(), out.size() * 2, cudaMemcpyDeviceToHost));
+      std::int64_t bad = 0;
+      for (std::int64_t r = 0; r < c.rows; ++r)
+        for (std::int64_t k = 0; k < c.dst_ld; ++k) {
+          const std::uint16_t want = k < cols ? src[static_cast<std::size_t>(r * c.src_ld + k)] : 0;
+          const std::uint16_t got = out[static_cast<std::size_t>(r * c.dst_ld + k)];
+          if (got != want && bad++ < 5) MESSAGE("row ", r, " col ", k, ": got ", got, " want ", want);
+        }
+      CHECK(bad == 0);
+    }
+  }
+
+  TEST_CASE("conv2d 1x1 GEMM engine query: DEKR's head 480->255 takes the padded GEMM under kAlways") {
+    // The engine query and its name (ampkit_ops_bench's path column) for the head's offset conv:
+    // heuristic mode under kAlways plans the padded variant for all three directions; fp32 keeps
+    // cuDNN. Values are checked by the "conv2d 1x1 as cuBLASLt GEMM == host" case above.
+    using H = ampkit::half;
+    using cuda::Conv1x1Gemm;
+    using cuda::ConvDirection;
+    auto& g = gpu();
+    const CudnnOptions saved = g.cudnn_options();
+    SwitchGuard sw(cuda::conv_force_cudnn(), false);
+    const Conv1x1Gemm old_mode = cuda::conv1x1_gemm().exchange(Conv1x1Gemm::kAlways);
+    g.set_cudnn_options({false, false});
+    const Shape xs{2, 5, 3, 480}, ws{255, 1, 1, 480}, ys{2, 5, 3, 255};
+    auto x = g.to_device(testing::random_tensor<H>(xs, 961));
+    auto w = g.to_device(testing::random_tensor<H>(ws, 962, -0.05f, 0.05f));
+    auto dy = g.to_device(testing::random_tensor<H>(ys, 963));
+    auto y = g.tensor<H>(ys), dx = g.tensor<H>(xs);
+    auto dw = g.to_device(testing::random_tensor<H>(ws, 964, -0.1f, 0.1f));
+    for (const ConvDirection d : {ConvDirection::kForward, ConvDirection::kBackwardData,
+                                  ConvDirection::kBackwardFilter})
+      CHECK(conv2d_engine<H>(g, xs, ws, Conv2dParams{}, d) == cuda::ConvEngine::kUnplanned);
+    conv2d_forward<H>(g, x.cview(), w.cview(), TensorView<const H>{}, y.view(), Conv2dParams{});
+    conv2d_backward_data<H>(g, dy.cview(), w.cview(), dx.view(), Conv2dParams{});
+    conv2d_backward_filter<H>(g, x.cview(), dy.cview(), dw.view(), Conv2dParams{});
+    g.synchronize();
+    for (const ConvDirection d : {ConvDirection::kForward, ConvDirection::kBackwardData,
+                                  ConvDirection::kBackwardFilter}) {
+      const cuda::ConvEngine e = conv2d_engine<H>(g, xs, ws, Conv2dParams{}, d);
+      CHECK(e == cuda::ConvEngine::kCublasLtPadded);
+      CHECK(std::string(cuda::conv_engine_name(e)) == "cublaslt-padded");
+      CHECK(cuda::is_gemm_engine(e));
+    }
     cuda::conv1x1_gemm() = old_mode;
     g.set_cudnn_options(saved);
   }

@@ -26,7 +26,8 @@
 /// GEMM instead (conv1x1_gemm.cuh says why and how). The choice is made with the cuDNN one, once
 /// per plan and direction: benchmark = true times cuDNN's pick against cuBLASLt's top candidates
 /// and keeps the fastest; benchmark = false takes cuBLASLt's first candidate when all rows are
-/// 16-byte aligned. cuda::conv1x1_gemm() (env AMPKIT_CONV_GEMM) sets the policy;
+/// 16-byte aligned (rows that are not run as the padded variant, kCublasLtPadded, in benchmark
+/// mode or under kAlways). cuda::conv1x1_gemm() (env AMPKIT_CONV_GEMM) sets the policy;
 /// conv2d_engine() says which engine a planned direction uses.
 ///
 /// Numerics: fp16/bf16 use CUDNN_TENSOR_OP_MATH with fp32 compute; fp32 uses CUDNN_FMA_MATH so
@@ -77,6 +78,8 @@ inline constexpr std::size_t kConvWorkspaceLimit = std::size_t{1} << 30;
 /// 2 MiB rounding, even if a Find lands exactly on the peak. A larger budget would let Find time
 /// algorithms the heuristic does not rank first but could push a planned run past its total.
 inline constexpr std::size_t kFindWorkspaceBudget = std::size_t{192} << 20;
+static_assert(kGemmStagingLimit + kGemmWorkspaceLimit <= kConvWorkspaceLimit,
+              "a padded 1x1 GEMM call may not take more scratch than a cuDNN call");
 
 struct ConvKey {
   int device;
@@ -105,7 +108,8 @@ struct ConvPlan {
   cudnnConvolutionBwdDataAlgo_t bwd_data_algo{};
   cudnnConvolutionBwdFilterAlgo_t bwd_filter_algo{};
   std::size_t fwd_ws = 0, bwd_data_ws = 0, bwd_filter_ws = 0;
-  /// Which engine runs each direction (kCublasLt: the matching *_gemm holds its matmul plan).
+  /// Which engine runs each direction (kCublasLt, kCublasLtPadded: the matching *_gemm holds its
+  /// matmul plan).
   ConvEngine fwd_engine = ConvEngine::kUnplanned, bwd_data_engine = ConvEngine::kUnplanned,
              bwd_filter_engine = ConvEngine::kUnplanned;
   std::unique_ptr<GemmPlan> fwd_gemm, bwd_data_gemm, bwd_filter_gemm;
@@ -263,35 +267,10 @@ template <class RunCudnn>
 ConvEngine choose_conv_engine(const Cuda& ctx, const ConvKey& k, std::unique_ptr<GemmPlan>& gemm,
                               ConvDirection dir, const void* a, const void* b, void* out,
                               RunCudnn&& run_cudnn) {
-  if (k.gemm == Conv1x1Gemm::kNever) return ConvEngine::kCudnn;
-  const bool aligned = conv1x1_gemm_rows_aligned(k.c, k.k, 2);  // fp16/bf16 only (see conv_key)
-  // Heuristic mode has nothing to compare with: GEMM where its tensor-core kernels apply.
-  if (k.gemm == Conv1x1Gemm::kAuto && !k.benchmark && !aligned) return ConvEngine::kCudnn;
-  // Plan-time views that are not aligned cannot be timed; such a shape stays on cuDNN.
-  if (!gemm_pointers_aligned({a, b, out})) return ConvEngine::kCudnn;
-  auto g = std::make_unique<GemmPlan>();
+  if (k.gemm == Conv1x1Gemm::kNever) return ConvEngine::kCudnn;  // fp16/bf16 only (see conv_key)
   const cudaDataType_t t = k.dtype == CUDNN_DATA_HALF ? CUDA_R_16F : CUDA_R_16BF;
-  gemm_describe(*g, dir, t, k.n * k.h * k.w, k.c, k.k);
-  cublasLtMatmulHeuristicResult_t cand[kGemmCandidates];
-  const int n = gemm_heuristic(ctx, *g, k.benchmark ? kGemmCandidates : 1, cand);
-  if (n == 0) return ConvEngine::kCudnn;
-  int best = 0;
-  if (k.benchmark) {
-    float best_ms = std::numeric_limits<float>::infinity();
-    for (int i = 0; i < n; ++i) {
-      const float ms = time_on_stream(ctx, [&] {
-        return gemm_run(ctx, *g, cand[i].algo, cand[i].workspaceSize, a, b, out) == CUBLAS_STATUS_SUCCESS;
-      });
-      if (ms < best_ms) best_ms = ms, best = i;
-    }
-    if (!(best_ms < std::numeric_limits<float>::infinity())) return ConvEngine::kCudnn;  // none ran
-    if (k.gemm == Conv1x1Gemm::kAuto && time_on_stream(ctx, [&] { return run_cudnn(out); }) <= best_ms)
-      return ConvEngine::kCudnn;
-  }
-  g->algo = cand[best].algo;
-  g->ws = cand[best].workspaceSize;
-  gemm = std::move(g);
-  return ConvEngine::kCublasLt;
+  return plan_conv_gemm(ctx, k.gemm, k.benchmark, t, k.n * k.h * k.w, k.c, k.k, dir, gemm, a, b, out,
+                        run_cudnn);
 }
 
 /// y(M,K) += bias[k], in place.
@@ -350,9 +329,9 @@ const char* conv2d_path_name(Cuda& ctx, Shape x, Shape w, const Conv2dParams& p)
 }
 
 /// Which engine runs direction `dir` of conv(x, w, p) in storage type T under the context's
-/// current options: kDirectGrouped, or, once that direction has run, kCudnn / kCublasLt
-/// (kUnplanned before). A call whose views are not 16-byte aligned runs cuDNN even where this
-/// says kCublasLt.
+/// current options: kDirectGrouped, or, once that direction has run, kCudnn / kCublasLt /
+/// kCublasLtPadded (kUnplanned before). A call whose views are not 16-byte aligned runs cuDNN
+/// even where this says kCublasLt.
 template <StorageScalar T>
 cuda::ConvEngine conv2d_engine(Cuda& ctx, Shape x, Shape w, const Conv2dParams& p, cuda::ConvDirection dir) {
   using namespace cuda::detail;
@@ -417,7 +396,7 @@ void conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> w, Ten
       plan.has_fwd = true;
     }
   }
-  if (plan.fwd_engine == cuda::ConvEngine::kCublasLt && gemm_pointers_aligned({w.data, x.data, y.data})) {
+  if (cuda::is_gemm_engine(plan.fwd_engine) && gemm_pointers_aligned({w.data, x.data, y.data})) {
     const GemmPlan& g = *plan.fwd_gemm;
     AMPKIT_CUBLAS_CHECK(gemm_run(ctx, g, g.algo, g.ws, w.data, x.data, y.data));  // Y' = W'^T . X'
   } else {
@@ -482,7 +461,7 @@ void conv2d_backward_data(Cuda& ctx, TensorView<const T> dL_dy, TensorView<const
       plan.has_bwd_data = true;
     }
   }
-  if (plan.bwd_data_engine == cuda::ConvEngine::kCublasLt &&
+  if (cuda::is_gemm_engine(plan.bwd_data_engine) &&
       gemm_pointers_aligned({w.data, dL_dy.data, dL_dx.data})) {
     const GemmPlan& g = *plan.bwd_data_gemm;
     AMPKIT_CUBLAS_CHECK(gemm_run(ctx, g, g.algo, g.ws, w.data, dL_dy.data, dL_dx.data));  // dX' = W' . dY'
@@ -557,7 +536,7 @@ void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T
       plan.has_bwd_filter = true;
     }
   }
-  if (plan.bwd_filter_engine == cuda::ConvEngine::kCublasLt &&
+  if (cuda::is_gemm_engine(plan.bwd_filter_engine) &&
       gemm_pointers_aligned({x.data, dL_dy.data, dL_dw.data})) {
     const GemmPlan& g = *plan.bwd_filter_gemm;
     AMPKIT_CUBLAS_CHECK(gemm_run(ctx, g, g.algo, g.ws, x.data, dL_dy.data, dL_dw.data));  // dW' += X' . dY'^T
