@@ -484,8 +484,8 @@ TEST_SUITE("gpu") {
 
   TEST_CASE("conv2d 1x1 GEMM engine query: DEKR's head 480->255 takes the padded GEMM under kAlways") {
     // The engine query and its name (ampkit_ops_bench's path column) for the head's offset conv:
-    // heuristic mode under kAlways plans the padded variant for all three directions; fp32 keeps
-    // cuDNN. Values are checked by the "conv2d 1x1 as cuBLASLt GEMM == host" case above.
+    // heuristic mode under kAlways plans the padded variant for all three directions, and none
+    // before the first call. Values are checked by the "conv2d 1x1 as cuBLASLt GEMM == host" case.
     using H = ampkit::half;
     using cuda::Conv1x1Gemm;
     using cuda::ConvDirection;
