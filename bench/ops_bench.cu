@@ -21,6 +21,11 @@
 // that are not 16-byte aligned, or cuDNN's algorithm number). The bench runs in
 // benchmark mode (CudnnOptions default), so each direction is the faster of cuDNN and cuBLASLt;
 // --conv-gemm always|never forces one side (--force-cudnn implies never).
+// --cudnn-graph turns on CudnnOptions::graph_api (conv_cudnn_graph.cuh; the same as
+// AMPKIT_CUDNN_GRAPH_API=1): each cuDNN direction is then the fastest of cuDNN's backend-API
+// plans and the legacy pick, and the path names it per direction ("fwd=cudnn-graph#<engine>"
+// for a graph-API plan, cuDNN's legacy algorithm number otherwise). Backend-API failures seen
+// while planning (expected for some engines) go to stderr at the end.
 // "conv1x1 480->256 (alignment probe)" is not a DEKR layer: next to 480->255 it shows whether
 // cuDNN's time on the head comes from K = 255 not being a multiple of 8.
 #include <cuda_runtime.h>
@@ -98,14 +103,18 @@ struct Entry {
 std::string cudnn_algos(const cuda::detail::ConvKey& key) {
   auto& plan = cuda::detail::ConvPlanCache::instance().get(key);
   // cuDNN's algorithm number, or the engine that replaced it
-  auto algo = [](cuda::ConvEngine e, int a) {
+  auto algo = [](cuda::ConvEngine e, int a, const std::unique_ptr<cuda::detail::GraphConvPlan>& g) {
+    if (e == cuda::ConvEngine::kCudnnGraph && g)
+      return std::string(cuda::conv_engine_name(e)) + "#" + std::to_string(g->engine_index);
     return cuda::is_gemm_engine(e) ? std::string(cuda::conv_engine_name(e)) : std::to_string(a);
   };
   std::string s;
-  if (plan.has_fwd) s += " fwd=" + algo(plan.fwd_engine, static_cast<int>(plan.fwd_algo));
-  if (plan.has_bwd_data) s += " bwd_data=" + algo(plan.bwd_data_engine, static_cast<int>(plan.bwd_data_algo));
+  if (plan.has_fwd) s += " fwd=" + algo(plan.fwd_engine, static_cast<int>(plan.fwd_algo), plan.fwd_graph);
+  if (plan.has_bwd_data)
+    s += " bwd_data=" + algo(plan.bwd_data_engine, static_cast<int>(plan.bwd_data_algo), plan.bwd_data_graph);
   if (plan.has_bwd_filter)
-    s += " bwd_filter=" + algo(plan.bwd_filter_engine, static_cast<int>(plan.bwd_filter_algo));
+    s += " bwd_filter=" +
+         algo(plan.bwd_filter_engine, static_cast<int>(plan.bwd_filter_algo), plan.bwd_filter_graph);
   return s;
 }
 
@@ -287,9 +296,17 @@ void register_nn(Registry<T>& r) {
   r.elementwise("sum3_relu C32 (fuse)", 128, 32, 3, true);
 }
 
+/// --cudnn-graph: CudnnOptions::graph_api for the bench's context.
+bool g_cudnn_graph = false;
+
 template <class T>
 int run(int batch, int iters, const std::string& dtype, const std::string& only, int argc, char** argv) {
   Cuda ctx(0);
+  if (g_cudnn_graph) {
+    CudnnOptions o = ctx.cudnn_options();
+    o.graph_api = true;
+    ctx.set_cudnn_options(o);
+  }
   Registry<T> r{ctx, batch, {}};
   register_nn(r);
   std::string cmd;
@@ -299,6 +316,8 @@ int run(int batch, int iters, const std::string& dtype, const std::string& only,
   std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
   std::printf("{\n  \"command\": \"%s\",\n  \"date\": \"%s\",\n  \"gpu\": \"%s\",\n  \"cudnn\": %zu,\n",
               cmd.c_str(), date, ctx.device().name.c_str(), cudnnGetVersion());
+  const bool graph_api = ctx.cudnn_options().graph_api || cuda::cudnn_graph_api_env();
+  std::printf("  \"cudnn_graph_api\": %s,\n", graph_api ? "true" : "false");
   std::printf("  \"dtype\": \"%s\",\n  \"batch\": %d,\n  \"iters\": %d,\n  \"results\": [\n", dtype.c_str(),
               batch, iters);
   bool first = true;
@@ -318,6 +337,8 @@ int run(int batch, int iters, const std::string& dtype, const std::string& only,
     first = false;
   }
   std::printf("\n  ]\n}\n");
+  if (const std::string err = cuda::cudnn_graph_errors(); !err.empty())
+    std::fprintf(stderr, "cuDNN backend-API failures while planning (skipped engines): %s\n", err.c_str());
   return 0;
 }
 
@@ -347,6 +368,8 @@ int main(int argc, char** argv) {
       cuda::conv_force_cudnn() = true;
     else if (a == "--no-bn-flat")
       cuda::bn_flat_packs() = false;
+    else if (a == "--cudnn-graph")
+      g_cudnn_graph = true;
     else if (a == "--conv-gemm") {
       const std::string m = next();
       if (m == "auto")
@@ -362,7 +385,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--batch 32] [--iters 20] [--dtype fp16|bf16|fp32] [--only SUBSTR] "
-                   "[--force-cudnn] [--no-bn-flat] [--conv-gemm auto|always|never]\n",
+                   "[--force-cudnn] [--no-bn-flat] [--conv-gemm auto|always|never] [--cudnn-graph]\n",
                    argv[0]);
       return 2;
     }

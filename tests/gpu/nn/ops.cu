@@ -173,6 +173,115 @@ TEST_SUITE("gpu") {
     }
   }
 
+  TEST_CASE_TEMPLATE("conv2d cuDNN graph-API engines (CudnnOptions::graph_api) == host, every direction", T, float,
+                     ampkit::half, ampkit::bfloat16) {
+    // The opt-in backend-API path (conv_cudnn_graph.cuh) on the shapes of the conv test above,
+    // with conv_force_cudnn so the grouped shapes (g17) reach cuDNN too and the 1x1 ones are not
+    // taken by the cuBLASLt GEMM. Heuristic mode runs the graph heuristic's first plan; benchmark
+    // mode the fastest of its top plans and the legacy pick. dL_dw accumulates onto a random
+    // start (beta = 1 in the operation). Tolerances as in the conv test (file comment).
+    struct Case {
+      const char* name;
+      Shape x;
+      std::int64_t k, r, s;
+      Conv2dParams p;
+    };
+    const Case cases[] = {
+        {"3x3 s1 p1", {2, 9, 7, 32}, 32, 3, 3, Conv2dParams::square(1, 1)},
+        {"3x3 s2 p1 odd", {3, 11, 9, 16}, 24, 3, 3, Conv2dParams::square(2, 1)},
+        {"3x3 256->256 16x16", {2, 16, 16, 256}, 256, 3, 3, Conv2dParams::square(1, 1)},
+        {"3x3 s2 32->64", {2, 17, 15, 32}, 64, 3, 3, Conv2dParams::square(2, 1)},
+        {"1x1 g17", {2, 8, 6, 255}, 34, 1, 1, Conv2dParams::square(1, 0, 1, 17)},
+        {"3x3 g17", {2, 8, 7, 255}, 102, 3, 3, Conv2dParams::square(1, 1, 1, 17)},
+        {"dilation 2", {2, 10, 9, 8}, 12, 3, 3, Conv2dParams::square(1, 2, 2)},
+        {"asym", {2, 9, 11, 6}, 4, 2, 3, {2, 1, 1, 0, 1, 2, 2}},
+        {"1x1 480->32", {2, 16, 16, 480}, 32, 1, 1, Conv2dParams{}},
+        {"stem 3->64 s2", {2, 32, 32, 3}, 64, 3, 3, Conv2dParams::square(2, 1)},
+    };
+    using cuda::ConvDirection;
+    using cuda::ConvEngine;
+    SwitchGuard sw(cuda::conv_force_cudnn(), true);
+    auto& g = gpu();
+    const CudnnOptions saved = g.cudnn_options();
+    int graph_heuristic = 0, graph_benchmark = 0;  // directions planned on the graph API
+    std::uint64_t seed = 1300;
+    for (const auto& c : cases) {
+      CAPTURE(c.name);
+      const auto x = testing::random_tensor<T>(c.x, ++seed);
+      const Shape ws{c.k, c.r, c.s, c.x.c / c.p.groups};
+      const float wscale = 1.f / std::sqrt(static_cast<float>(ws.h * ws.w * ws.c));
+      const auto w = testing::random_tensor<T>(ws, ++seed, -wscale, wscale);
+      const Shape ys = conv2d_output_shape(c.x, ws, c.p);
+      const auto dy = testing::random_tensor<T>(ys, ++seed);
+      const auto dw0 = testing::random_tensor<T>(ws, ++seed, -0.1f, 0.1f);
+      const double extra = std::is_same_v<T, float> ? 1e-4 : 0.0;
+      HostTensor<T> y_h(ys), dx_h(c.x);
+      auto dw_h = dw0.clone();
+      conv2d_forward<T>(cpu(), x.cview(), w.cview(), TensorView<const T>{}, y_h.view(), c.p);
+      conv2d_backward_data<T>(cpu(), dy.cview(), w.cview(), dx_h.view(), c.p);
+      conv2d_backward_filter<T>(cpu(), x.cview(), dy.cview(), dw_h.view(), c.p);
+
+      for (const CudnnOptions opt : {CudnnOptions{false, false, true}, CudnnOptions{false, true, true},
+                                     CudnnOptions{true, false, true}, CudnnOptions{true, true, true}}) {
+        g.set_cudnn_options(opt);
+        const std::string n = std::string(c.name) + " " + type_name_v<T> +
+                              (opt.benchmark ? " [graph, timed" : " [graph, heuristic") +
+                              (opt.deterministic ? ", deterministic]" : "]");
+        CAPTURE(n);
+        auto xd = g.to_device(x), wd = g.to_device(w), dyd = g.to_device(dy);
+        auto yd = g.tensor<T>(ys), dxd = g.tensor<T>(c.x);
+        HostTensor<T> y_first, dx_first, dw_first;
+        for (int rep = 0; rep < 2; ++rep) {
+          auto dwd = g.to_device(dw0);
+          conv2d_forward<T>(g, xd.cview(), wd.cview(), TensorView<const T>{}, yd.view(), c.p);
+          conv2d_backward_data<T>(g, dyd.cview(), wd.cview(), dxd.view(), c.p);
+          conv2d_backward_filter<T>(g, xd.cview(), dyd.cview(), dwd.view(), c.p);
+          auto y_d = g.to_host(yd.cview()), dx_d = g.to_host(dxd.cview()), dw_d = g.to_host(dwd.cview());
+          if (rep == 1) {  // the second call runs the cached plan
+            // Bit for bit only under deterministic: without it a graph engine with the
+            // NONDETERMINISTIC note may run even the forward direction.
+            if (opt.deterministic) {
+              CHECK_MESSAGE(std::memcmp(y_first.data(), y_d.data(), y_d.numel() * sizeof(T)) == 0,
+                            n, ": y differs between two deterministic runs");
+              CHECK_MESSAGE(std::memcmp(dx_first.data(), dx_d.data(), dx_d.numel() * sizeof(T)) == 0,
+                            n, ": dL_dx differs between two deterministic runs");
+              CHECK_MESSAGE(std::memcmp(dw_first.data(), dw_d.data(), dw_d.numel() * sizeof(T)) == 0,
+                            n, ": dL_dw differs between two deterministic runs");
+            }
+            break;
+          }
+          expect_match(n + " y", y_d, y_h, tol_v<T>, tol_v<T>, extra * max_abs(y_h));
+          expect_match(n + " dL_dx", dx_d, dx_h, tol_v<T>, tol_v<T>, extra * max_abs(dx_h));
+          expect_match(n + " dL_dw (accumulated)", dw_d, dw_h, tol_v<T>, tol_v<T>, extra * max_abs(dw_h));
+          y_first = std::move(y_d);
+          dx_first = std::move(dx_d);
+          dw_first = std::move(dw_d);
+        }
+        std::string engines;
+        for (const auto d : {ConvDirection::kForward, ConvDirection::kBackwardData, ConvDirection::kBackwardFilter}) {
+          const ConvEngine e = conv2d_engine<T>(g, c.x, ws, c.p, d);
+          engines += std::string(" ") + cuda::conv_engine_name(e);
+          CHECK((e == ConvEngine::kCudnn || e == ConvEngine::kCudnnGraph));  // no GEMM, no direct kernel
+          if (e == ConvEngine::kCudnnGraph) ++(opt.benchmark ? graph_benchmark : graph_heuristic);
+        }
+        MESSAGE(n, ": engines", engines);
+      }
+    }
+    g.set_cudnn_options(saved);
+    // The graph path must actually have run, or everything above tested the legacy path. fp16 /
+    // bf16: the tensor-core engines; fp32 excludes them (TF32), so cuDNN may have no other
+    // engine that finalizes for these shapes: warned, not failed.
+    const std::string errors = cuda::cudnn_graph_errors();
+    if (std::is_same_v<T, float>) {
+      WARN_MESSAGE(graph_heuristic > 0, "no fp32 conv direction ran a graph-API plan; backend errors: ", errors);
+    } else {
+      CHECK_MESSAGE(graph_heuristic > 0,
+                    "no conv direction ran a graph-API plan in heuristic mode; backend errors: ", errors);
+    }
+    MESSAGE(type_name_v<T>, ": directions on graph-API plans: heuristic ", graph_heuristic, ", benchmark ",
+            graph_benchmark, "; backend errors seen: ", errors.empty() ? "none" : errors);
+  }
+
   TEST_CASE_TEMPLATE("conv2d grouped direct kernels == host (and the cuDNN path behind the switch)", T, float,
                      ampkit::half, ampkit::bfloat16) {
     // DEKR's adaptive-block convs at odd sizes (edge tiles in both directions), then odd small

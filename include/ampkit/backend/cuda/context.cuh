@@ -27,6 +27,11 @@ struct CudnnOptions {
   bool benchmark = true;
   /// Only algorithms cuDNN reports as CUDNN_DETERMINISTIC (no atomics in the reduction order).
   bool deterministic = false;
+  /// Also consider execution plans of cuDNN's backend (graph) API (conv_cudnn_graph.cuh): under
+  /// benchmark the fastest of them and the legacy pick wins; otherwise the graph heuristic's
+  /// first plan runs. Opt-in until measured on the GPU; env AMPKIT_CUDNN_GRAPH_API=1 turns it on
+  /// for every context.
+  bool graph_api = false;
 };
 
 namespace cuda {

@@ -84,8 +84,9 @@ enum class ConvDirection { kForward, kBackwardData, kBackwardFilter };
 
 /// What runs a conv direction. kUnplanned: that direction has not run yet for the shape and
 /// options asked about (choices are made at the first call). kCublasLtPadded: the GEMM on
-/// operands staged with 16-byte aligned rows (see the file comment).
-enum class ConvEngine { kUnplanned, kCudnn, kCublasLt, kDirectGrouped, kCublasLtPadded };
+/// operands staged with 16-byte aligned rows (see the file comment). kCudnnGraph: an execution
+/// plan of cuDNN's backend (graph) API (conv_cudnn_graph.cuh; opt-in, CudnnOptions::graph_api).
+enum class ConvEngine { kUnplanned, kCudnn, kCublasLt, kDirectGrouped, kCublasLtPadded, kCudnnGraph };
 
 /// Whether `e` is one of the cuBLASLt GEMM engines (the plan then holds a GemmPlan).
 inline bool is_gemm_engine(ConvEngine e) {
@@ -102,6 +103,8 @@ inline const char* conv_engine_name(ConvEngine e) {
       return "cublaslt-padded";
     case ConvEngine::kDirectGrouped:
       return "direct-grouped";
+    case ConvEngine::kCudnnGraph:
+      return "cudnn-graph";
     case ConvEngine::kUnplanned:
       break;
   }

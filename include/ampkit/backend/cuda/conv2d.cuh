@@ -30,6 +30,12 @@
 /// mode or under kAlways). cuda::conv1x1_gemm() (env AMPKIT_CONV_GEMM) sets the policy;
 /// conv2d_engine() says which engine a planned direction uses.
 ///
+/// CudnnOptions::graph_api (env AMPKIT_CUDNN_GRAPH_API=1; default off, and then no graph-API
+/// call is made at all) adds the execution plans of cuDNN's backend API (conv_cudnn_graph.cuh)
+/// per direction: benchmark mode times its top plans against the legacy pick and keeps the
+/// fastest (kCudnnGraph when a graph plan wins); heuristic mode runs the graph heuristic's first
+/// usable plan. The cuDNN winner is what the 1x1 GEMM candidates are then timed against.
+///
 /// Numerics: fp16/bf16 use CUDNN_TENSOR_OP_MATH with fp32 compute; fp32 uses CUDNN_FMA_MATH so
 /// TF32 is never used behind the user's back (fp32 means fp32). Workspace comes from the
 /// context's caching allocator, in stream order.
@@ -52,6 +58,7 @@
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
 #include "ampkit/backend/cuda/conv1x1_gemm.cuh"
+#include "ampkit/backend/cuda/conv_cudnn_graph.cuh"
 #include "ampkit/backend/cuda/grouped_conv2d.cuh"
 #include "ampkit/backend/cuda/packed_io.cuh"
 #include "ampkit/core/tensor.hpp"
@@ -90,10 +97,12 @@ struct ConvKey {
   /// The 1x1 GEMM policy for this shape: conv1x1_gemm(), or kNever where the path does not apply
   /// (fp32, other geometry, conv_force_cudnn()).
   Conv1x1Gemm gemm = Conv1x1Gemm::kNever;
+  /// CudnnOptions::graph_api or AMPKIT_CUDNN_GRAPH_API=1: graph-API plans are candidates too.
+  bool graph_api = false;
   auto tie() const {
     return std::tuple(device, static_cast<int>(dtype), n, c, h, w, k, r, s, p.stride_h, p.stride_w, p.pad_h,
                       p.pad_w, p.dilation_h, p.dilation_w, p.groups, benchmark, deterministic,
-                      static_cast<int>(gemm));
+                      static_cast<int>(gemm), graph_api);
   }
   bool operator<(const ConvKey& o) const { return tie() < o.tie(); }
 };
@@ -113,6 +122,8 @@ struct ConvPlan {
   ConvEngine fwd_engine = ConvEngine::kUnplanned, bwd_data_engine = ConvEngine::kUnplanned,
              bwd_filter_engine = ConvEngine::kUnplanned;
   std::unique_ptr<GemmPlan> fwd_gemm, bwd_data_gemm, bwd_filter_gemm;
+  /// The graph-API execution plan of a direction whose engine is kCudnnGraph (else null).
+  std::unique_ptr<GraphConvPlan> fwd_graph, bwd_data_graph, bwd_filter_graph;
 
   ConvPlan() = default;
   ConvPlan(const ConvPlan&) = delete;
@@ -255,7 +266,24 @@ ConvKey conv_key(const Cuda& ctx, Shape x, Shape w, const Conv2dParams& p) {
           p,
           ctx.cudnn_options().benchmark,
           ctx.cudnn_options().deterministic,
-          gemm_applies ? conv1x1_gemm().load() : Conv1x1Gemm::kNever};
+          gemm_applies ? conv1x1_gemm().load() : Conv1x1Gemm::kNever,
+          ctx.cudnn_options().graph_api || cudnn_graph_api_env()};
+}
+
+/// Graph-API planning of direction `dir` (conv_cudnn_graph.cuh) when the key asks for it, after
+/// the legacy algorithm is chosen; kCudnn (nothing created, no graph-API call) otherwise. `p1..p3`
+/// are the call's tensors by graph uid (x/dx, w/dw, y/dy; the output one being where timing may
+/// write) and `run_legacy()` runs the legacy pick into that output, true on success.
+template <class RunLegacy>
+ConvEngine choose_cudnn_engine(const Cuda& ctx, const ConvKey& k, ConvDirection dir,
+                               std::unique_ptr<GraphConvPlan>& graph, std::size_t legacy_ws, const void* p1,
+                               const void* p2, const void* p3, RunLegacy&& run_legacy) {
+  if (!k.graph_api) return ConvEngine::kCudnn;
+  const GraphConvProblem pr{k.dtype, k.n, k.c, k.h, k.w, k.k, k.r, k.s, k.p, k.deterministic};
+  // Timing workspace: the budget Find gets (kFindWorkspaceBudget says why), never below what the
+  // legacy pick itself uses (allocated by the real call at the same moment anyway).
+  return plan_graph_conv(ctx, pr, dir, k.benchmark, kConvWorkspaceLimit,
+                         std::max(kFindWorkspaceBudget, legacy_ws), graph, p1, p2, p3, run_legacy);
 }
 
 /// The engine for direction `dir` of a 1x1 conv whose cuDNN algorithm is already chosen (called
@@ -330,8 +358,8 @@ const char* conv2d_path_name(Cuda& ctx, Shape x, Shape w, const Conv2dParams& p)
 
 /// Which engine runs direction `dir` of conv(x, w, p) in storage type T under the context's
 /// current options: kDirectGrouped, or, once that direction has run, kCudnn / kCublasLt /
-/// kCublasLtPadded (kUnplanned before). A call whose views are not 16-byte aligned runs cuDNN
-/// even where this says kCublasLt.
+/// kCublasLtPadded / kCudnnGraph (kUnplanned before). A call whose views are not 16-byte aligned
+/// runs cuDNN's legacy algorithm even where this says kCublasLt or kCudnnGraph.
 template <StorageScalar T>
 cuda::ConvEngine conv2d_engine(Cuda& ctx, Shape x, Shape w, const Conv2dParams& p, cuda::ConvDirection dir) {
   using namespace cuda::detail;
@@ -385,20 +413,31 @@ void conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> w, Ten
       AMPKIT_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(ctx.cudnn(), plan.x, plan.w, plan.fwd,
                                                                  plan.y, r.algo, &plan.fwd_ws));
       plan.fwd_algo = r.algo;
-      plan.fwd_engine = choose_conv_engine(
+      const auto run_legacy = [&](void* out) {
+        auto ws = ctx.workspace(plan.fwd_ws);
+        const float one = 1.f, zero = 0.f;
+        return cudnnConvolutionForward(ctx.cudnn(), &one, plan.x, x.data, plan.w, w.data, plan.fwd, plan.fwd_algo,
+                                       ws.data(), plan.fwd_ws, &zero, plan.y, out) == CUDNN_STATUS_SUCCESS;
+      };
+      const cuda::ConvEngine cudnn_engine =
+          choose_cudnn_engine(ctx, key, cuda::ConvDirection::kForward, plan.fwd_graph, plan.fwd_ws, x.data, w.data,
+                              y.data, [&] { return run_legacy(y.data); });
+      const cuda::ConvEngine e = choose_conv_engine(
           ctx, key, plan.fwd_gemm, cuda::ConvDirection::kForward, w.data, x.data, y.data, [&](void* out) {
-            auto ws = ctx.workspace(plan.fwd_ws);
-            const float one = 1.f, zero = 0.f;
-            return cudnnConvolutionForward(ctx.cudnn(), &one, plan.x, x.data, plan.w, w.data, plan.fwd,
-                                           plan.fwd_algo, ws.data(), plan.fwd_ws, &zero, plan.y,
-                                           out) == CUDNN_STATUS_SUCCESS;
+            if (cudnn_engine != cuda::ConvEngine::kCudnnGraph) return run_legacy(out);
+            return graph_execute(ctx, plan.fwd_graph->plan, plan.fwd_graph->ws, x.data, w.data, out) ==
+                   CUDNN_STATUS_SUCCESS;
           });
+      plan.fwd_engine = e == cuda::ConvEngine::kCudnn ? cudnn_engine : e;
+      if (plan.fwd_engine != cuda::ConvEngine::kCudnnGraph) plan.fwd_graph.reset();
       plan.has_fwd = true;
     }
   }
   if (cuda::is_gemm_engine(plan.fwd_engine) && gemm_pointers_aligned({w.data, x.data, y.data})) {
     const GemmPlan& g = *plan.fwd_gemm;
     AMPKIT_CUBLAS_CHECK(gemm_run(ctx, g, g.algo, g.ws, w.data, x.data, y.data));  // Y' = W'^T . X'
+  } else if (plan.fwd_engine == cuda::ConvEngine::kCudnnGraph && gemm_pointers_aligned({x.data, w.data, y.data})) {
+    AMPKIT_CUDNN_CHECK(graph_execute(ctx, plan.fwd_graph->plan, plan.fwd_graph->ws, x.data, w.data, y.data));
   } else {
     auto ws = ctx.workspace(plan.fwd_ws);
     const float one = 1.f, zero = 0.f;
@@ -449,15 +488,25 @@ void conv2d_backward_data(Cuda& ctx, TensorView<const T> dL_dy, TensorView<const
       AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
           ctx.cudnn(), plan.w, plan.y, plan.bwd_data, plan.x, r.algo, &plan.bwd_data_ws));
       plan.bwd_data_algo = r.algo;
-      plan.bwd_data_engine = choose_conv_engine(
+      const auto run_legacy = [&](void* out) {
+        auto ws = ctx.workspace(plan.bwd_data_ws);
+        const float one = 1.f, zero = 0.f;
+        return cudnnConvolutionBackwardData(ctx.cudnn(), &one, plan.w, w.data, plan.y, dL_dy.data, plan.bwd_data,
+                                            plan.bwd_data_algo, ws.data(), plan.bwd_data_ws, &zero, plan.x,
+                                            out) == CUDNN_STATUS_SUCCESS;
+      };
+      const cuda::ConvEngine cudnn_engine = choose_cudnn_engine(
+          ctx, key, cuda::ConvDirection::kBackwardData, plan.bwd_data_graph, plan.bwd_data_ws, dL_dx.data, w.data,
+          dL_dy.data, [&] { return run_legacy(dL_dx.data); });
+      const cuda::ConvEngine e = choose_conv_engine(
           ctx, key, plan.bwd_data_gemm, cuda::ConvDirection::kBackwardData, w.data, dL_dy.data, dL_dx.data,
           [&](void* out) {
-            auto ws = ctx.workspace(plan.bwd_data_ws);
-            const float one = 1.f, zero = 0.f;
-            return cudnnConvolutionBackwardData(ctx.cudnn(), &one, plan.w, w.data, plan.y, dL_dy.data,
-                                                plan.bwd_data, plan.bwd_data_algo, ws.data(),
-                                                plan.bwd_data_ws, &zero, plan.x, out) == CUDNN_STATUS_SUCCESS;
+            if (cudnn_engine != cuda::ConvEngine::kCudnnGraph) return run_legacy(out);
+            return graph_execute(ctx, plan.bwd_data_graph->plan, plan.bwd_data_graph->ws, out, w.data,
+                                 dL_dy.data) == CUDNN_STATUS_SUCCESS;
           });
+      plan.bwd_data_engine = e == cuda::ConvEngine::kCudnn ? cudnn_engine : e;
+      if (plan.bwd_data_engine != cuda::ConvEngine::kCudnnGraph) plan.bwd_data_graph.reset();
       plan.has_bwd_data = true;
     }
   }
@@ -465,6 +514,12 @@ void conv2d_backward_data(Cuda& ctx, TensorView<const T> dL_dy, TensorView<const
       gemm_pointers_aligned({w.data, dL_dy.data, dL_dx.data})) {
     const GemmPlan& g = *plan.bwd_data_gemm;
     AMPKIT_CUBLAS_CHECK(gemm_run(ctx, g, g.algo, g.ws, w.data, dL_dy.data, dL_dx.data));  // dX' = W' . dY'
+    return;
+  }
+  if (plan.bwd_data_engine == cuda::ConvEngine::kCudnnGraph &&
+      gemm_pointers_aligned({dL_dx.data, w.data, dL_dy.data})) {
+    AMPKIT_CUDNN_CHECK(graph_execute(ctx, plan.bwd_data_graph->plan, plan.bwd_data_graph->ws, dL_dx.data, w.data,
+                                     dL_dy.data));
     return;
   }
   auto ws = ctx.workspace(plan.bwd_data_ws);
@@ -514,25 +569,41 @@ void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T
       AMPKIT_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
           ctx.cudnn(), plan.x, plan.y, plan.bwd_filter, plan.w, r.algo, &plan.bwd_filter_ws));
       plan.bwd_filter_algo = r.algo;
+      const auto run_legacy = [&](void* out) {
+        auto ws = ctx.workspace(plan.bwd_filter_ws);
+        const float one = 1.f;
+        return cudnnConvolutionBackwardFilter(ctx.cudnn(), &one, plan.x, x.data, plan.y, dL_dy.data,
+                                              plan.bwd_filter, plan.bwd_filter_algo, ws.data(), plan.bwd_filter_ws,
+                                              &one, plan.w, out) == CUDNN_STATUS_SUCCESS;
+      };
+      cuda::ConvEngine cudnn_engine = cuda::ConvEngine::kCudnn;
+      if (key.graph_api) {
+        // Timed into a zeroed scratch, as below: the real dL_dw must see exactly one update.
+        const std::size_t bytes = static_cast<std::size_t>(dL_dw.numel()) * sizeof(T);
+        auto scratch = ctx.workspace(bytes);
+        AMPKIT_CUDA_CHECK(cudaMemsetAsync(scratch.data(), 0, bytes, ctx.stream()));
+        cudnn_engine = choose_cudnn_engine(ctx, key, cuda::ConvDirection::kBackwardFilter, plan.bwd_filter_graph,
+                                           plan.bwd_filter_ws, x.data, scratch.data(), dL_dy.data,
+                                           [&] { return run_legacy(scratch.data()); });
+      }
       if (key.gemm != cuda::Conv1x1Gemm::kNever) {
         // Timing writes into a zeroed scratch: the real dL_dw accumulates (beta = 1) and must see
         // exactly one update.
         const std::size_t bytes = static_cast<std::size_t>(dL_dw.numel()) * sizeof(T);
         auto scratch = ctx.workspace(bytes);
         AMPKIT_CUDA_CHECK(cudaMemsetAsync(scratch.data(), 0, bytes, ctx.stream()));
-        plan.bwd_filter_engine =
-            choose_conv_engine(ctx, key, plan.bwd_filter_gemm, cuda::ConvDirection::kBackwardFilter, x.data,
-                               dL_dy.data, scratch.data(), [&](void* out) {
-                                 auto ws = ctx.workspace(plan.bwd_filter_ws);
-                                 const float one = 1.f;
-                                 return cudnnConvolutionBackwardFilter(
-                                            ctx.cudnn(), &one, plan.x, x.data, plan.y, dL_dy.data,
-                                            plan.bwd_filter, plan.bwd_filter_algo, ws.data(),
-                                            plan.bwd_filter_ws, &one, plan.w, out) == CUDNN_STATUS_SUCCESS;
-                               });
+        const cuda::ConvEngine e = choose_conv_engine(
+            ctx, key, plan.bwd_filter_gemm, cuda::ConvDirection::kBackwardFilter, x.data, dL_dy.data,
+            scratch.data(), [&](void* out) {
+              if (cudnn_engine != cuda::ConvEngine::kCudnnGraph) return run_legacy(out);
+              return graph_execute(ctx, plan.bwd_filter_graph->plan, plan.bwd_filter_graph->ws, x.data, out,
+                                   dL_dy.data) == CUDNN_STATUS_SUCCESS;
+            });
+        plan.bwd_filter_engine = e == cuda::ConvEngine::kCudnn ? cudnn_engine : e;
       } else {
-        plan.bwd_filter_engine = cuda::ConvEngine::kCudnn;
+        plan.bwd_filter_engine = cudnn_engine;
       }
+      if (plan.bwd_filter_engine != cuda::ConvEngine::kCudnnGraph) plan.bwd_filter_graph.reset();
       plan.has_bwd_filter = true;
     }
   }
@@ -540,6 +611,13 @@ void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T
       gemm_pointers_aligned({x.data, dL_dy.data, dL_dw.data})) {
     const GemmPlan& g = *plan.bwd_filter_gemm;
     AMPKIT_CUBLAS_CHECK(gemm_run(ctx, g, g.algo, g.ws, x.data, dL_dy.data, dL_dw.data));  // dW' += X' . dY'^T
+    return;
+  }
+  if (plan.bwd_filter_engine == cuda::ConvEngine::kCudnnGraph &&
+      gemm_pointers_aligned({x.data, dL_dw.data, dL_dy.data})) {
+    // beta = 1 in the operation: accumulates into dL_dw like the legacy call below
+    AMPKIT_CUDNN_CHECK(graph_execute(ctx, plan.bwd_filter_graph->plan, plan.bwd_filter_graph->ws, x.data,
+                                     dL_dw.data, dL_dy.data));
     return;
   }
   auto ws = ctx.workspace(plan.bwd_filter_ws);
