@@ -204,6 +204,7 @@ TEST_SUITE("gpu") {
     auto& g = gpu();
     const CudnnOptions saved = g.cudnn_options();
     int graph_heuristic = 0, graph_benchmark = 0;  // directions planned on the graph API
+    int graph_by_dir[3] = {0, 0, 0};               // ... per direction (fwd, dgrad, wgrad)
     std::uint64_t seed = 1300;
     for (const auto& c : cases) {
       CAPTURE(c.name);
@@ -262,7 +263,10 @@ TEST_SUITE("gpu") {
           const ConvEngine e = conv2d_engine<T>(g, c.x, ws, c.p, d);
           engines += std::string(" ") + cuda::conv_engine_name(e);
           CHECK((e == ConvEngine::kCudnn || e == ConvEngine::kCudnnGraph));  // no GEMM, no direct kernel
-          if (e == ConvEngine::kCudnnGraph) ++(opt.benchmark ? graph_benchmark : graph_heuristic);
+          if (e == ConvEngine::kCudnnGraph) {
+            ++(opt.benchmark ? graph_benchmark : graph_heuristic);
+            ++graph_by_dir[static_cast<int>(d)];
+          }
         }
         MESSAGE(n, ": engines", engines);
       }
@@ -278,8 +282,11 @@ TEST_SUITE("gpu") {
       CHECK_MESSAGE(graph_heuristic > 0,
                     "no conv direction ran a graph-API plan in heuristic mode; backend errors: ", errors);
     }
+    // Per direction too: wgrad's operation has beta = 1 (dL_dw accumulates), which some engines
+    // may not support; a 0 there means weight gradients all stayed on the legacy algorithms.
     MESSAGE(type_name_v<T>, ": directions on graph-API plans: heuristic ", graph_heuristic, ", benchmark ",
-            graph_benchmark, "; backend errors seen: ", errors.empty() ? "none" : errors);
+            graph_benchmark, " (fwd ", graph_by_dir[0], ", dgrad ", graph_by_dir[1], ", wgrad ", graph_by_dir[2],
+            "); backend errors seen: ", errors.empty() ? "none" : errors);
   }
 
   TEST_CASE_TEMPLATE("conv2d grouped direct kernels == host (and the cuDNN path behind the switch)", T, float,
