@@ -89,8 +89,8 @@ else
   summary+=("custom_training (Meson dependency): FAILED"); fail=1
 fi
 
-# ---- 4b. fuzz every parser (clang + ASan/UBSan/LSan, installed if missing; FUZZ_SECONDS per target) --
-FUZZ_BUILD="$BUILD_ROOT/fuzz" FUZZ_SEED="${FUZZ_SEED:-1}" tools/fuzz.sh && summary+=("fuzz: all targets clean") || { summary+=("fuzz: FAILED"); fail=1; }
+# ---- 4b. fuzz every parser (clang + ASan/UBSan/LSan, installed if missing; FUZZ_RUNS per target, seed 1) --
+FUZZ_BUILD="$BUILD_ROOT/fuzz" FUZZ_SEED="${FUZZ_SEED:-1}" FUZZ_RUNS="${FUZZ_RUNS:-40000}" tools/fuzz.sh && summary+=("fuzz: all targets clean") || { summary+=("fuzz: FAILED"); fail=1; }
 
 # ---- 5. summary ------------------------------------------------------------------------------
 log "summary"
