@@ -16,6 +16,7 @@
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
 #include "ampkit/core/numeric_types.hpp"
+#include "support/step_state_checks.hpp"
 
 namespace ampkit::testing {
 
@@ -125,15 +126,7 @@ inline void check_same_decisions(const TrainRun& want, const TrainRun& got) {
   REQUIRE(got.states.size() == want.states.size());
   for (std::size_t s = 0; s < want.states.size(); ++s) {
     CAPTURE(s + 1);
-    const auto& e = want.states[s];
-    const auto& o = got.states[s];
-    CHECK(o.scale == e.scale);
-    CHECK(o.growth_tracker == e.growth_tracker);
-    CHECK(o.found_inf == e.found_inf);
-    CHECK(o.n_steps == e.n_steps);
-    CHECK(o.n_skipped == e.n_skipped);
-    CHECK(o.opt_step == e.opt_step);
-    CHECK(o.lr == e.lr);
+    check_same_step_state(want.states[s], got.states[s]);
   }
 }
 

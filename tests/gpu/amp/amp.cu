@@ -15,6 +15,7 @@
 #include "ampkit/backend/host/amp_step.hpp"
 #include "ampkit/optim/adam.hpp"
 #include "ampkit/optim/sgd.hpp"
+#include "support/step_state_checks.hpp"
 #include "support/testing.hpp"
 #include "unit/amp/flat_fixture.hpp"
 
@@ -62,13 +63,7 @@ void compare_runs(ak::Host& h, Run<P, Rule, ak::Host>& hr, ak::Cuda& d, Run<P, R
   using T = ak::storage_t<P>;
   const auto sh = *hr.opt.state();
   const auto sd = read_state(d, dr.opt.state());
-  CHECK(sd.scale == sh.scale);
-  CHECK(sd.found_inf == sh.found_inf);
-  CHECK(sd.growth_tracker == sh.growth_tracker);
-  CHECK(sd.opt_step == sh.opt_step);
-  CHECK(sd.n_skipped == sh.n_skipped);
-  CHECK(sd.n_steps == sh.n_steps);
-  CHECK(sd.lr == sh.lr);
+  ak::testing::check_same_step_state(sh, sd);
   // The sum of squares is reduced in a different order (blocks vs. one loop): fp64, so the
   // norms agree to ~1e-12; rounded to fp32 they may differ by one ulp.
   if (std::isfinite(sh.grad_norm))

@@ -403,14 +403,7 @@ void dekr_step_graph_vs_eager() {
                 static_cast<long long>(graph.states[static_cast<std::size_t>(s)].opt_step),
                 static_cast<double>(graph.states[static_cast<std::size_t>(s)].grad_norm));
     for (const TrainRun* r : std::initializer_list<const TrainRun*>{&repeats[0], &repeats[1], &graph}) {
-      const auto& o = r->states[static_cast<std::size_t>(s)];
-      CHECK(o.scale == ea.scale);
-      CHECK(o.growth_tracker == ea.growth_tracker);
-      CHECK(o.found_inf == ea.found_inf);
-      CHECK(o.n_steps == ea.n_steps);
-      CHECK(o.n_skipped == ea.n_skipped);
-      CHECK(o.opt_step == ea.opt_step);
-      CHECK(o.lr == ea.lr);
+      ak::testing::check_same_step_state(ea, r->states[static_cast<std::size_t>(s)]);
     }
   }
   // The poisoned step was skipped (and the scale backed off) in the eager run: the replay's
