@@ -55,6 +55,24 @@ class StateSnapshot {
   std::vector<Part> parts_;
 };
 
+/// Everything a training step reads and writes, added to `snap`: the parameter store's masters,
+/// compute copies, both gradient segments and BN buffers; the optimizer's state, its fp32
+/// accumulator (if any) and the StepState (scale, counters, lr).
+template <class Store, class Opt>
+void snapshot_training_state(StateSnapshot& snap, Cuda& ctx, const Store& st, Opt& opt) {
+  snap.add(ctx, st.master_all());
+  snap.add(ctx, st.compute_all());
+  snap.add(ctx, st.grad_compute_all());
+  snap.add(ctx, st.grad_fp32_all());
+  snap.add(ctx, st.buffers_all());
+  const std::int64_t n_slots =
+      std::max<std::int64_t>(1, opt.rule().n_slots() * (st.n_compute_slots() + st.n_fp32_slots()));
+  snap.add(ctx, static_cast<void*>(opt.optimizer_state()), static_cast<std::size_t>(n_slots) * sizeof(float));
+  if (float* acc = opt.flat().grad_accum)
+    snap.add(ctx, static_cast<void*>(acc), static_cast<std::size_t>(st.n_compute_slots()) * sizeof(float));
+  snap.add(ctx, static_cast<void*>(opt.state()), sizeof(amp::StepState));
+}
+
 /// What one run leaves to compare: the step state and the micro-batch losses after every step
 /// (or iteration), the fp32 masters and the BN running statistics at the end.
 struct TrainRun {

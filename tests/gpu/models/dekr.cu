@@ -222,6 +222,7 @@ namespace {
 using ak::testing::judge;
 using ak::testing::rel_l2_range;
 using ak::testing::StateSnapshot;
+using ak::testing::snapshot_training_state;
 using ak::testing::TrainRun;
 using ak::testing::Verdict;
 // Tolerances: tests/support/graph_judge.cuh.
@@ -316,17 +317,7 @@ void dekr_step_graph_vs_eager() {
   st.zero_grad(ctx);
   opt.set_lr(kLr);  // constant: written once, into the snapshot
   StateSnapshot snap;
-  snap.add(ctx, st.master_all());
-  snap.add(ctx, st.compute_all());
-  snap.add(ctx, st.grad_compute_all());
-  snap.add(ctx, st.grad_fp32_all());
-  snap.add(ctx, st.buffers_all());
-  const std::int64_t n_slots =
-      std::max<std::int64_t>(1, opt.rule().n_slots() * (st.n_compute_slots() + st.n_fp32_slots()));
-  snap.add(ctx, static_cast<void*>(opt.optimizer_state()), static_cast<std::size_t>(n_slots) * sizeof(float));
-  if (float* acc = opt.flat().grad_accum)
-    snap.add(ctx, static_cast<void*>(acc), static_cast<std::size_t>(st.n_compute_slots()) * sizeof(float));
-  snap.add(ctx, static_cast<void*>(opt.state()), sizeof(ak::amp::StepState));
+  snapshot_training_state(snap, ctx, st, opt);
   ctx.synchronize();
   const auto to_vec = [&](ak::TensorView<float> v) {
     const auto h = ctx.to_host(ak::TensorView<const float>(v));
