@@ -68,7 +68,7 @@ TEST_CASE("config defaults are mmpose's dekr_hrnet-w32_8xb10-140e_coco-512x512 v
   CHECK(c.pipeline.rotate_factor == 30.0);
   CHECK(c.pipeline.shift_factor == 0.2);
   CHECK(c.runtime.cudnn_benchmark == true);  // ampkit's one departure from mmpose (False): fixed input size
-  CHECK(c.runtime.cuda_graph == false);  // graph mode is opt-in until verified on the GPU
+  CHECK(c.runtime.cuda_graph == true);  // on since tests/gpu/train/graph_step.cu passed on the H200
   CHECK_NOTHROW(validate(c));
 }
 
