@@ -21,8 +21,9 @@
 // that are not 16-byte aligned, or cuDNN's algorithm number). The bench runs in
 // benchmark mode (CudnnOptions default), so each direction is the faster of cuDNN and cuBLASLt;
 // --conv-gemm always|never forces one side (--force-cudnn implies never).
-// --cudnn-graph turns on CudnnOptions::graph_api (conv_cudnn_graph.cuh; the same as
-// AMPKIT_CUDNN_GRAPH_API=1): each cuDNN direction is then the fastest of cuDNN's backend-API
+// cuDNN's backend-API plans are candidates by default (CudnnOptions::graph_api = kBenchmark;
+// --cudnn-graph forces kAlways, --no-cudnn-graph kNever = the legacy algorithms alone, as
+// AMPKIT_CUDNN_GRAPH_API=never): each cuDNN direction is the fastest of the backend-API
 // plans and the legacy pick, and the path names it per direction ("fwd=cudnn-graph#<engine>"
 // for a graph-API plan, cuDNN's legacy algorithm number otherwise). Backend-API failures seen
 // while planning (expected for some engines) go to stderr at the end.
@@ -36,6 +37,7 @@
 #include <ctime>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -296,15 +298,17 @@ void register_nn(Registry<T>& r) {
   r.elementwise("sum3_relu C32 (fuse)", 128, 32, 3, true);
 }
 
-/// --cudnn-graph: CudnnOptions::graph_api for the bench's context.
-bool g_cudnn_graph = false;
+/// --cudnn-graph / --no-cudnn-graph: CudnnOptions::graph_api kAlways / kNever for the bench's
+/// context (default: the library's, kBenchmark, which is kAlways here as the bench runs in
+/// benchmark mode).
+std::optional<CudnnGraphApi> g_cudnn_graph;
 
 template <class T>
 int run(int batch, int iters, const std::string& dtype, const std::string& only, int argc, char** argv) {
   Cuda ctx(0);
   if (g_cudnn_graph) {
     CudnnOptions o = ctx.cudnn_options();
-    o.graph_api = true;
+    o.graph_api = *g_cudnn_graph;
     ctx.set_cudnn_options(o);
   }
   Registry<T> r{ctx, batch, {}};
@@ -316,7 +320,7 @@ int run(int batch, int iters, const std::string& dtype, const std::string& only,
   std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
   std::printf("{\n  \"command\": \"%s\",\n  \"date\": \"%s\",\n  \"gpu\": \"%s\",\n  \"cudnn\": %zu,\n",
               cmd.c_str(), date, ctx.device().name.c_str(), cudnnGetVersion());
-  const bool graph_api = ctx.cudnn_options().graph_api || cuda::cudnn_graph_api_env();
+  const bool graph_api = cuda::cudnn_graph_api_applies(ctx.cudnn_options());
   std::printf("  \"cudnn_graph_api\": %s,\n", graph_api ? "true" : "false");
   std::printf("  \"dtype\": \"%s\",\n  \"batch\": %d,\n  \"iters\": %d,\n  \"results\": [\n", dtype.c_str(),
               batch, iters);
@@ -369,7 +373,9 @@ int main(int argc, char** argv) {
     else if (a == "--no-bn-flat")
       cuda::bn_flat_packs() = false;
     else if (a == "--cudnn-graph")
-      g_cudnn_graph = true;
+      g_cudnn_graph = CudnnGraphApi::kAlways;
+    else if (a == "--no-cudnn-graph")
+      g_cudnn_graph = CudnnGraphApi::kNever;
     else if (a == "--conv-gemm") {
       const std::string m = next();
       if (m == "auto")
@@ -385,7 +391,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--batch 32] [--iters 20] [--dtype fp16|bf16|fp32] [--only SUBSTR] "
-                   "[--force-cudnn] [--no-bn-flat] [--conv-gemm auto|always|never] [--cudnn-graph]\n",
+                   "[--force-cudnn] [--no-bn-flat] [--conv-gemm auto|always|never] [--cudnn-graph|--no-cudnn-graph]\n",
                    argv[0]);
       return 2;
     }

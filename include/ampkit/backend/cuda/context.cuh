@@ -19,6 +19,18 @@
 
 namespace ampkit {
 
+/// When convolutions also consider execution plans of cuDNN's backend (graph) API
+/// (conv_cudnn_graph.cuh). The legacy algorithm is always chosen too.
+///   kBenchmark (default) in benchmark mode only: the graph API's top plans are timed against the
+///              legacy pick and the fastest runs, so it can only win; heuristic mode stays legacy.
+///              Measured on the H200 (bench/results/ops_vs_torch_h200_20261130_d.json): the 3x3
+///              convs that lost to PyTorch on the legacy picks run 1.2-5x faster than PyTorch.
+///   kAlways    also in heuristic mode (the graph heuristic's first usable plan runs).
+///   kNever     no backend-API call at all.
+/// The environment variable AMPKIT_CUDNN_GRAPH_API=benchmark|always|never (or 1 / 0 for always /
+/// never) overrides it for every context.
+enum class CudnnGraphApi { kBenchmark, kAlways, kNever };
+
 /// How convolutions pick their cuDNN algorithms (the meaning of torch.backends.cudnn.benchmark and
 /// .deterministic; the config keys runtime.cudnn_benchmark and randomness.deterministic).
 struct CudnnOptions {
@@ -27,11 +39,8 @@ struct CudnnOptions {
   bool benchmark = true;
   /// Only algorithms cuDNN reports as CUDNN_DETERMINISTIC (no atomics in the reduction order).
   bool deterministic = false;
-  /// Also consider execution plans of cuDNN's backend (graph) API (conv_cudnn_graph.cuh): under
-  /// benchmark the fastest of them and the legacy pick wins; otherwise the graph heuristic's
-  /// first plan runs. Opt-in until measured on the GPU; env AMPKIT_CUDNN_GRAPH_API=1 turns it on
-  /// for every context.
-  bool graph_api = false;
+  /// Where cuDNN's backend (graph) API plans are candidates too (CudnnGraphApi above).
+  CudnnGraphApi graph_api = CudnnGraphApi::kBenchmark;
 };
 
 namespace cuda {

@@ -30,11 +30,12 @@
 /// mode or under kAlways). cuda::conv1x1_gemm() (env AMPKIT_CONV_GEMM) sets the policy;
 /// conv2d_engine() says which engine a planned direction uses.
 ///
-/// CudnnOptions::graph_api (env AMPKIT_CUDNN_GRAPH_API=1; default off, and then no graph-API
-/// call is made at all) adds the execution plans of cuDNN's backend API (conv_cudnn_graph.cuh)
-/// per direction: benchmark mode times its top plans against the legacy pick and keeps the
-/// fastest (kCudnnGraph when a graph plan wins); heuristic mode runs the graph heuristic's first
-/// usable plan. The cuDNN winner is what the 1x1 GEMM candidates are then timed against.
+/// CudnnOptions::graph_api (env AMPKIT_CUDNN_GRAPH_API; default kBenchmark: benchmark mode only;
+/// kNever makes no backend-API call at all) adds the execution plans of cuDNN's backend API
+/// (conv_cudnn_graph.cuh) per direction: benchmark mode times its top plans against the legacy
+/// pick and keeps the fastest (kCudnnGraph when a graph plan wins); heuristic mode under kAlways
+/// runs the graph heuristic's first usable plan. Forward directions take deterministic graph
+/// engines only, as every legacy forward algorithm is. The cuDNN winner is what the 1x1 GEMM candidates are then timed against.
 ///
 /// Numerics: fp16/bf16 use CUDNN_TENSOR_OP_MATH with fp32 compute; fp32 uses CUDNN_FMA_MATH so
 /// TF32 is never used behind the user's back (fp32 means fp32). Workspace comes from the
@@ -97,7 +98,7 @@ struct ConvKey {
   /// The 1x1 GEMM policy for this shape: conv1x1_gemm(), or kNever where the path does not apply
   /// (fp32, other geometry, conv_force_cudnn()).
   Conv1x1Gemm gemm = Conv1x1Gemm::kNever;
-  /// CudnnOptions::graph_api or AMPKIT_CUDNN_GRAPH_API=1: graph-API plans are candidates too.
+  /// cudnn_graph_api_applies(CudnnOptions): graph-API plans are candidates too.
   bool graph_api = false;
   auto tie() const {
     return std::tuple(device, static_cast<int>(dtype), n, c, h, w, k, r, s, p.stride_h, p.stride_w, p.pad_h,
@@ -267,7 +268,7 @@ ConvKey conv_key(const Cuda& ctx, Shape x, Shape w, const Conv2dParams& p) {
           ctx.cudnn_options().benchmark,
           ctx.cudnn_options().deterministic,
           gemm_applies ? conv1x1_gemm().load() : Conv1x1Gemm::kNever,
-          ctx.cudnn_options().graph_api || cudnn_graph_api_env()};
+          cudnn_graph_api_applies(ctx.cudnn_options())};
 }
 
 /// Graph-API planning of direction `dir` (conv_cudnn_graph.cuh) when the key asks for it, after
@@ -279,7 +280,11 @@ ConvEngine choose_cudnn_engine(const Cuda& ctx, const ConvKey& k, ConvDirection 
                                std::unique_ptr<GraphConvPlan>& graph, std::size_t legacy_ws, const void* p1,
                                const void* p2, const void* p3, RunLegacy&& run_legacy) {
   if (!k.graph_api) return ConvEngine::kCudnn;
-  const GraphConvProblem pr{k.dtype, k.n, k.c, k.h, k.w, k.k, k.r, k.s, k.p, k.deterministic};
+  // Forward only on deterministic engines, whatever CudnnOptions::deterministic says: every
+  // legacy forward algorithm is deterministic, and recompute_conv_outputs relies on a forward
+  // that gives the same bits when it runs again (nn/conv_bn.hpp).
+  const GraphConvProblem pr{k.dtype, k.n, k.c, k.h, k.w, k.k, k.r, k.s, k.p,
+                            k.deterministic || dir == ConvDirection::kForward};
   // Timing workspace: the budget Find gets (kFindWorkspaceBudget says why), never below what the
   // legacy pick itself uses (allocated by the real call at the same moment anyway).
   return plan_graph_conv(ctx, pr, dir, k.benchmark, kConvWorkspaceLimit,

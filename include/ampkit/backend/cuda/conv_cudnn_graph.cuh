@@ -39,6 +39,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,14 +53,26 @@ namespace ampkit {
 
 namespace cuda {
 
-/// Whether the environment turns the graph-API engines on for every context
-/// (AMPKIT_CUDNN_GRAPH_API=1; read once). CudnnOptions::graph_api is the per-context switch.
-inline bool cudnn_graph_api_env() {
-  static const bool on = [] {
+/// The graph-API policy the environment sets for every context (AMPKIT_CUDNN_GRAPH_API=
+/// benchmark|always|never, or 1 / 0 for always / never; read once), empty when unset.
+/// CudnnOptions::graph_api is the per-context setting.
+inline std::optional<CudnnGraphApi> cudnn_graph_api_env() {
+  static const std::optional<CudnnGraphApi> mode = []() -> std::optional<CudnnGraphApi> {
     const char* e = std::getenv("AMPKIT_CUDNN_GRAPH_API");
-    return e != nullptr && std::strcmp(e, "1") == 0;
+    if (e == nullptr || *e == '\0') return std::nullopt;
+    if (std::strcmp(e, "always") == 0 || std::strcmp(e, "1") == 0) return CudnnGraphApi::kAlways;
+    if (std::strcmp(e, "never") == 0 || std::strcmp(e, "0") == 0) return CudnnGraphApi::kNever;
+    if (std::strcmp(e, "benchmark") == 0) return CudnnGraphApi::kBenchmark;
+    throw Error(std::string("AMPKIT_CUDNN_GRAPH_API=") + e +
+                " is not one of benchmark, always, never (or 1, 0); unset it for the default (benchmark)");
   }();
-  return on;
+  return mode;
+}
+
+/// Whether conv planning under `o` considers graph-API plans (the environment first).
+inline bool cudnn_graph_api_applies(const CudnnOptions& o) {
+  const CudnnGraphApi m = cudnn_graph_api_env().value_or(o.graph_api);
+  return m == CudnnGraphApi::kAlways || (m == CudnnGraphApi::kBenchmark && o.benchmark);
 }
 
 namespace detail {
