@@ -49,9 +49,12 @@ struct MemoryPlanRequest {
   /// fp32 buffer); bench/dekr_step.cu generates it in the storage type directly.
   bool fp32_image_staging = true;
   int n_steps = 3;  ///< dry-run steps; the last is measured (>= 2: layers keep outputs from step 1)
+  /// The caching allocator's rounding of requests >= 1 MiB (ampkit::Cuda's by default; the tests
+  /// set 2 MiB to check measurements made before 2026-11-30 12:30 UTC against their allocator).
+  std::size_t allocator_granularity = CachingAllocator<meta::FakeRawMemory>::kLargeGranularity;
 };
 
-/// Bytes of one step, as the CUDA caching allocator counts them (blocks rounded to 512 B / 2 MiB).
+/// Bytes of one step, as the CUDA caching allocator counts them (blocks rounded to 512 B / 512 KiB).
 struct MemoryPlan {
   std::string policy;
   MemoryPlanRequest request;
@@ -148,8 +151,9 @@ struct MemoryPlan {
 };
 
 namespace detail {
-inline std::size_t rounded(std::int64_t numel, std::size_t elem) {
-  return numel > 0 ? CachingAllocator<meta::FakeRawMemory>::round_size(static_cast<std::size_t>(numel) * elem) : 0;
+inline std::size_t rounded(std::int64_t numel, std::size_t elem, std::size_t granularity) {
+  return numel > 0 ? CachingAllocator<meta::FakeRawMemory>::round_size(static_cast<std::size_t>(numel) * elem, granularity)
+                   : 0;
 }
 
 /// Meta's live-by-site map as sorted rows (file names shortened to the part below include/ampkit/).
@@ -203,20 +207,23 @@ MemoryPlan plan_dekr_step(const MemoryPlanRequest& r, const Rule& rule = Rule{})
   plan.request = r;
   plan.optimizer_name = Rule::name();
 
-  Meta ctx;
+  Meta ctx(r.allocator_granularity);
+  const auto rounded = [&](std::int64_t numel, std::size_t elem) {
+    return detail::rounded(numel, elem, r.allocator_granularity);
+  };
   models::Dekr<P, Meta> model(ctx, r.model, 0);
   const auto& store = model.store();
   plan.n_params = model.n_params();
   // The store's flat buffers, named by role (nn/parameter_store.hpp lays them out).
   const std::int64_t nc = store.n_compute_slots(), nf = store.n_fp32_slots();
   const std::int64_t nb = std::max<std::int64_t>(store.buffers_all().numel(), 1);
-  plan.master = detail::rounded(nc + nf, sizeof(float)) + detail::rounded(nb, sizeof(float));
+  plan.master = rounded(nc + nf, sizeof(float)) + rounded(nb, sizeof(float));
   if constexpr (std::is_same_v<T, float>) {
     plan.weights = 0;
-    plan.grads = detail::rounded(nc + nf, sizeof(float));
+    plan.grads = rounded(nc + nf, sizeof(float));
   } else {
-    plan.weights = detail::rounded(nc, sizeof(T));
-    plan.grads = detail::rounded(nc, sizeof(T)) + detail::rounded(nf, sizeof(float));
+    plan.weights = rounded(nc, sizeof(T));
+    plan.grads = rounded(nc, sizeof(T)) + rounded(nf, sizeof(float));
   }
   // The role split is read from the layout; the dry run must agree with it to the byte.
   AMPKIT_CHECK(ctx.memory_stats().allocated == plan.weights + plan.master + plan.grads,
@@ -227,7 +234,7 @@ MemoryPlan plan_dekr_step(const MemoryPlanRequest& r, const Rule& rule = Rule{})
   DekrLoss<P, Meta> loss(ctx);
   amp::AmpOptimizer<P, Rule, Meta> opt(ctx, model.store(), rule, amp::loss_scaler_t<P>{}, amp::StepOptions{},
                                        r.accumulative_counts);
-  const std::size_t loss_bytes = detail::rounded(4, sizeof(float));
+  const std::size_t loss_bytes = rounded(4, sizeof(float));
   plan.optimizer = ctx.memory_stats().allocated - mark - loss_bytes;
 
   // The micro-batch tensors, as train/trainer.hpp allocates them.

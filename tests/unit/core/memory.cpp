@@ -52,13 +52,25 @@ struct FakeRaw {
 };
 }  // namespace
 
-TEST_CASE("sizes round to 512 B below 1 MiB and to 2 MiB above") {
+TEST_CASE("sizes round to 512 B below 1 MiB and to 512 KiB above (or the granularity given)") {
   using A = CachingAllocator<FakeRaw>;
   CHECK(A::round_size(1) == 512);
   CHECK(A::round_size(513) == 1024);
   CHECK(A::round_size((1u << 20) - 1) == (1u << 20));
-  CHECK(A::round_size((1u << 20) + 1) == (2u << 20));
-  CHECK(A::round_size(5u << 20) == (6u << 20));
+  CHECK(A::round_size(1u << 20) == (1u << 20));  // a 1-MiB activation keeps 1 MiB (it took 2 before)
+  CHECK(A::round_size((1u << 20) + 1) == (3u << 19));
+  CHECK(A::round_size(5u << 20) == (5u << 20));
+  CHECK(A::round_size((5u << 20) + 1) == (11u << 19));
+  // the earlier 2 MiB rounding, as the memory plan's tests model it
+  CHECK(A::round_size((1u << 20) + 1, 2u << 20) == (2u << 20));
+  CHECK(A::round_size(5u << 20, 2u << 20) == (6u << 20));
+  // an allocator made with another granularity rounds with it
+  CachingAllocator<FakeRaw> a(FakeRaw{}, 2u << 20);
+  CHECK(a.large_granularity() == (2u << 20));
+  void* p = a.allocate((1u << 20) + 1, 1);
+  CHECK(a.stats().allocated == (2u << 20));
+  a.deallocate(p);
+  CHECK_THROWS_WITH_AS(CachingAllocator<FakeRaw>(FakeRaw{}, 1000), doctest::Contains("multiple of 512"), Error);
 }
 
 TEST_CASE("a block freed on a stream is reused on that stream without a new raw allocation") {

@@ -13,7 +13,7 @@
 ///   requested()      bytes exactly as asked (sum of live tensor sizes), live and peak: what the
 ///                    host backend allocates for the same code (tests compare the two);
 ///   memory_stats()   ampkit::CachingAllocator's statistics over a fake raw system: the 512 B /
-///                    2 MiB rounding, the block reuse (a cached block up to twice the request)
+///                    512 KiB rounding, the block reuse (a cached block up to twice the request)
 ///                    and the reserved high-water mark, as the CUDA allocator reports them.
 /// What it cannot see: scratch a CUDA op asks for inside itself (ctx.workspace(): cuDNN
 /// workspaces, the deformable conv's fp32 dx scratch, BN partials) and memory outside the
@@ -96,6 +96,8 @@ struct SiteBytes {
 /// The shared state of one Meta context: the allocator and the exact request count. Buffers
 /// hold a shared_ptr to it, so a tensor may outlive its context safely (as DeviceBuffer does).
 struct MetaPool {
+  explicit MetaPool(std::size_t large_granularity = MetaAllocator::kLargeGranularity)
+      : alloc(FakeRawMemory{}, large_granularity) {}
   MetaAllocator alloc;
   RequestedBytes req;
   /// Live bytes per allocation site, kept only while track_sites is set (Meta::track_sites):
@@ -196,7 +198,10 @@ class MetaTensor {
 /// copy interface as ampkit::Host / ampkit::Cuda; copies do nothing, to_host() returns zeros.
 class Meta {
  public:
-  Meta() : pool_(std::make_shared<meta::MetaPool>()) {}
+  /// @param large_granularity  the caching allocator's rounding of large requests (as
+  ///                           ampkit::Cuda's; another value models another allocator)
+  explicit Meta(std::size_t large_granularity = meta::MetaAllocator::kLargeGranularity)
+      : pool_(std::make_shared<meta::MetaPool>(large_granularity)) {}
   Meta(const Meta&) = delete;
   Meta& operator=(const Meta&) = delete;
 
