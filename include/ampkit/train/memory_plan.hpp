@@ -50,7 +50,7 @@ struct MemoryPlanRequest {
   bool fp32_image_staging = true;
   int n_steps = 3;  ///< dry-run steps; the last is measured (>= 2: layers keep outputs from step 1)
   /// The caching allocator's rounding of requests >= 1 MiB (ampkit::Cuda's by default; the tests
-  /// set 2 MiB to check measurements made before 2026-11-30 12:30 UTC against their allocator).
+  /// set 2 MiB to check measurements made before commit 167ea90 (2026-11-30) against their allocator).
   std::size_t allocator_granularity = CachingAllocator<meta::FakeRawMemory>::kLargeGranularity;
 };
 

@@ -120,9 +120,9 @@ void check_against_host(bool recompute = false, bool recompute_bn = true) {
 ///                      without it pass false
 train::MemoryPlanRequest w32(std::int64_t batch, bool staging = true, bool recompute_bn = true);
 
-/// The caching allocator's large-block rounding until 2026-11-30 12:30 UTC (now 512 KiB): the
+/// The caching allocator's large-block rounding until commit 167ea90 (2026-11-30; now 512 KiB): the
 /// H200 rows below were measured with it, so their dry run models that allocator.
-constexpr std::size_t kGranularityBefore1230 = std::size_t{2} << 20;
+constexpr std::size_t kGranularity2MiB = std::size_t{2} << 20;
 
 train::MemoryPlanRequest w32(std::int64_t batch, bool staging, bool recompute_bn) {
   train::MemoryPlanRequest r;
@@ -270,7 +270,7 @@ TEST_CASE("memory plan: the H200 measurements lie between the dry-run peak and t
   for (const Row& m : {Row{"fp16", 2, 1839720960}, Row{"fp16", 10, 6888445952}, Row{"fp16", 32, 19487655424},
                        Row{"fp32", 2, 3072602112}, Row{"fp32", 10, 13113926144}, Row{"fp32", 32, 39548707840}}) {
     auto r = w32(m.batch, false, /*recompute_bn=*/false);
-    r.allocator_granularity = kGranularityBefore1230;  // the allocator these rows were measured with
+    r.allocator_granularity = kGranularity2MiB;  // the allocator these rows were measured with
     const auto p = train::plan_dekr_step(m.policy, r);
     std::printf("%s batch %d: dry-run peak %zu, total %zu, measured %zu (%.2f %% above the dry run)\n", m.policy,
                 m.batch, p.peak_allocated, p.total(), m.measured,
@@ -280,6 +280,33 @@ TEST_CASE("memory plan: the H200 measurements lie between the dry-run peak and t
     const bool fp16 = std::string(m.policy) == "fp16";
     CHECK(p.peak_allocated <= m.measured);
     CHECK(m.measured - p.peak_allocated < p.peak_allocated / (fp16 ? 33 : 16));  // 3 % / 6 %, see above
+    CHECK(m.measured <= p.total());
+  }
+}
+
+TEST_CASE("memory plan: the H200 peaks on the current code (512 KiB rounding, BN outputs rebuilt) lie under the total") {
+  // peak_allocated_bytes of ampkit_dekr_step (no fp32 staging) on one H200, 2026-11-30 11:57 UTC,
+  // commit 167ea90 (bench/results/dekr_step_h200_20261130_1155.txt): the default configuration
+  // (recompute_bn_outputs on, cuDNN graph-API plans and the 1x1 GEMMs in benchmark mode). The gap
+  // to the dry run is what CUDA ops take inside themselves at the peak (cuDNN / cuBLASLt
+  // workspaces, the padded GEMM's staging at the head, the deformable conv's fp32 dx scratch):
+  // 60-280 MiB, +1.0 % (fp16 b32) to +6.7 % (fp32 b2), inside the allowance of the total
+  // (256 MiB + 5 %) in every row.
+  struct Row {
+    const char* policy;
+    int batch;
+    std::size_t measured;
+  };
+  for (const Row& m : {Row{"fp16", 2, 1552611328}, Row{"fp16", 10, 5833448448}, Row{"fp16", 32, 16843634688},
+                       Row{"fp32", 2, 2657369088}}) {
+    const auto p = train::plan_dekr_step(m.policy, w32(m.batch, false));
+    std::printf("%s batch %d (512 KiB rounding): dry-run peak %zu, total %zu, measured %zu (%+.2f %%)\n", m.policy,
+                m.batch, p.peak_allocated, p.total(), m.measured,
+                100.0 * (static_cast<double>(m.measured) / static_cast<double>(p.peak_allocated) - 1.0));
+    CAPTURE(m.policy);
+    CAPTURE(m.batch);
+    CHECK(p.peak_allocated <= m.measured);
+    CHECK(m.measured - p.peak_allocated < p.peak_allocated / 12);  // < 8.3 %: the rows above, with margin
     CHECK(m.measured <= p.total());
   }
 }
@@ -296,7 +323,7 @@ TEST_CASE("memory plan: the H200 peaks through the trainer on the current code, 
   };
   for (const Row& m : {Row{2, false, 1752}, Row{2, true, 1266}, Row{32, false, 18681}, Row{32, true, 11923}}) {
     auto r = w32(m.batch, true, /*recompute_bn=*/false);  // measured before recompute_bn_outputs
-    r.allocator_granularity = kGranularityBefore1230;    // and before the 512 KiB rounding
+    r.allocator_granularity = kGranularity2MiB;  // and before the 512 KiB rounding
     r.model.recompute_conv_outputs = m.recompute;
     const auto p = train::plan_dekr_step("fp16", r);
     const double plan_mib = static_cast<double>(p.peak_allocated) / (1024.0 * 1024.0);
