@@ -37,6 +37,7 @@
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
 #include "ampkit/backend/cuda/packed_io.cuh"
+#include "ampkit/core/env_choice.hpp"
 #include "ampkit/core/tensor.hpp"
 #include "ampkit/nn/ops/batch_norm.hpp"
 
@@ -49,10 +50,7 @@ namespace cuda {
 /// first use; set it at run time with `cuda::bn_flat_packs() = false`). Off: the per-channel layout
 /// (scalar loads for odd C), the older path.
 inline std::atomic<bool>& bn_flat_packs() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("AMPKIT_BN_FLAT_PACKS");
-    return !(e && std::strcmp(e, "0") == 0);
-  }()};
+  static std::atomic<bool> on{env_choice("AMPKIT_BN_FLAT_PACKS", {{"1", true}, {"0", false}}, true, "1")};
   return on;
 }
 

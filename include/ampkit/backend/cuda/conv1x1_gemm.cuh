@@ -72,6 +72,7 @@
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
 #include "ampkit/backend/cuda/packed_io.cuh"
+#include "ampkit/core/env_choice.hpp"
 #include "ampkit/core/tensor.hpp"
 #include "ampkit/nn/ops/conv2d.hpp"
 
@@ -125,12 +126,10 @@ inline const char* conv_engine_name(ConvEngine e) {
 enum class Conv1x1Gemm { kAuto, kAlways, kNever };
 
 inline std::atomic<Conv1x1Gemm>& conv1x1_gemm() {
-  static std::atomic<Conv1x1Gemm> mode{[] {
-    const char* e = std::getenv("AMPKIT_CONV_GEMM");
-    if (e != nullptr && std::strcmp(e, "always") == 0) return Conv1x1Gemm::kAlways;
-    if (e != nullptr && std::strcmp(e, "never") == 0) return Conv1x1Gemm::kNever;
-    return Conv1x1Gemm::kAuto;
-  }()};
+  static std::atomic<Conv1x1Gemm> mode{env_choice(
+      "AMPKIT_CONV_GEMM",
+      {{"auto", Conv1x1Gemm::kAuto}, {"always", Conv1x1Gemm::kAlways}, {"never", Conv1x1Gemm::kNever}},
+      Conv1x1Gemm::kAuto, "auto")};
   return mode;
 }
 

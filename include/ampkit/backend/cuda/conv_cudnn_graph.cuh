@@ -46,6 +46,7 @@
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
 #include "ampkit/backend/cuda/conv1x1_gemm.cuh"
+#include "ampkit/core/env_choice.hpp"
 #include "ampkit/core/tensor.hpp"
 #include "ampkit/nn/ops/conv2d.hpp"
 
@@ -57,15 +58,14 @@ namespace cuda {
 /// benchmark|always|never, or 1 / 0 for always / never; read once), empty when unset.
 /// CudnnOptions::graph_api is the per-context setting.
 inline std::optional<CudnnGraphApi> cudnn_graph_api_env() {
-  static const std::optional<CudnnGraphApi> mode = []() -> std::optional<CudnnGraphApi> {
-    const char* e = std::getenv("AMPKIT_CUDNN_GRAPH_API");
-    if (e == nullptr || *e == '\0') return std::nullopt;
-    if (std::strcmp(e, "always") == 0 || std::strcmp(e, "1") == 0) return CudnnGraphApi::kAlways;
-    if (std::strcmp(e, "never") == 0 || std::strcmp(e, "0") == 0) return CudnnGraphApi::kNever;
-    if (std::strcmp(e, "benchmark") == 0) return CudnnGraphApi::kBenchmark;
-    throw Error(std::string("AMPKIT_CUDNN_GRAPH_API=") + e +
-                " is not one of benchmark, always, never (or 1, 0); unset it for the default (benchmark)");
-  }();
+  using M = std::optional<CudnnGraphApi>;
+  static const M mode = env_choice<M>("AMPKIT_CUDNN_GRAPH_API",
+                                      {{"benchmark", CudnnGraphApi::kBenchmark},
+                                       {"always", CudnnGraphApi::kAlways},
+                                       {"never", CudnnGraphApi::kNever},
+                                       {"1", CudnnGraphApi::kAlways},
+                                       {"0", CudnnGraphApi::kNever}},
+                                      std::nullopt, "CudnnOptions::graph_api, benchmark by default");
   return mode;
 }
 

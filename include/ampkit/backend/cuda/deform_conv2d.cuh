@@ -55,6 +55,7 @@
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
 #include "ampkit/backend/cuda/sampling_common.cuh"
+#include "ampkit/core/env_choice.hpp"
 #include "ampkit/nn/ops/deform_conv2d.hpp"
 #include "ampkit/precision.hpp"
 
@@ -249,12 +250,10 @@ enum class DeformConvAlgo {
 /// variable AMPKIT_DEFORM_CONV_ALGO (auto | fused | im2col; unset = auto), so the fused path can be
 /// switched off without rebuilding; tests and the benchmark set it directly.
 inline DeformConvAlgo& deform_conv_algo() {
-  static DeformConvAlgo algo = [] {
-    const char* e = std::getenv("AMPKIT_DEFORM_CONV_ALGO");
-    if (e && !std::strcmp(e, "im2col")) return DeformConvAlgo::kIm2col;
-    if (e && !std::strcmp(e, "fused")) return DeformConvAlgo::kFused;
-    return DeformConvAlgo::kAuto;
-  }();
+  static DeformConvAlgo algo = env_choice(
+      "AMPKIT_DEFORM_CONV_ALGO",
+      {{"auto", DeformConvAlgo::kAuto}, {"fused", DeformConvAlgo::kFused}, {"im2col", DeformConvAlgo::kIm2col}},
+      DeformConvAlgo::kAuto, "auto");
   return algo;
 }
 

@@ -37,6 +37,7 @@
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
 #include "ampkit/backend/cuda/packed_io.cuh"
+#include "ampkit/core/env_choice.hpp"
 #include "ampkit/core/tensor.hpp"
 #include "ampkit/nn/ops/conv2d.hpp"
 
@@ -47,10 +48,7 @@ namespace cuda {
 /// Switch: true sends every conv to cuDNN (no direct grouped kernels). Default false; the
 /// environment variable AMPKIT_CONV_FORCE_CUDNN=1 sets it at first use.
 inline std::atomic<bool>& conv_force_cudnn() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("AMPKIT_CONV_FORCE_CUDNN");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }()};
+  static std::atomic<bool> on{env_choice("AMPKIT_CONV_FORCE_CUDNN", {{"1", true}, {"0", false}}, false, "0")};
   return on;
 }
 
