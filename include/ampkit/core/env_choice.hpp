@@ -18,15 +18,17 @@ namespace ampkit {
 /// the variable is unset. Anything else throws ampkit::Error naming the variable, the value, the
 /// accepted values and what unset means.
 template <class E>
-E env_choice_from(const char* name, const char* value, std::initializer_list<std::pair<const char*, E>> choices,
-                  E unset, const char* unset_meaning) {
+E env_choice_from(const char* name, const char* value,
+                  std::initializer_list<std::pair<const char*, E>> choices, E unset,
+                  const char* unset_meaning) {
   if (value == nullptr || *value == '\0') return unset;
   std::string accepted;
   for (const auto& [text, e] : choices) {
     if (std::string(value) == text) return e;
     accepted += accepted.empty() ? text : std::string(", ") + text;
   }
-  AMPKIT_FAIL(name, "=", value, " is not one of ", accepted, "; unset it for the default (", unset_meaning, ")");
+  AMPKIT_FAIL(name, "=", value, " is not one of ", accepted, "; unset it for the default (", unset_meaning,
+              ")");
 }
 
 /// env_choice_from over std::getenv(name).
