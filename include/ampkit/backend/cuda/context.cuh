@@ -23,8 +23,9 @@ namespace ampkit {
 /// (conv_cudnn_graph.cuh). The legacy algorithm is always chosen too.
 ///   kBenchmark (default) in benchmark mode only: the graph API's top plans are timed against the
 ///              legacy pick and the fastest runs, so it can only win; heuristic mode stays legacy.
-///              Measured on the H200 (bench/results/ops_vs_torch_h200_20261130_d.json): the 3x3
-///              convs that lost to PyTorch on the legacy picks run 1.2-5x faster than PyTorch.
+///              Measured on the H200 (bench/results/ops_vs_torch_h200_20261130_d.json): the three
+///              convs that lost to PyTorch's forward on the legacy picks (0.78-0.88x) ran
+///              1.17-3.46x with the graph-API plans.
 ///   kAlways    also in heuristic mode (the graph heuristic's first usable plan runs).
 ///   kNever     no backend-API call at all.
 /// The environment variable AMPKIT_CUDNN_GRAPH_API=benchmark|always|never (or 1 / 0 for always /

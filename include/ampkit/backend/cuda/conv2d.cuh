@@ -35,7 +35,8 @@
 /// (conv_cudnn_graph.cuh) per direction: benchmark mode times its top plans against the legacy
 /// pick and keeps the fastest (kCudnnGraph when a graph plan wins); heuristic mode under kAlways
 /// runs the graph heuristic's first usable plan. Forward directions take deterministic graph
-/// engines only, as every legacy forward algorithm is. The cuDNN winner is what the 1x1 GEMM candidates are then timed against.
+/// engines only, as every legacy forward algorithm is. The cuDNN winner is what the 1x1 GEMM
+/// candidates are then timed against.
 ///
 /// Numerics: fp16/bf16 use CUDNN_TENSOR_OP_MATH with fp32 compute; fp32 uses CUDNN_FMA_MATH so
 /// TF32 is never used behind the user's back (fp32 means fp32). Workspace comes from the
