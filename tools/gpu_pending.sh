@@ -23,6 +23,9 @@
 #   sanitize  tools/sanitize_gpu.sh memcheck over the GPU op tests (SANITIZE_FILTER narrows it)
 #   tgraph    dekr_amp train W32 --amp at batch 2 and 2 x 4, runtime.cuda_graph false vs true (the
 #             trainer's step as CUDA graphs, issue 10): img/s and the capture log lines
+#   initprobe compute-sanitizer initcheck over ampkit_dekr_step (fp16, batch 2, 256x256) with the
+#             1x1 GEMMs on (default) and off (AMPKIT_CONV_GEMM=never), side by side: whether the
+#             initcheck reports behind cuBLASLt GEMMs (docs/reliability.md section 4) follow the GEMMs
 #   ops       bench/ampkit_ops_bench and bench/torch_ops_bench.py side by side (fp16, batch 32,
 #             DEKR-W32 shapes; OPS_ONLY narrows both to rows containing a substring): issue 3
 # "all" is the first six (about 8 minutes); name the others. Every part needs `build` first, in
@@ -145,6 +148,20 @@ if want parity; then
   grep -E "PASS|FAIL|wrote|error" "$OUT/parity.log" | tee -a "$S"
   # the work dirs, for drawing the PNG where matplotlib is
   tar czf "$OUT/parity_runs.tgz" -C /tmp parity_w32 2>/dev/null
+fi
+
+if want initprobe; then
+  t0=$SECONDS
+  for g in auto never; do
+    AMPKIT_CONV_GEMM=$g timeout ${INITPROBE_TIMEOUT:-250} compute-sanitizer --tool initcheck --print-limit 20 \
+      "$B/bench/ampkit_dekr_step" --variants fp16:2 --size 256 --steps 20 --warmup 3 > "$OUT/initprobe_gemm_$g.log" 2>&1 &
+  done
+  wait
+  log "initcheck probe (ampkit_dekr_step fp16:2 256x256, AMPKIT_CONV_GEMM=auto vs never): in $((SECONDS - t0)) s"
+  for g in auto never; do
+    echo "AMPKIT_CONV_GEMM=$g: $(grep -oE 'ERROR SUMMARY: [0-9]+ errors?' "$OUT/initprobe_gemm_$g.log" | tail -1)" | tee -a "$S"
+    grep -A1 "Uninitialized" "$OUT/initprobe_gemm_$g.log" | grep -oE "at [^(]+" | sort | uniq -c | head -5 | tee -a "$S"
+  done
 fi
 
 if want sanitize; then
