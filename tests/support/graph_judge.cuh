@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <random>
 #include <vector>
 
 #include "ampkit/amp/step_state.hpp"
@@ -19,6 +20,32 @@
 #include "support/step_state_checks.hpp"
 
 namespace ampkit::testing {
+
+/// Random DEKR loss targets of one micro-batch (B images, hs x hs at the output resolution,
+/// n_hm heatmaps, n_d displacement channels), drawn from `rng`: heatmaps in [0, 1) with weight 1
+/// above 0.5 and 0.1 below (the SPR target's two levels), 5 % of pixels masked, displacements in
+/// [-6, 6) with a positive weight on 30 % of them.
+struct DekrTargets {
+  HostTensor<float> heatmaps, heatmap_weights, mask, displacements, displacement_weights;
+};
+inline DekrTargets random_dekr_targets(std::mt19937_64& rng, std::int64_t B, std::int64_t hs, std::int64_t n_hm,
+                                       std::int64_t n_d) {
+  std::uniform_real_distribution<float> u01(0.f, 1.f);
+  DekrTargets t{HostTensor<float>({B, hs, hs, n_hm}), HostTensor<float>({B, hs, hs, n_hm}),
+                HostTensor<float>({B, hs, hs, 1}), HostTensor<float>({B, hs, hs, n_d}),
+                HostTensor<float>({B, hs, hs, n_d})};
+  auto &g = t.heatmaps, &w = t.heatmap_weights, &m = t.mask, &d = t.displacements, &dw = t.displacement_weights;
+  for (std::int64_t i = 0; i < g.numel(); ++i) {
+    g[static_cast<std::size_t>(i)] = u01(rng);
+    w[static_cast<std::size_t>(i)] = g[static_cast<std::size_t>(i)] > 0.5f ? 1.f : 0.1f;
+  }
+  for (std::int64_t i = 0; i < m.numel(); ++i) m[static_cast<std::size_t>(i)] = u01(rng) < 0.95f ? 1.f : 0.f;
+  for (std::int64_t i = 0; i < d.numel(); ++i) {
+    d[static_cast<std::size_t>(i)] = 12.f * u01(rng) - 6.f;
+    dw[static_cast<std::size_t>(i)] = u01(rng) < 0.3f ? 0.1f + 0.9f * u01(rng) : 0.f;
+  }
+  return t;
+}
 
 /// Device bytes that make up the training state, copied aside once and written back before each
 /// run (stream-ordered device-to-device copies; nothing is allocated after the snapshot).

@@ -495,7 +495,7 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
         loss.backward(ctx, in, first_n(dL_dhm, hm_s, n), first_n(dL_dds, ds_s, n), factor, scale);
         // Data parallel, window end: the gradient all-reduce overlaps this backward (unless
         // AMPKIT_DDP_OVERLAP=0), bucket by bucket as the layers report their gradients.
-        const bool overlapped = dp && dp->begin_backward(accum.should_sync());
+        const bool overlapped = dp && dp->begin_backward(updated);
         model.backward(ctx, TensorView<const T>(first_n(dL_dhm, hm_s, n)), TensorView<const T>(first_n(dL_dds, ds_s, n)));
         AMPKIT_CHECK(!overlapped || updated, "trainer: the overlapped all-reduce ran on a micro-batch that does not end "
                      "its accumulation window (iteration ", iter, ")");

@@ -17,6 +17,7 @@
 #include <random>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "ampkit/amp/amp_optimizer.hpp"
@@ -253,29 +254,18 @@ void dekr_step_graph_vs_eager() {
   // the images; target ranges as in bench/dekr_step.cu: heatmaps U[0,1) with weights 1 above 0.5
   // and 0.1 below, mask 95 % ones, displacements +-6 px, 30 % displacement weights in (0,1]).
   std::mt19937_64 rng(2024);
-  std::uniform_real_distribution<float> u01(0.f, 1.f);
   std::vector<ak::cuda::DeviceTensor<T>> x;
   std::vector<ak::cuda::DeviceTensor<float>> gt_hm, hm_w, mask, gt_d, d_w;
   float orig_gt = 0, orig_w = 0, orig_m = 0;  // element 0 of micro-batch 0's targets (the poisoned one)
   for (int a = 0; a < A; ++a) {
     x.push_back(ctx.to_device(ak::testing::random_tensor<T>({B, S, S, 3}, 300 + a, -2.f, 2.f)));
-    ak::HostTensor<float> g({B, hs, hs, n_hm}), w({B, hs, hs, n_hm}), m({B, hs, hs, 1}), d({B, hs, hs, n_d}),
-        dw({B, hs, hs, n_d});
-    for (std::int64_t i = 0; i < g.numel(); ++i) {
-      g[static_cast<std::size_t>(i)] = u01(rng);
-      w[static_cast<std::size_t>(i)] = g[static_cast<std::size_t>(i)] > 0.5f ? 1.f : 0.1f;
-    }
-    for (std::int64_t i = 0; i < m.numel(); ++i) m[static_cast<std::size_t>(i)] = u01(rng) < 0.95f ? 1.f : 0.f;
-    for (std::int64_t i = 0; i < d.numel(); ++i) {
-      d[static_cast<std::size_t>(i)] = 12.f * u01(rng) - 6.f;
-      dw[static_cast<std::size_t>(i)] = u01(rng) < 0.3f ? 0.1f + 0.9f * u01(rng) : 0.f;
-    }
-    if (a == 0) orig_gt = g[0], orig_w = w[0], orig_m = m[0];
-    gt_hm.push_back(ctx.to_device(g));
-    hm_w.push_back(ctx.to_device(w));
-    mask.push_back(ctx.to_device(m));
-    gt_d.push_back(ctx.to_device(d));
-    d_w.push_back(ctx.to_device(dw));
+    const auto t = ak::testing::random_dekr_targets(rng, B, hs, n_hm, n_d);
+    if (a == 0) orig_gt = t.heatmaps[0], orig_w = t.heatmap_weights[0], orig_m = t.mask[0];
+    gt_hm.push_back(ctx.to_device(t.heatmaps));
+    hm_w.push_back(ctx.to_device(t.heatmap_weights));
+    mask.push_back(ctx.to_device(t.mask));
+    gt_d.push_back(ctx.to_device(t.displacements));
+    d_w.push_back(ctx.to_device(t.displacement_weights));
   }
   // Heatmap target 1e6 (weight 1, unmasked) at one pixel: dL/dy = 2 (y - 1e6) / (2*32*32*18)
   // * scale 2^16 * factor 1/2 ~ -1.8e6, beyond fp16's 65504: inf in the first micro-batch's
@@ -707,54 +697,65 @@ constexpr double reorder_noise_floor() {
   return std::is_same_v<P, ak::Fp32> ? 1e-6 : 2e-2;
 }
 
+/// One step with a memory switch off, off again, on, on again (`one_step(ctx, on)`, each from a
+/// fresh model with the same seed), compared tensor by tensor. The switches only change what is
+/// kept between forward and backward, so the step must not change.
+/// @param what           the switch, for the messages ("recompute_conv_outputs", ...)
 /// @param deterministic  whether the step is bit-identical run to run on CUDA (the models without
 ///                       a deformable conv; DEKR is judged against the atomics' noise)
 template <class P, class RunFn>
-void check_recompute_bit_identical_cuda(const char* label, RunFn&& one_step, bool deterministic = true) {
+void check_switch_keeps_step_cuda(const std::string& label, const std::string& what, RunFn&& one_step,
+                                  bool deterministic) {
   ak::Cuda ctx;
   ctx.set_cudnn_options({.benchmark = false, .deterministic = true});
-  const RecomputeRun keep = one_step(ctx, false);
-  const RecomputeRun keep2 = one_step(ctx, false);
-  const RecomputeRun rec = one_step(ctx, true);
-  const RecomputeRun rec2 = one_step(ctx, true);
-  REQUIRE(keep.backward.size() > 10);
+  const RecomputeRun off = one_step(ctx, false);
+  const RecomputeRun off2 = one_step(ctx, false);
+  const RecomputeRun on = one_step(ctx, true);
+  const RecomputeRun on2 = one_step(ctx, true);
+  REQUIRE(off.backward.size() > 10);
   // Not vacuous: the backward produced gradients (fp16: the loss scale keeps them normal).
   double gsum = 0;
-  for (const auto& t : keep.backward)
+  for (const auto& t : off.backward)
     for (float v : t.values) gsum += std::abs(static_cast<double>(v));
-  std::printf("%s %s: %zu forward + %zu backward tensors, sum |grad| %.6g\n", label,
-              std::string(ak::policy_name_v<P>).c_str(), keep.forward.size(), keep.backward.size(), gsum);
+  const std::string pre = label + " " + std::string(ak::policy_name_v<P>);
+  std::printf("%s: %zu forward + %zu backward tensors, sum |grad| %.6g\n", pre.c_str(), off.forward.size(),
+              off.backward.size(), gsum);
   CHECK(std::isfinite(gsum));
   CHECK(gsum > 0);
-  const std::string pre = std::string(label) + " " + std::string(ak::policy_name_v<P>);
-  const int n_default = report_diff((pre + " default vs default").c_str(), keep, keep2);
-  const int n_rec = report_diff((pre + " recompute vs default").c_str(), keep, rec);
-  const int n_rec2 = report_diff((pre + " recompute vs recompute").c_str(), rec, rec2);
+  const int n_off = report_diff((pre + " " + what + " off vs off").c_str(), off, off2);
+  const int n_on = report_diff((pre + " " + what + " on vs off").c_str(), off, on);
+  const int n_on2 = report_diff((pre + " " + what + " on vs on").c_str(), on, on2);
   if (deterministic) {
-    // The baseline first: a default that is not deterministic here makes a recompute mismatch
-    // unattributable (the lines above name the tensors where the noise enters).
-    CHECK_MESSAGE(n_default == 0, "the default is not deterministic in this setup");
-    // The claim of nn/conv_bn.hpp: the same conv2d_forward on the same input, so the same bits.
-    CHECK_MESSAGE(n_rec == 0, "recompute_conv_outputs changes the step on CUDA");
-    CHECK_MESSAGE(n_rec2 == 0, "recompute is not deterministic run to run");
+    // The baseline first: a step that is not deterministic here makes a mismatch unattributable
+    // (the lines above name the tensors where the noise enters).
+    CHECK_MESSAGE(n_off == 0, "the step is not deterministic in this setup (baseline)");
+    CHECK_MESSAGE(n_on == 0, what, " changes the step on CUDA");
+    CHECK_MESSAGE(n_on2 == 0, what, " is not deterministic run to run");
     return;
   }
-  // DEKR: the deformable conv's backward adds dL/dx with fp32 atomics, so the default is not
+  // DEKR: the deformable conv's backward adds dL/dx with fp32 atomics, so the step is not
   // bit-identical to itself from the first deformable block's gradients on (fp32, measured on the
   // H200, 2026-11-30: 235-238 of 265 gradients differ, by up to 7e-5 relative; fp16: rarely, see
   // reorder_noise_floor). The forward has no atomics and must still be bit-identical; the
   // backward is judged against that noise.
   int n_fwd = 0;
-  for (std::size_t i = 0; i < keep.forward.size(); ++i)
-    n_fwd += keep.forward[i].bytes != rec.forward[i].bytes || rec.forward[i].bytes != rec2.forward[i].bytes;
-  CHECK_MESSAGE(n_fwd == 0, "recompute_conv_outputs changes the forward on CUDA");
-  const double noise = std::max(max_rel_l2(keep, keep2), max_rel_l2(rec, rec2));
-  const double diff = max_rel_l2(keep, rec);
-  std::printf("%s: worst per-tensor relative L2 of the gradients: recompute vs default %.3g, run-to-run noise %.3g\n",
-              pre.c_str(), diff, noise);
+  for (std::size_t i = 0; i < off.forward.size(); ++i)
+    n_fwd += off.forward[i].bytes != on.forward[i].bytes || on.forward[i].bytes != on2.forward[i].bytes;
+  CHECK_MESSAGE(n_fwd == 0, what, " changes the forward on CUDA");
+  const double noise = std::max(max_rel_l2(off, off2), max_rel_l2(on, on2));
+  const double diff = max_rel_l2(off, on);
+  std::printf("%s: worst per-tensor relative L2 of the gradients: %s on vs off %.3g, run-to-run noise %.3g\n",
+              pre.c_str(), what.c_str(), diff, noise);
   // 10x the run-to-run noise (the atomics' reordering noise is heavy-tailed between tensors), and
   // at least reorder_noise_floor.
   CHECK(diff <= std::max(10.0 * noise, reorder_noise_floor<P>()));
+}
+
+/// recompute_conv_outputs (nn/conv_bn.hpp): the same conv2d_forward on the same input gives the
+/// same bits, so the step is unchanged.
+template <class P, class RunFn>
+void check_recompute_bit_identical_cuda(const char* label, RunFn&& one_step, bool deterministic = true) {
+  check_switch_keeps_step_cuda<P>(label, "recompute_conv_outputs", std::forward<RunFn>(one_step), deterministic);
 }
 
 /// tiny DEKR with W32's head widths (32 heatmap filters, 15 displacement filters per keypoint:
@@ -802,39 +803,7 @@ namespace {
 
 template <class P, class RunFn>
 void check_bn_recompute_cuda(const std::string& label, RunFn&& one_step, bool deterministic) {
-  ak::Cuda ctx;
-  ctx.set_cudnn_options({.benchmark = false, .deterministic = true});
-  const RecomputeRun off = one_step(ctx, false);
-  const RecomputeRun off2 = one_step(ctx, false);
-  const RecomputeRun on = one_step(ctx, true);
-  const RecomputeRun on2 = one_step(ctx, true);
-  REQUIRE(off.backward.size() > 10);
-  double gsum = 0;
-  for (const auto& t : off.backward)
-    for (float v : t.values) gsum += std::abs(static_cast<double>(v));
-  CHECK(std::isfinite(gsum));
-  CHECK(gsum > 0);
-  const std::string pre = label + " " + std::string(ak::policy_name_v<P>);
-  const int n_off = report_diff((pre + " bn-keep vs bn-keep").c_str(), off, off2);
-  const int n_on = report_diff((pre + " recompute_bn_outputs vs bn-keep").c_str(), off, on);
-  const int n_on2 = report_diff((pre + " recompute_bn_outputs vs itself").c_str(), on, on2);
-  if (deterministic) {
-    CHECK_MESSAGE(n_off == 0, "the step is not deterministic in this setup (baseline)");
-    CHECK_MESSAGE(n_on == 0, "recompute_bn_outputs changes the step on CUDA");
-    CHECK_MESSAGE(n_on2 == 0, "recompute_bn_outputs is not deterministic run to run");
-    return;
-  }
-  // DEKR: the forward has no atomics (bit-identical); the backward against the noise, as in
-  // check_recompute_bit_identical_cuda above.
-  int n_fwd = 0;
-  for (std::size_t i = 0; i < off.forward.size(); ++i)
-    n_fwd += off.forward[i].bytes != on.forward[i].bytes || on.forward[i].bytes != on2.forward[i].bytes;
-  CHECK_MESSAGE(n_fwd == 0, "recompute_bn_outputs changes the forward on CUDA");
-  const double noise = std::max(max_rel_l2(off, off2), max_rel_l2(on, on2));
-  const double diff = max_rel_l2(off, on);
-  std::printf("%s: worst per-tensor relative L2 of the gradients: recompute_bn_outputs vs keep %.3g, noise %.3g\n",
-              pre.c_str(), diff, noise);
-  CHECK(diff <= std::max(10.0 * noise, reorder_noise_floor<P>()));
+  check_switch_keeps_step_cuda<P>(label, "recompute_bn_outputs", std::forward<RunFn>(one_step), deterministic);
 }
 
 /// DEKR step with recompute_bn_outputs as given (recompute_conv_outputs: `conv`).

@@ -75,25 +75,15 @@ void trainer_step_graph_vs_eager() {
   // trainer-like static buffers before each iteration (the trainer's Cuda::upload does the same
   // into its buffers: same addresses every iteration).
   std::mt19937_64 rng(77);
-  std::uniform_real_distribution<float> u01(0.f, 1.f);
   struct Batch {
     ak::cuda::DeviceTensor<float> x, gt, w, m, d, dw;
   };
   std::vector<Batch> batches;
   for (int k = 0; k < 2; ++k) {
-    ak::HostTensor<float> g({B, hs, hs, n_hm}), w({B, hs, hs, n_hm}), m({B, hs, hs, 1}), d({B, hs, hs, n_d}),
-        dw({B, hs, hs, n_d});
-    for (std::int64_t i = 0; i < g.numel(); ++i) {
-      g[static_cast<std::size_t>(i)] = u01(rng);
-      w[static_cast<std::size_t>(i)] = g[static_cast<std::size_t>(i)] > 0.5f ? 1.f : 0.1f;
-    }
-    for (std::int64_t i = 0; i < m.numel(); ++i) m[static_cast<std::size_t>(i)] = u01(rng) < 0.95f ? 1.f : 0.f;
-    for (std::int64_t i = 0; i < d.numel(); ++i) {
-      d[static_cast<std::size_t>(i)] = 12.f * u01(rng) - 6.f;
-      dw[static_cast<std::size_t>(i)] = u01(rng) < 0.3f ? 0.1f + 0.9f * u01(rng) : 0.f;
-    }
+    const auto t = ak::testing::random_dekr_targets(rng, B, hs, n_hm, n_d);
     batches.push_back({ctx.to_device(ak::testing::random_tensor<float>({B, S, S, 3}, 400 + k, -2.f, 2.f)),
-                       ctx.to_device(g), ctx.to_device(w), ctx.to_device(m), ctx.to_device(d), ctx.to_device(dw)});
+                       ctx.to_device(t.heatmaps), ctx.to_device(t.heatmap_weights), ctx.to_device(t.mask),
+                       ctx.to_device(t.displacements), ctx.to_device(t.displacement_weights)});
   }
   auto image_f = ctx.tensor<float>({B, S, S, 3});
   auto image = ctx.tensor<T>({B, S, S, 3});
