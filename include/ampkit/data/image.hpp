@@ -280,6 +280,41 @@ inline void check_jpeg_huffman_tables(const std::uint8_t* d, std::size_t n, cons
     i += 2 + len;
   }
 }
+
+/// Reject a JPEG or BMP too small to hold the pixels its header declares. stb_image reads zeros
+/// past the end of the data for both (JPEG: once a marker or the end stops the scan), so such a
+/// file decodes "successfully" into a mostly black or grey picture -- wrong training data -- and
+/// costs as much as a real image of that size: a 54-byte BMP declaring 8192x8192 took 8 s under
+/// AddressSanitizer and timed out CI's fuzz run on a slower machine. The bounds are lower
+/// bounds on what a valid file holds, so no valid file is rejected:
+///   - BMP (uncompressed; stb rejects RLE): every row stores ceil(w * bpp / 8) bytes of pixels;
+///   - JPEG (Huffman-coded; stb has no arithmetic coding): the full-resolution component has
+///     ceil(w/8) * ceil(h/8) blocks and every block costs at least one bit (its DC code, the
+///     shortest Huffman code being one bit long) in the first scan that codes it.
+/// PNG needs no check: stb inflates the real data and rejects a short stream ("not enough
+/// pixels"), so the cost is bounded by deflate's ratio (at most 1032:1).
+inline void check_size_fits_file(const std::uint8_t* d, std::size_t n, bool jpeg, int w, int h,
+                                 const std::string& name) {
+  // stb_info passes a BMP's height through unchecked (it can be negative, even -2^31 + 12: found
+  // by fuzz_image); stb_load rejects those itself, and only then is w * bpp * h sure to fit.
+  if (w <= 0 || h <= 0) return;
+  if (jpeg) {
+    const std::int64_t blocks = (std::int64_t{w} + 7) / 8 * ((std::int64_t{h} + 7) / 8);
+    const std::int64_t need = (blocks + 7) / 8;
+    AMPKIT_CHECK(static_cast<std::int64_t>(n) >= need, "image '", name, "': corrupt or truncated JPEG (the header says ",
+                 w, "x", h, " pixels, which takes at least ", need, " bytes of coded data; the file is ", n,
+                 " bytes)");
+    return;
+  }
+  if (n < 30 || d[0] != 'B' || d[1] != 'M') return;
+  const std::uint32_t dib = d[14] | (d[15] << 8) | (d[16] << 16) | (std::uint32_t{d[17]} << 24);
+  const int bpp = dib == 12 ? (d[24] | (d[25] << 8)) : (d[28] | (d[29] << 8));  // OS/2 core header: 16-bit fields
+  if (bpp <= 0) return;  // stb rejects it itself
+  const std::int64_t row = (std::int64_t{w} * bpp + 7) / 8;
+  const std::int64_t need = row * h;
+  AMPKIT_CHECK(static_cast<std::int64_t>(n) >= need, "image '", name, "': truncated BMP (the header says ", w, "x", h,
+               " pixels at ", bpp, " bits each, ", need, " bytes of pixels; the file is ", n, " bytes)");
+}
 }  // namespace detail
 
 /// Decode an encoded image held in memory into RGB (grayscale is replicated to 3 channels), into
@@ -312,9 +347,12 @@ inline void decode_image_into(const std::uint8_t* data, std::size_t n, const std
   // Hardening: stb decodes whatever size the header claims and reads zeros past the end of the
   // data, so a 200-byte BMP or JPEG claiming 10 x 16M pixels costs seconds and gigabytes (found
   // by tests/fuzz/fuzz_image). Check the header's size first.
-  if (stbi_info_from_memory(data, static_cast<int>(n), &w, &h, &c))
-    AMPKIT_CHECK(static_cast<std::int64_t>(w) * h <= kMaxImagePixels, "image '", name, "': ", w, "x", h,
-                 " pixels is more than the ", kMaxImagePixels, " ampkit decodes (corrupt header?)");
+  if (stbi_info_from_memory(data, static_cast<int>(n), &w, &h, &c)) {
+    const std::int64_t pixels = static_cast<std::int64_t>(w) * h;
+    AMPKIT_CHECK(pixels <= kMaxImagePixels, "image '", name, "': ", w, "x", h, " pixels is more than the ",
+                 kMaxImagePixels, " ampkit decodes (corrupt header?)");
+    detail::check_size_fits_file(data, n, jpeg, w, h, name);
+  }
   // JPEGs are decoded to RGBA and compacted here: stb converts YCbCr to RGB with SSE2 only for
   // 4-byte output pixels (its 3-byte loop is scalar, ~0.5 ms of a 640x480 decode). The two
   // conversions give the same bytes: the SIMD one computes floor((floor(c·k/256) + 16 y + 8) / 16)

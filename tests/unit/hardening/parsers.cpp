@@ -143,6 +143,24 @@ TEST_CASE("images: stb_image 2.27's DHT overflow, 0x0 and huge headers are clear
   }
   CHECK(err("bmp_0x0.bmp").find("0x0 pixels") != std::string::npos);
   CHECK(err("bmp_16M_rows_from_195_bytes.bmp").find("is more than the 67108864 ampkit decodes") != std::string::npos);
+  // Files too small for the size their header declares: stb decoded zeros past the end (8 s under
+  // ASan for the BMP, a CI fuzz timeout on a slower machine). Both bounds are lower bounds on a
+  // valid file's size, so every real image above still decodes.
+  CHECK(err("bmp_8192x8192_from_54_bytes.bmp")
+            .find("truncated BMP (the header says 8192x8192 pixels at 24 bits each, 201326592 bytes of pixels; "
+                  "the file is 54 bytes)") != std::string::npos);
+  CHECK(err("jpeg_8192x8192_from_156_bytes.jpg")
+            .find("corrupt or truncated JPEG (the header says 8192x8192 pixels, which takes at least 131072 bytes "
+                  "of coded data; the file is 156 bytes)") != std::string::npos);
+  {
+    // The seed BMP (10x12, 24 bits) decodes as shipped; cut to its header and one byte of
+    // pixels it is truncated (stb alone filled the rest with zeros).
+    auto b = read_bytes(ak::testing::source_path("tests/fuzz/corpus/image/rgb.bmp"));
+    CHECK_NOTHROW((void)ak::data::decode_image(b.data(), b.size(), "rgb.bmp"));
+    b.resize(54 + 1);
+    CHECK(error_of([&] { (void)ak::data::decode_image(b.data(), b.size(), "cut.bmp"); }).find("truncated BMP") !=
+          std::string::npos);
+  }
   // The seeds still decode, pixel counts as encoded.
   const auto jpg = read_bytes(ak::testing::source_path("tests/fuzz/corpus/image/progressive.jpg"));
   const auto img = ak::data::decode_image(jpg.data(), jpg.size(), "progressive.jpg");
