@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #include "ampkit/config.hpp"
@@ -25,7 +26,13 @@ struct StepState {
   float inv_scale = 1.f;       ///< 1/scale used to unscale this step's gradients
   float clip_coef = 1.f;       ///< min(max_norm / (norm + 1e-6), 1) when clipping, else 1
   float grad_norm = 0.f;       ///< global L2 norm of the unscaled gradients (inf/NaN if found_inf)
-  std::int32_t pad0 = 0;
+  // Explicit padding up to the 8-byte counters: the struct is written to checkpoints byte for
+  // byte (amp.step_state), so it must have no implicit padding, whose bytes are whatever the
+  // memory held before. With only pad0, bytes 28..31 were such padding; under
+  // tools/sanitize_host.sh (a different allocation pattern) test_train once found a resumed run's
+  // amp.step_state differing from the uninterrupted run's while every other tensor and logged
+  // value agreed, which only those bytes explain (not reproduced in 10 further runs).
+  std::int32_t pad0 = 0, pad1 = 0;
   // ---- counters ----
   std::int64_t n_steps = 0;           ///< optimizer steps attempted (update iterations)
   std::int64_t n_skipped = 0;         ///< of which skipped for inf/NaN
@@ -37,6 +44,10 @@ struct StepState {
   double beta2_pow = 1.0;             ///< beta2^opt_step
   float k[4] = {0.f, 0.f, 0.f, 0.f};  ///< per-step fp32 constants prepared by the optimizer rule
 };
+
+// No implicit padding anywhere (see pad0/pad1): the members' sizes add up to the struct's.
+static_assert(sizeof(StepState) == 8 * 4 + 7 * 8 + 4 * 4 && offsetof(StepState, n_steps) == 32,
+              "StepState must have no implicit padding: it is saved to checkpoints byte for byte");
 
 /// One block's share of the gradient check: sum of squared unscaled gradients, and whether any
 /// scaled gradient was inf/NaN.
