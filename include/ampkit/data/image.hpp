@@ -293,13 +293,31 @@ inline void check_jpeg_huffman_tables(const std::uint8_t* d, std::size_t n, cons
 ///     shortest Huffman code being one bit long) in the first scan that codes it.
 /// PNG needs no check: stb inflates the real data and rejects a short stream ("not enough
 /// pixels"), so the cost is bounded by deflate's ratio (at most 1032:1).
-inline void check_size_fits_file(const std::uint8_t* d, std::size_t n, bool jpeg, int w, int h,
+/// Walk a PNG's chunks (length, type, data, CRC) up to IEND and reject a chunk whose declared
+/// length runs past the end of the file. stb_image 2.27 grows its IDAT buffer to the declared
+/// length before it reads the data, so a 636-byte PNG declaring a 1.5 GB IDAT chunk made it
+/// allocate 2 GiB (found by fuzz_image: out of memory); in a valid file every chunk is complete.
+inline void check_png_chunk_lengths(const std::uint8_t* d, std::size_t n, const std::string& name) {
+  std::size_t p = 8;  // past the signature
+  while (p + 8 <= n) {
+    const std::uint32_t len = (std::uint32_t{d[p]} << 24) | (d[p + 1] << 16) | (d[p + 2] << 8) | d[p + 3];
+    const char type[5] = {char(d[p + 4]), char(d[p + 5]), char(d[p + 6]), char(d[p + 7]), 0};
+    AMPKIT_CHECK(std::uint64_t{len} + 8 <= n - p, "image '", name, "': truncated or corrupt PNG (chunk '", type,
+                 "' at byte ", p, " declares ", len, " bytes of data, but the file ends ", n - p - 8,
+                 " bytes after the chunk's header)");
+    if (std::memcmp(type, "IEND", 4) == 0) return;
+    p += std::size_t{len} + 12;
+  }
+}
+
+/// w, h: the magnitudes of what stb's info reports, already within kMaxImagePixels together, so
+/// w * bpp * h cannot overflow (an earlier version multiplied a negative height: found by
+/// fuzz_image, tests/fuzz/regressions/image/bmp_negative_height_bpp_overflow.bmp).
+inline void check_size_fits_file(const std::uint8_t* d, std::size_t n, bool jpeg, std::int64_t w, std::int64_t h,
                                  const std::string& name) {
-  // stb_info passes a BMP's height through unchecked (it can be negative, even -2^31 + 12: found
-  // by fuzz_image); stb_load rejects those itself, and only then is w * bpp * h sure to fit.
-  if (w <= 0 || h <= 0) return;
+  if (w <= 0 || h <= 0) return;  // the 0x0 check after decoding names it
   if (jpeg) {
-    const std::int64_t blocks = (std::int64_t{w} + 7) / 8 * ((std::int64_t{h} + 7) / 8);
+    const std::int64_t blocks = (w + 7) / 8 * ((h + 7) / 8);
     const std::int64_t need = (blocks + 7) / 8;
     AMPKIT_CHECK(static_cast<std::int64_t>(n) >= need, "image '", name, "': corrupt or truncated JPEG (the header says ",
                  w, "x", h, " pixels, which takes at least ", need, " bytes of coded data; the file is ", n,
@@ -310,7 +328,7 @@ inline void check_size_fits_file(const std::uint8_t* d, std::size_t n, bool jpeg
   const std::uint32_t dib = d[14] | (d[15] << 8) | (d[16] << 16) | (std::uint32_t{d[17]} << 24);
   const int bpp = dib == 12 ? (d[24] | (d[25] << 8)) : (d[28] | (d[29] << 8));  // OS/2 core header: 16-bit fields
   if (bpp <= 0) return;  // stb rejects it itself
-  const std::int64_t row = (std::int64_t{w} * bpp + 7) / 8;
+  const std::int64_t row = (w * bpp + 7) / 8;
   const std::int64_t need = row * h;
   AMPKIT_CHECK(static_cast<std::int64_t>(n) >= need, "image '", name, "': truncated BMP (the header says ", w, "x", h,
                " pixels at ", bpp, " bits each, ", need, " bytes of pixels; the file is ", n, " bytes)");
@@ -343,15 +361,20 @@ inline void decode_image_into(const std::uint8_t* data, std::size_t n, const std
                  "bytes; the file is ", n, " bytes)");
     detail::check_jpeg_huffman_tables(data, n, name, soi + 1);
   }
+  static constexpr std::uint8_t kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  if (n >= 8 && std::memcmp(data, kPngSignature, 8) == 0) detail::check_png_chunk_lengths(data, n, name);
   int w = 0, h = 0, c = 0;
   // Hardening: stb decodes whatever size the header claims and reads zeros past the end of the
   // data, so a 200-byte BMP or JPEG claiming 10 x 16M pixels costs seconds and gigabytes (found
   // by tests/fuzz/fuzz_image). Check the header's size first.
   if (stbi_info_from_memory(data, static_cast<int>(n), &w, &h, &c)) {
-    const std::int64_t pixels = static_cast<std::int64_t>(w) * h;
-    AMPKIT_CHECK(pixels <= kMaxImagePixels, "image '", name, "': ", w, "x", h, " pixels is more than the ",
+    // stb's info passes a BMP's height through with its sign (negative: a top-down image) and
+    // decodes |height| rows, so the checks use magnitudes (a 130-byte BMP declaring 3082 x -37381
+    // pixels went around the cap and timed out fuzz_image).
+    const std::int64_t aw = std::llabs(w), ah = std::llabs(h);
+    AMPKIT_CHECK(aw * ah <= kMaxImagePixels, "image '", name, "': ", aw, "x", ah, " pixels is more than the ",
                  kMaxImagePixels, " ampkit decodes (corrupt header?)");
-    detail::check_size_fits_file(data, n, jpeg, w, h, name);
+    detail::check_size_fits_file(data, n, jpeg, aw, ah, name);
   }
   // JPEGs are decoded to RGBA and compacted here: stb converts YCbCr to RGB with SSE2 only for
   // 4-byte output pixels (its 3-byte loop is scalar, ~0.5 ms of a 640x480 decode). The two
