@@ -281,18 +281,6 @@ inline void check_jpeg_huffman_tables(const std::uint8_t* d, std::size_t n, cons
   }
 }
 
-/// Reject a JPEG or BMP too small to hold the pixels its header declares. stb_image reads zeros
-/// past the end of the data for both (JPEG: once a marker or the end stops the scan), so such a
-/// file decodes "successfully" into a mostly black or grey picture -- wrong training data -- and
-/// costs as much as a real image of that size: a 54-byte BMP declaring 8192x8192 took 8 s under
-/// AddressSanitizer and timed out CI's fuzz run on a slower machine. The bounds are lower
-/// bounds on what a valid file holds, so no valid file is rejected:
-///   - BMP (uncompressed; stb rejects RLE): every row stores ceil(w * bpp / 8) bytes of pixels;
-///   - JPEG (Huffman-coded; stb has no arithmetic coding): the full-resolution component has
-///     ceil(w/8) * ceil(h/8) blocks and every block costs at least one bit (its DC code, the
-///     shortest Huffman code being one bit long) in the first scan that codes it.
-/// PNG needs no check: stb inflates the real data and rejects a short stream ("not enough
-/// pixels"), so the cost is bounded by deflate's ratio (at most 1032:1).
 /// Walk a PNG's chunks (length, type, data, CRC) up to IEND and reject a chunk whose declared
 /// length runs past the end of the file. stb_image 2.27 grows its IDAT buffer to the declared
 /// length before it reads the data, so a 636-byte PNG declaring a 1.5 GB IDAT chunk made it
@@ -310,6 +298,19 @@ inline void check_png_chunk_lengths(const std::uint8_t* d, std::size_t n, const 
   }
 }
 
+/// Reject a JPEG or BMP too small to hold the pixels its header declares. stb_image reads zeros
+/// past the end of the data for both (JPEG: once a marker or the end stops the scan), so such a
+/// file decodes "successfully" into a mostly black or grey picture -- wrong training data -- and
+/// costs as much as a real image of that size: a 54-byte BMP declaring 8192x8192 took 8 s under
+/// AddressSanitizer and timed out CI's fuzz run on a slower machine. The bounds are lower
+/// bounds on what a valid file holds, so no valid file is rejected:
+///   - BMP (uncompressed; stb rejects RLE): every row stores ceil(w * bpp / 8) bytes of pixels;
+///   - JPEG (Huffman-coded; stb has no arithmetic coding): the full-resolution component has
+///     ceil(w/8) * ceil(h/8) blocks and every block costs at least one bit (its DC code, the
+///     shortest Huffman code being one bit long) in the first scan that codes it.
+/// PNG needs no such bound: stb inflates only the data that is there and rejects a short stream
+/// ("not enough pixels"), so the cost is bounded by deflate's ratio (at most 1032:1); its chunk
+/// lengths are checked by check_png_chunk_lengths.
 /// w, h: the magnitudes of what stb's info reports, already within kMaxImagePixels together, so
 /// w * bpp * h cannot overflow (an earlier version multiplied a negative height: found by
 /// fuzz_image, tests/fuzz/regressions/image/bmp_negative_height_bpp_overflow.bmp).
