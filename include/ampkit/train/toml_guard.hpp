@@ -11,8 +11,9 @@
 /// strings and comments, or after a line-ending backslash - is rejected too. Such text is
 /// invalid TOML anyway (keys and whitespace are ASCII), so rejecting it first changes no valid
 /// config. And its array parser asserts that an element does not start with a value terminator,
-/// which `}` right after `[` or `,` breaks (`x = [}1]`); valid TOML never has that either. The scan tracks comments, strings and brackets so that a `[` starting a line
-/// inside a multi-line array or string is not taken for a header.
+/// which `}` right after `[` or `,` breaks (`x = [}1]`); valid TOML never has that either. The
+/// scan tracks comments, strings and brackets so that a `[` starting a line inside a multi-line
+/// array or string is not taken for a header.
 #pragma once
 
 #include <cstddef>
@@ -30,7 +31,6 @@ inline std::string toml_table_header_problem(std::string_view text) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
   };
   const std::size_t n = text.size();
-  int depth = 0;  // [ ] / { } nesting of values (and of the header being read)
   bool line_start = true;
   // The last character outside strings, comments and whitespace on this line (0 at its start).
   // A quote opens a string only where a key or a value can start -- at the start of a line or
@@ -42,7 +42,7 @@ inline std::string toml_table_header_problem(std::string_view text) {
   // UB under NDEBUG) when a `}` stands where an array element must start, after `[` or `,`
   // (`x = [}32, 64]`, also across lines and comments; found by fuzz_config).
   char last = 0;
-  std::string open;
+  std::string open;  // the [ / { open now, innermost last (values, and the header being read)
   std::size_t line = 1;
   for (std::size_t i = 0; i < n; ++i) {
     const char c = text[i];
@@ -89,7 +89,7 @@ inline std::string toml_table_header_problem(std::string_view text) {
     }
     if (static_cast<unsigned char>(c) >= 0x80)  // see the header comment
       return "line " + std::to_string(line) + ": a non-ASCII character outside a string or comment";
-    if (line_start && depth == 0 && c == '[') {
+    if (line_start && open.empty() && c == '[') {
       std::size_t j = i + 1;
       bool space = false;
       while (j < n && (text[j] == ' ' || text[j] == '\t')) ++j, space = true;
@@ -108,8 +108,8 @@ inline std::string toml_table_header_problem(std::string_view text) {
       return "line " + std::to_string(line) + ": '}' where an array element is expected";
     line_start = false;
     prev = last = c;
-    if (c == '[' || c == '{') ++depth, open.push_back(c);
-    if ((c == ']' || c == '}') && depth > 0) --depth, open.pop_back();
+    if (c == '[' || c == '{') open.push_back(c);
+    if ((c == ']' || c == '}') && !open.empty()) open.pop_back();
   }
   return {};
 }
