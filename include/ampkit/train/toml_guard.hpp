@@ -32,15 +32,13 @@ inline std::string toml_table_header_problem(std::string_view text) {
   };
   const std::size_t n = text.size();
   bool line_start = true;
-  // The last character outside strings, comments and whitespace on this line (0 at its start).
-  // A quote opens a string only where a key or a value can start -- at the start of a line or
-  // after one of = [ , { . -- as in toml++, which reads a quote in the middle of a bare token
-  // (`84\x01'...`) as part of that token and then tests what follows for non-ASCII whitespace
-  // (found by fuzz_config: `randomness.seed=84<bytes>'<bytes>ț...` as a --cfg-options value).
-  char prev = 0;
-  // The same across lines, and which brackets are open: toml++ asserts (TOML_ASSERT: abort, or
-  // UB under NDEBUG) when a `}` stands where an array element must start, after `[` or `,`
-  // (`x = [}32, 64]`, also across lines and comments; found by fuzz_config).
+  // The last character outside strings, comments and whitespace (across lines). A quote opens a
+  // string only where a key or a value can start -- at the start of a line or after one of
+  // = [ , { . -- as in toml++, which reads a quote in the middle of a bare token (`84\x01'...`)
+  // as part of that token and then tests what follows for non-ASCII whitespace (found by
+  // fuzz_config: `randomness.seed=84<bytes>'<bytes>ț...` as a --cfg-options value). And toml++
+  // asserts (TOML_ASSERT: abort, or UB under NDEBUG) when a `}` stands where an array element
+  // must start, after `[` or `,` (`x = [}32, 64]`, also across lines and comments; fuzz_config).
   char last = 0;
   std::string open;  // the [ / { open now, innermost last (values, and the header being read)
   std::size_t line = 1;
@@ -48,7 +46,6 @@ inline std::string toml_table_header_problem(std::string_view text) {
     const char c = text[i];
     if (c == '\n') {
       line_start = true;
-      prev = 0;
       ++line;
       continue;
     }
@@ -57,7 +54,8 @@ inline std::string toml_table_header_problem(std::string_view text) {
       while (i + 1 < n && text[i + 1] != '\n') ++i;
       continue;
     }
-    const bool string_may_start = prev == 0 || prev == '=' || prev == '[' || prev == ',' || prev == '{' || prev == '.';
+    const bool string_may_start =
+        line_start || last == '=' || last == '[' || last == ',' || last == '{' || last == '.';
     if ((c == '"' || c == '\'') && string_may_start) {  // basic / literal string, single- or multi-line
       const bool triple = i + 2 < n && text[i + 1] == c && text[i + 2] == c;
       std::size_t j = i + (triple ? 3 : 1);
@@ -84,7 +82,7 @@ inline std::string toml_table_header_problem(std::string_view text) {
       }
       i = j < n && text[j] == '\n' ? j - 1 : j;
       line_start = false;
-      prev = last = c;
+      last = c;
       continue;
     }
     if (static_cast<unsigned char>(c) >= 0x80)  // see the header comment
@@ -107,7 +105,7 @@ inline std::string toml_table_header_problem(std::string_view text) {
     if (c == '}' && !open.empty() && open.back() == '[' && (last == '[' || last == ','))
       return "line " + std::to_string(line) + ": '}' where an array element is expected";
     line_start = false;
-    prev = last = c;
+    last = c;
     if (c == '[' || c == '{') open.push_back(c);
     if ((c == ']' || c == '}') && !open.empty()) open.pop_back();
   }
