@@ -13,6 +13,9 @@
 #   SANITIZE_JOBS    (binary, tool) runs at a time (default 1); SANITIZE_GPUS: comma list of GPU
 #                    indices handed out round-robin as CUDA_VISIBLE_DEVICES (default: all visible)
 #   SANITIZE_EXTRA   more compute-sanitizer options for every run (e.g. a kernel filter)
+#   SANITIZE_SPLIT   regex of binaries run as one job per doctest test case (listed with
+#                    --list-test-cases), so a slow binary spreads over SANITIZE_JOBS and a cut-off
+#                    run names the case that was cut; its result lines read BINARY#N
 #   SANITIZE_RUN_TIMEOUT  seconds per run (default 0: none); a run cut off is reported TIMEOUT
 #                    with the errors found until then (the tools print as they go)
 # racecheck is the slow one (shared-memory hazards only); expect tens of minutes for all three.
@@ -42,6 +45,19 @@ for b in "${bins[@]}"; do
     test_gpu_nn) runs+=("$n|$b -tce=*outside?the?allocator*") ;;
     *) runs+=("$n|$b") ;;
   esac
+  if [ -n "${SANITIZE_SPLIT:-}" ] && [[ $n =~ $SANITIZE_SPLIT ]]; then
+    # One job per test case instead. A doctest filter is a comma list with '*' and '?' wildcards:
+    # '?' stands for a space or comma of the name; '*' covers a template case's '<type>' suffix.
+    base=${runs[-1]#*|}
+    unset 'runs[-1]'
+    k=0
+    while IFS= read -r tc; do
+      k=$((k + 1))
+      f=${tc//[ ,]/?}
+      runs+=("$n#$k|$base -tc=$f*")
+      echo "sanitize_gpu: $n#$k = $tc"
+    done < <("$b" --list-test-cases --no-version 2>/dev/null | grep -vE '^(\[doctest\]|=+$)' | sed 's/<[^<>]*>$//' | sort -u)
+  fi
 done
 if [ "${SANITIZE_TRAIN:-1}" = 1 ]; then
   app=$(find "$bd" -type f -name dekr_amp -executable | head -1)
