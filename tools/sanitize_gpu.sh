@@ -15,7 +15,10 @@
 #   SANITIZE_EXTRA   more compute-sanitizer options for every run (e.g. a kernel filter)
 #   SANITIZE_SPLIT   regex of binaries run as one job per doctest test case (listed with
 #                    --list-test-cases), so a slow binary spreads over SANITIZE_JOBS and a cut-off
-#                    run names the case that was cut; its result lines read BINARY#N
+#                    run names the case that was cut; its result lines read BINARY.cN (N: the
+#                    case's place in the sorted list, printed first)
+#   SANITIZE_CASES   with SANITIZE_SPLIT: a regex; only the cases whose names match run;
+#                    SANITIZE_SKIP_CASES: a regex of cases left out
 #   SANITIZE_RUN_TIMEOUT  seconds per run (default 0: none); a run cut off is reported TIMEOUT
 #                    with the errors found until then (the tools print as they go)
 # racecheck is the slow one (shared-memory hazards only); expect tens of minutes for all three.
@@ -30,7 +33,10 @@ cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 [ -x "$cs" ] || { echo "sanitize_gpu: compute-sanitizer not found (CUDA toolkit bin/)"; exit 1; }
 mkdir -p "$out"
 mapfile -t bins < <(find "$bd/tests/gpu" -type f -name 'test_gpu_*' -executable 2>/dev/null | sort | grep -E "$filter" | grep -vE "$exclude")
-((${#bins[@]})) || { echo "sanitize_gpu: no test_gpu_* binaries under $bd/tests/gpu (build them first)"; exit 1; }
+# A filter that matches no binary on purpose (e.g. '^$') leaves only the training run.
+if ((${#bins[@]} == 0)) && [ -z "${SANITIZE_FILTER:-}" ]; then
+  echo "sanitize_gpu: no test_gpu_* binaries under $bd/tests/gpu (build them first)"; exit 1
+fi
 
 runs=()
 for b in "${bins[@]}"; do
@@ -46,17 +52,19 @@ for b in "${bins[@]}"; do
     *) runs+=("$n|$b") ;;
   esac
   if [ -n "${SANITIZE_SPLIT:-}" ] && [[ $n =~ $SANITIZE_SPLIT ]]; then
-    # One job per test case instead. A doctest filter is a comma list with '*' and '?' wildcards:
-    # '?' stands for a space or comma of the name; '*' covers a template case's '<type>' suffix.
+    # One job per test case instead (a template case: one per type). A doctest filter is a comma
+    # list with '*' and '?' wildcards: '?' stands for a space or comma of the name.
     base=${runs[-1]#*|}
     unset 'runs[-1]'
     k=0
     while IFS= read -r tc; do
       k=$((k + 1))
+      [[ $tc =~ ${SANITIZE_CASES:-.} ]] || continue
+      [ -n "${SANITIZE_SKIP_CASES:-}" ] && [[ $tc =~ $SANITIZE_SKIP_CASES ]] && continue
       f=${tc//[ ,]/?}
-      runs+=("$n#$k|$base -tc=$f*")
-      echo "sanitize_gpu: $n#$k = $tc"
-    done < <("$b" --list-test-cases --no-version 2>/dev/null | grep -vE '^(\[doctest\]|=+$)' | sed 's/<[^<>]*>$//' | sort -u)
+      runs+=("$n.c$k|$base -tc=$f")
+      echo "sanitize_gpu: $n.c$k = $tc"
+    done < <("$b" --list-test-cases --no-version 2>/dev/null | grep -vE '^(\[doctest\]|=+$)' | sort -u)
   fi
 done
 if [ "${SANITIZE_TRAIN:-1}" = 1 ]; then
