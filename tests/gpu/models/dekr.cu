@@ -466,16 +466,21 @@ void dekr_step_graph_vs_eager() {
   CHECK(all.ok);
   CHECK(all_run.ok);
   CHECK(bad == 0);
-  // The replay trained (the weights moved as far as eagerly), and the tolerance is below the
-  // update, so a replay that applied nothing (graph vs eager = the whole update) would fail. Not
-  // "far below": the eager repeats themselves differ by 4.5-5.3 % of the update on the H200
-  // (the deformable conv's fp32 atomics; 2026-11-30 runs on deterministic cuDNN engines, the
-  // default then: noise 6.4e-5 and 7.5e-5 on an update of 1.4e-3), so 10x the noise is about
-  // half the update, while graph vs eager measured 5.7e-5 and
-  // 3.4e-9: the replay is as close to eager as eager is to itself.
+  // The replay trained (the weights moved as far as eagerly). The tolerance used to be required
+  // below the update as well; it no longer is: the eager repeats differed by 4.5-5.3 % of the
+  // update in the first H200 runs (noise 6.4e-5 and 7.5e-5 on 1.4e-3), then by 27-32 % at
+  // 2026-11-30 17:03 and 17:18, the second on deterministic cuDNN engines. Suspects, not settled:
+  // the deformable conv's fp32 atomics amplified by Adam where gradients are near zero. 10x that
+  // noise exceeds the update, so the tolerance alone could not tell a wrong replay.
   CHECK(all.update > 100 * kAbsFloor);
   CHECK(update_graph > 0.5 * all.update);
-  CHECK(all.tol < all.update);
+  // A replay that applied nothing, or some other update of the same size, lies about one update
+  // (or more) away from eager: graph vs eager must stay well below it, whatever the tolerance
+  // (10x the repeats' noise) allows. Measured: 3.3e-9 and 1.8e-5 on an update of 1.4e-3.
+  CHECK(all.graph < 0.5 * all.update);
+  if (all.tol >= all.update)
+    MESSAGE("NOTE: the eager repeats' noise (", all.noise, ") makes the tolerance (", all.tol,
+            ") exceed the update (", all.update, "); the check above is the one that can tell a wrong replay");
   CHECK(all_run.update > 100 * kAbsFloor);
 }
 

@@ -311,6 +311,10 @@ std::vector<eval::DekrCandidates> dekr_candidates(Cuda& ctx, TensorView<const T>
   auto* score = reinterpret_cast<float*>(index + N * max_k);
   float* pose = score + N * max_k;
 
+  // Slots past an image's count are never written, but the one memcpy below copies them too:
+  // zero the block first so every byte that leaves the device is defined (compute-sanitizer's
+  // initcheck reported the copy; the host never read those slots). A few KiB, one memset.
+  AMPKIT_CUDA_CHECK(cudaMemsetAsync(res.data(), 0, n_words * sizeof(std::uint32_t), ctx.stream()));
   constexpr int kBlock = 256;
   dk::root_map_kernel<T><<<cuda::sampling::grid_for(n_px, kBlock), kBlock, 0, ctx.stream()>>>(m, root.data());
   AMPKIT_CUDA_CHECK_LAUNCH();
