@@ -1,7 +1,7 @@
 // Which cuDNN forward algorithms' stores does compute-sanitizer's initcheck see?
 //
 //   nvcc -O2 -arch=sm_90 -std=c++20 -I$CUDNN_ROOT/include tools/probes/initcheck_conv_fwd.cu \
-//        $CUDNN_ROOT/lib/libcudnn.so.9 -o /tmp/initcheck_conv_fwd
+//        -L$CUDNN_ROOT/lib -l:libcudnn.so.9 -Xlinker -rpath=$CUDNN_ROOT/lib -o /tmp/initcheck_conv_fwd
 //   compute-sanitizer --tool initcheck /tmp/initcheck_conv_fwd
 //
 // For fp16 NHWC convolutions of tiny-HRNet shapes, every forward algorithm cuDNN lists runs into
@@ -145,6 +145,7 @@ int main() {
   // tiny-HRNet-like shapes: 3x3 branch convs, a stride-2 transition, 1x1 fuse convs
   for (const Shape& s : {Shape{2, 16, 32, 32, 16, 3, 1, 1}, Shape{2, 32, 16, 16, 32, 3, 1, 1},
                          Shape{2, 16, 32, 32, 32, 3, 2, 1}, Shape{2, 32, 16, 16, 16, 1, 1, 0},
+                         Shape{2, 64, 16, 16, 32, 1, 1, 0}, Shape{2, 128, 8, 8, 32, 1, 1, 0},
                          Shape{2, 64, 64, 64, 64, 3, 1, 1}})
     bad += probe(h, s);
   cudnnDestroy(h);
