@@ -26,6 +26,8 @@
 #   initprobe compute-sanitizer initcheck over ampkit_dekr_step (fp16, batch 2, 256x256) with the
 #             1x1 GEMMs on (default) and off (AMPKIT_CONV_GEMM=never), side by side: whether the
 #             initcheck reports behind cuBLASLt GEMMs (docs/reliability.md section 4) follow the GEMMs
+#   csprobe   tools/probes/initcheck_conv_fwd.cu under initcheck, without and with --mark: which cuDNN
+#             forward algorithms' stores initcheck misses, and that ampkit's NVTX marks cover them
 #   ops       bench/ampkit_ops_bench and bench/torch_ops_bench.py side by side (fp16, batch 32,
 #             DEKR-W32 shapes; OPS_ONLY narrows both to rows containing a substring): issue 3
 # "all" is the first six (about 8 minutes); name the others. Every part needs `build` first, in
@@ -148,6 +150,21 @@ if want parity; then
   grep -E "PASS|FAIL|wrote|error" "$OUT/parity.log" | tee -a "$S"
   # the work dirs, for drawing the PNG where matplotlib is
   tar czf "$OUT/parity_runs.tgz" -C /tmp parity_w32 2>/dev/null
+fi
+
+if want csprobe; then
+  t0=$SECONDS
+  nvcc -O2 -arch=sm_90 -std=c++20 -Iinclude ${CUDNN_ROOT:+-I$CUDNN_ROOT/include} tools/probes/initcheck_conv_fwd.cu \
+    ${CUDNN_ROOT:+-L$CUDNN_ROOT/lib -Xlinker -rpath=$CUDNN_ROOT/lib} -l:libcudnn.so.9 -o /tmp/initcheck_conv_fwd \
+    > "$OUT/csprobe_build.log" 2>&1
+  for m in plain mark; do
+    arg=; [ $m = mark ] && arg=--mark
+    timeout 150 compute-sanitizer --tool initcheck --print-limit 100000 /tmp/initcheck_conv_fwd $arg \
+      > "$OUT/csprobe_$m.log" 2>&1
+    echo "initcheck probe ($m): $(grep -c 'Uninitialized access' "$OUT/csprobe_$m.log") reports," \
+         "$(tail -2 "$OUT/csprobe_$m.log" | head -1)" | tee -a "$S"
+  done
+  log "cuDNN forward initcheck probe: in $((SECONDS - t0)) s"
 fi
 
 if want initprobe; then

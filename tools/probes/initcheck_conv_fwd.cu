@@ -1,8 +1,9 @@
 // Which cuDNN forward algorithms' stores does compute-sanitizer's initcheck see?
 //
-//   nvcc -O2 -arch=sm_90 -std=c++20 -I$CUDNN_ROOT/include tools/probes/initcheck_conv_fwd.cu \
+//   nvcc -O2 -arch=sm_90 -std=c++20 -Iinclude -I$CUDNN_ROOT/include tools/probes/initcheck_conv_fwd.cu \
 //        -L$CUDNN_ROOT/lib -l:libcudnn.so.9 -Xlinker -rpath=$CUDNN_ROOT/lib -o /tmp/initcheck_conv_fwd
-//   compute-sanitizer --tool initcheck /tmp/initcheck_conv_fwd
+//   compute-sanitizer --tool initcheck /tmp/initcheck_conv_fwd          # the blind spot
+//   compute-sanitizer --tool initcheck /tmp/initcheck_conv_fwd --mark   # with ampkit's NVTX marks
 //
 // For fp16 NHWC convolutions of tiny-HRNet shapes, every forward algorithm cuDNN lists runs into
 // a freshly cudaMalloc'd output (never written by anything else), which is then copied to the
@@ -10,17 +11,22 @@
 // reports that memcpy ("Host API ... uninitialized access ... cudaMemcpy source") when it did
 // not see a store to some of the output's bytes. An algorithm whose output matches the
 // reference everywhere but whose copy is reported wrote bytes the tool did not track: a
-// sanitizer blind spot, not an uninitialised read. The program prints one line per algorithm
+// sanitizer blind spot, not an uninitialised read. With --mark, each output is marked initialised
+// after the conv the way ampkit's conv ops do (backend/cuda/sanitizer_marks.cuh): the reports must
+// then be gone. Results on the H200: bench/results/sanitize_h200_20261130_1703.md. The program prints one line per algorithm
 // (flushed, so the tool's reports follow the line of the algorithm they belong to) and exits 1
 // if any output is wrong.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
+#include "ampkit/backend/cuda/sanitizer_marks.cuh"
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string_view>
 #include <vector>
 
 #define CK(x)                                                                                  \
@@ -59,7 +65,7 @@ std::vector<float> reference(const Shape& s, const std::vector<__half>& x, const
   return y;
 }
 
-int probe(cudnnHandle_t h, const Shape& s) {
+int probe(cudnnHandle_t h, const Shape& s, bool mark) {
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   std::vector<__half> x(static_cast<std::size_t>(s.n) * s.h * s.w * s.c), w(static_cast<std::size_t>(s.k) * s.r * s.r * s.c);
@@ -106,6 +112,7 @@ int probe(cudnnHandle_t h, const Shape& s) {
     std::fflush(stdout);
     const cudnnStatus_t st =
         cudnnConvolutionForward(h, &one, xd, dx, wd, dw, cd, perf[i].algo, ws, ws_bytes, &zero, yd, dy);
+    if (st == CUDNN_STATUS_SUCCESS && mark) ampkit::cuda::mark_initialized(nullptr, dy, ny * 2);
     if (st != CUDNN_STATUS_SUCCESS) {
       std::printf("not run (%s)\n", cudnnGetErrorString(st));
     } else {
@@ -137,17 +144,18 @@ int probe(cudnnHandle_t h, const Shape& s) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  const bool mark = argc > 1 && std::string_view(argv[1]) == "--mark";
   cudnnHandle_t h;
   CK(cudnnCreate(&h));
-  std::printf("cuDNN %zu\n", cudnnGetVersion());
+  std::printf("cuDNN %zu%s\n", cudnnGetVersion(), mark ? ", outputs marked initialised (NVTX)" : "");
   int bad = 0;
   // tiny-HRNet-like shapes: 3x3 branch convs, a stride-2 transition, 1x1 fuse convs
   for (const Shape& s : {Shape{2, 16, 32, 32, 16, 3, 1, 1}, Shape{2, 32, 16, 16, 32, 3, 1, 1},
                          Shape{2, 16, 32, 32, 32, 3, 2, 1}, Shape{2, 32, 16, 16, 16, 1, 1, 0},
                          Shape{2, 64, 16, 16, 32, 1, 1, 0}, Shape{2, 128, 8, 8, 32, 1, 1, 0},
                          Shape{2, 64, 64, 64, 64, 3, 1, 1}})
-    bad += probe(h, s);
+    bad += probe(h, s, mark);
   cudnnDestroy(h);
   std::printf("probe: %d wrong outputs\n", bad);
   return bad ? 1 : 0;

@@ -72,6 +72,7 @@
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
 #include "ampkit/backend/cuda/packed_io.cuh"
+#include "ampkit/backend/cuda/sanitizer_marks.cuh"
 #include "ampkit/core/env_choice.hpp"
 #include "ampkit/core/tensor.hpp"
 #include "ampkit/nn/ops/conv2d.hpp"
@@ -187,6 +188,7 @@ struct GemmPlan {
   float beta = 0.f;
   ConvDirection dir = ConvDirection::kForward;
   std::int64_t m = 0, c = 0, k = 0, ld_c = 0, ld_k = 0;
+  std::size_t elem_bytes = 2;  ///< of the storage type (4 for fp32)
 
   bool padded() const { return ld_c != c || ld_k != k; }
 
@@ -210,6 +212,7 @@ inline void gemm_describe(GemmPlan& g, ConvDirection dir, cudaDataType_t t, std:
   const auto u = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
   g.dir = dir;
   g.m = M, g.c = C, g.k = K, g.ld_c = ld_c, g.ld_k = ld_k;
+  g.elem_bytes = t == CUDA_R_32F ? 4 : 2;
   // A written output staged with padded rows is computed over its pad lanes too, from zero rows
   // of the staged weight (gemm_operands), so the scratch holds no unwritten element.
   switch (dir) {
@@ -414,8 +417,15 @@ inline GemmOperands gemm_operands(const GemmPlan& g) {
 /// checks it).
 inline cublasStatus_t gemm_run(const Cuda& ctx, const GemmPlan& g, const cublasLtMatmulAlgo_t& algo,
                                std::size_t ws_bytes, const void* a, const void* b, void* d) {
-  if (!g.padded()) return gemm_matmul(ctx, g, algo, ws_bytes, a, b, d);
   const GemmOperands o = gemm_operands(g);
+  // cuBLASLt's output: initcheck may not see its stores (sanitizer_marks.cuh).
+  const auto mark = [&](cublasStatus_t st, const void* p, std::size_t bytes) {
+    if (st == CUBLAS_STATUS_SUCCESS) mark_initialized(ctx.stream(), p, bytes);
+    return st;
+  };
+  if (!g.padded())
+    return mark(gemm_matmul(ctx, g, algo, ws_bytes, a, b, d), d,
+                static_cast<std::size_t>(o.d.rows * o.d.ld) * g.elem_bytes);
   // Scratch (storage type, 2 bytes): e.g. (M,Kp) for 480->255's Y or dY, one output-sized buffer.
   cuda::DeviceBuffer<std::byte> sa, sb, sd;
   const auto stage_in = [&](const GemmOperand& op, const void* p, cuda::DeviceBuffer<std::byte>& buf) {
@@ -436,7 +446,9 @@ inline cublasStatus_t gemm_run(const Cuda& ctx, const GemmPlan& g, const cublasL
     pd = sd.data();
     if (g.beta != 0.f) repack_rows(ctx, d, o.d.ld, pd, o.d.ld_pad, o.d.rows, o.d.ld);  // accumulates onto dW
   }
-  const cublasStatus_t st = gemm_matmul(ctx, g, algo, ws_bytes, pa, pb, pd);
+  const cublasStatus_t st =
+      mark(gemm_matmul(ctx, g, algo, ws_bytes, pa, pb, pd), pd,
+           o.d.staged() ? o.d.staged_bytes() : static_cast<std::size_t>(o.d.rows * o.d.ld) * g.elem_bytes);
   if (st == CUBLAS_STATUS_SUCCESS && o.d.staged())
     repack_rows(ctx, pd, o.d.ld_pad, d, o.d.ld, o.d.rows, o.d.ld);
   return st;

@@ -63,6 +63,7 @@
 #include "ampkit/backend/cuda/conv_cudnn_graph.cuh"
 #include "ampkit/backend/cuda/grouped_conv2d.cuh"
 #include "ampkit/backend/cuda/packed_io.cuh"
+#include "ampkit/backend/cuda/sanitizer_marks.cuh"
 #include "ampkit/core/tensor.hpp"
 #include "ampkit/nn/ops/conv2d.hpp"
 #include "ampkit/precision.hpp"
@@ -444,11 +445,13 @@ void conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> w, Ten
     AMPKIT_CUBLAS_CHECK(gemm_run(ctx, g, g.algo, g.ws, w.data, x.data, y.data));  // Y' = W'^T . X'
   } else if (plan.fwd_engine == cuda::ConvEngine::kCudnnGraph && gemm_pointers_aligned({x.data, w.data, y.data})) {
     AMPKIT_CUDNN_CHECK(graph_execute(ctx, plan.fwd_graph->plan, plan.fwd_graph->ws, x.data, w.data, y.data));
+    cuda::mark_initialized(ctx.stream(), y.data, y.bytes());  // sanitizer_marks.cuh
   } else {
     auto ws = ctx.workspace(plan.fwd_ws);
     const float one = 1.f, zero = 0.f;
     AMPKIT_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn(), &one, plan.x, x.data, plan.w, w.data, plan.fwd,
                                                plan.fwd_algo, ws.data(), plan.fwd_ws, &zero, plan.y, y.data));
+    cuda::mark_initialized(ctx.stream(), y.data, y.bytes());
   }
   if (bias.data) {
     const std::int64_t total = y.numel();
@@ -526,6 +529,7 @@ void conv2d_backward_data(Cuda& ctx, TensorView<const T> dL_dy, TensorView<const
       gemm_pointers_aligned({dL_dx.data, w.data, dL_dy.data})) {
     AMPKIT_CUDNN_CHECK(graph_execute(ctx, plan.bwd_data_graph->plan, plan.bwd_data_graph->ws, dL_dx.data, w.data,
                                      dL_dy.data));
+    cuda::mark_initialized(ctx.stream(), dL_dx.data, dL_dx.bytes());  // sanitizer_marks.cuh
     return;
   }
   auto ws = ctx.workspace(plan.bwd_data_ws);
@@ -533,6 +537,7 @@ void conv2d_backward_data(Cuda& ctx, TensorView<const T> dL_dy, TensorView<const
   AMPKIT_CUDNN_CHECK(cudnnConvolutionBackwardData(ctx.cudnn(), &one, plan.w, w.data, plan.y, dL_dy.data,
                                                   plan.bwd_data, plan.bwd_data_algo, ws.data(),
                                                   plan.bwd_data_ws, &zero, plan.x, dL_dx.data));
+  cuda::mark_initialized(ctx.stream(), dL_dx.data, dL_dx.bytes());
 }
 
 /// dL_dw += conv2d_backward_filter(x, dL_dy) (cuDNN beta = 1).
@@ -624,6 +629,7 @@ void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T
     // beta = 1 in the operation: accumulates into dL_dw like the legacy call below
     AMPKIT_CUDNN_CHECK(graph_execute(ctx, plan.bwd_filter_graph->plan, plan.bwd_filter_graph->ws, x.data,
                                      dL_dw.data, dL_dy.data));
+    cuda::mark_initialized(ctx.stream(), dL_dw.data, dL_dw.bytes());  // sanitizer_marks.cuh
     return;
   }
   auto ws = ctx.workspace(plan.bwd_filter_ws);
@@ -631,6 +637,7 @@ void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T
   AMPKIT_CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx.cudnn(), &one, plan.x, x.data, plan.y, dL_dy.data,
                                                     plan.bwd_filter, plan.bwd_filter_algo, ws.data(),
                                                     plan.bwd_filter_ws, &one, plan.w, dL_dw.data));
+  cuda::mark_initialized(ctx.stream(), dL_dw.data, dL_dw.bytes());
 }
 
 /// dL_db += sum over (N,H,W) of dL_dy: fixed-order two-pass column sum (deterministic).

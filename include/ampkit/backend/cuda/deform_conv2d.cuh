@@ -55,6 +55,7 @@
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
 #include "ampkit/backend/cuda/sampling_common.cuh"
+#include "ampkit/backend/cuda/sanitizer_marks.cuh"
 #include "ampkit/core/env_choice.hpp"
 #include "ampkit/nn/ops/deform_conv2d.hpp"
 #include "ampkit/precision.hpp"
@@ -227,6 +228,11 @@ inline void gemm_groups(Cuda& ctx, cublasOperation_t op_a, cublasOperation_t op_
   AMPKIT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(ctx.cublas(), op_a, op_b, m, n, k, &alpha, a, ta, lda, stride_a, b,
                                                  tb, ldb, stride_b, &beta, c, tc, ldc, stride_c, batch,
                                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  // cuBLAS's output (column-major m x n per group, groups stride_c apart): initcheck may not see
+  // its stores (sanitizer_marks.cuh).
+  const std::size_t elems = static_cast<std::size_t>(stride_c) * static_cast<std::size_t>(batch - 1) +
+                            static_cast<std::size_t>(ldc) * static_cast<std::size_t>(n - 1) + static_cast<std::size_t>(m);
+  mark_initialized(ctx.stream(), c, elems * (tc == CUDA_R_32F ? 4 : 2));
 }
 
 inline std::int64_t images_per_chunk(std::int64_t n_images, std::size_t bytes_per_image) {
