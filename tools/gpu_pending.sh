@@ -24,8 +24,8 @@
 #   tgraph    dekr_amp train W32 --amp at batch 2 and 2 x 4, runtime.cuda_graph false vs true (the
 #             trainer's step as CUDA graphs, issue 10): img/s and the capture log lines
 #   initprobe compute-sanitizer initcheck over ampkit_dekr_step (fp16, batch 2, 256x256) with the
-#             1x1 GEMMs on (default) and off (AMPKIT_CONV_GEMM=never), side by side: whether the
-#             initcheck reports behind cuBLASLt GEMMs (docs/reliability.md section 4) follow the GEMMs
+#             1x1 GEMMs on (default) and off (AMPKIT_CONV_GEMM=never), side by side (2026-11-30: the
+#             reports stayed without the GEMMs; csprobe found the cause in cuDNN, reliability.md s. 4)
 #   csprobe   tools/probes/initcheck_conv_fwd.cu under initcheck, without and with --mark: which cuDNN
 #             forward algorithms' stores initcheck misses, and that ampkit's NVTX marks cover them
 #   ops       bench/ampkit_ops_bench and bench/torch_ops_bench.py side by side (fp16, batch 32,

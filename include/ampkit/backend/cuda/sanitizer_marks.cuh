@@ -23,21 +23,36 @@
 #pragma once
 
 #include <cuda_runtime.h>
-#include <nvtx3/nvToolsExtMemCudaRt.h>
 
 #include <cstddef>
 
+// nvtxMemCudaMarkInitialized arrived with a later NVTX 3 than some supported CUDA toolkits ship
+// (its callback id is defined with it): without it the marks compile to nothing, and initcheck
+// runs on such a toolkit report the blind spot's reads again.
+#if __has_include(<nvtx3/nvToolsExtMemCudaRt.h>)
+#include <nvtx3/nvToolsExtMemCudaRt.h>
+#endif
+#if defined(NVTX3EXT_CBID_nvtxMemCudaMarkInitialized)
+#define AMPKIT_SANITIZER_MARKS 1
+#else
+#define AMPKIT_SANITIZER_MARKS 0
+#endif
+
 namespace ampkit::cuda {
 
+#if AMPKIT_SANITIZER_MARKS
 /// The NVTX domain ampkit's marks are made in (created once; NVTX makes creation thread-safe).
 inline nvtxDomainHandle_t sanitizer_domain() {
   static const nvtxDomainHandle_t domain = nvtxDomainCreateA("ampkit");
   return domain;
 }
+#endif
 
 /// Marks [p, p + bytes) initialised for compute-sanitizer's initcheck once the work queued on
-/// `stream` so far has run. A no-op for an empty range.
-inline void mark_initialized(cudaStream_t stream, const void* p, std::size_t bytes) {
+/// `stream` so far has run. A no-op for an empty range, and without NVTX's call (see above).
+inline void mark_initialized([[maybe_unused]] cudaStream_t stream, [[maybe_unused]] const void* p,
+                             [[maybe_unused]] std::size_t bytes) {
+#if AMPKIT_SANITIZER_MARKS
   if (p == nullptr || bytes == 0) return;
   nvtxMemVirtualRangeDesc_t range{};
   range.size = bytes;
@@ -50,6 +65,7 @@ inline void mark_initialized(cudaStream_t stream, const void* p, std::size_t byt
   batch.regionDescElementSize = sizeof(range);
   batch.regionDescElements = &range;
   nvtxMemCudaMarkInitialized(sanitizer_domain(), stream, 0, &batch);
+#endif
 }
 
 }  // namespace ampkit::cuda
