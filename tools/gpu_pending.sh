@@ -28,6 +28,9 @@
 #             reports stayed without the GEMMs; csprobe found the cause in cuDNN, reliability.md s. 4)
 #   csprobe   tools/probes/initcheck_conv_fwd.cu under initcheck, without and with --mark: which cuDNN
 #             forward algorithms' stores initcheck misses, and that ampkit's NVTX marks cover them
+#   ncudeform Nsight Compute (--set full, clocks left alone) on the fused deformable conv's forward
+#             and backward kernels in bench/sampling_bench (fp16, batch 32, DEKR-W32 shape): where
+#             their time goes (issue 10; build with BUILD_TARGETS='sampling_bench' first)
 #   ops       bench/ampkit_ops_bench and bench/torch_ops_bench.py side by side (fp16, batch 32,
 #             DEKR-W32 shapes; OPS_ONLY narrows both to rows containing a substring): issue 3
 # "all" is the first six (about 8 minutes); name the others. Every part needs `build` first, in
@@ -165,6 +168,23 @@ if want csprobe; then
          "$(tail -2 "$OUT/csprobe_$m.log" | head -1)" | tee -a "$S"
   done
   log "cuDNN forward initcheck probe: in $((SECONDS - t0)) s"
+fi
+
+if want ncudeform; then
+  t0=$SECONDS
+  sb=$(find "$B/bench" -type f -name sampling_bench -executable | head -1)
+  # The second launch of each kernel (-s 1 skips the warm-up one), one ncu run per kernel since
+  # every forward launch comes before the first backward one; --clock-control none: the GPU's
+  # clocks are not ours to pin (METHOD.md).
+  for k in forward backward; do
+    timeout 200 ncu --clock-control none --set full -k "regex:deform_fused_${k}_kernel" -s 1 -c 1 \
+      -o "$OUT/ncu_deform_$k" -f "$sb" --batch 32 --iters 3 > "$OUT/ncu_deform_${k}_run.log" 2>&1
+    echo "ncu deform_fused_${k}_kernel: rc=$?" | tee -a "$S"
+    ncu --import "$OUT/ncu_deform_$k.ncu-rep" --page details --print-units base > "$OUT/ncu_deform_$k.txt" 2>&1
+    grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|L1/TEX Hit|L2 Hit|Registers Per|Warp Cycles Per Issued" \
+      "$OUT/ncu_deform_$k.txt" | head -12 | tee -a "$S"
+  done
+  log "ncu on the fused deformable conv kernels: in $((SECONDS - t0)) s"
 fi
 
 if want initprobe; then
