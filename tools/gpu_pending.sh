@@ -20,7 +20,9 @@
 #             table of docs/amp_guide.md (issue 8)
 #   parity    tools/plot_parity.py --device cuda on configs/demo_gpu.toml: the W32 loss curves under
 #             the three policies (issue 5; the PNG is drawn afterwards where matplotlib is)
-#   sanitize  tools/sanitize_gpu.sh memcheck over the GPU op tests (SANITIZE_FILTER narrows it)
+#   sanitize  tools/sanitize_gpu.sh over the GPU op tests (memcheck unless SANITIZE_TOOLS says; the
+#             other SANITIZE_* variables pass through; SANITIZE_TIMEOUT caps the whole part);
+#             every log in sanitize_logs.tgz
 #   tgraph    dekr_amp train W32 --amp at batch 2 and 2 x 4, runtime.cuda_graph false vs true (the
 #             trainer's step as CUDA graphs, issue 10): img/s and the capture log lines
 #   initprobe compute-sanitizer initcheck over ampkit_dekr_step (fp16, batch 2, 256x256) with the
@@ -206,7 +208,10 @@ if want sanitize; then
   SANITIZE_TOOLS=${SANITIZE_TOOLS:-memcheck} SANITIZE_OUT=/tmp/sanitize timeout ${SANITIZE_TIMEOUT:-300} \
     bash tools/sanitize_gpu.sh "$B" > "$OUT/sanitize.log" 2>&1
   log "compute-sanitizer (${SANITIZE_TOOLS:-memcheck}; filter ${SANITIZE_FILTER:-all}): rc=$? in $((SECONDS - t0)) s"
-  tail -15 "$OUT/sanitize.log" | tee -a "$S"
+  grep -vE '^sanitize_gpu: ' "$OUT/sanitize.log" | tail -40 | tee -a "$S"
+  # Every run's log in one archive: the device tool returns a limited number of files, and
+  # per-case logs are many (SANITIZE_SPLIT). Checkpoints of the training run stay behind.
+  tar czf "$OUT/sanitize_logs.tgz" --exclude='*.safetensors' -C /tmp sanitize 2>/dev/null
 fi
 if want ops; then
   t0=$SECONDS
