@@ -1,7 +1,8 @@
 // Which cuDNN forward algorithms' stores does compute-sanitizer's initcheck see?
 //
-//   nvcc -O2 -arch=sm_90 -std=c++20 -Iinclude -I$CUDNN_ROOT/include tools/probes/initcheck_conv_fwd.cu \
+//   nvcc -O2 -arch=sm_90 -std=c++20 -Iinclude -I$CUDNN_ROOT/include tools/probes/initcheck_conv_fwd.cu
 //        -L$CUDNN_ROOT/lib -l:libcudnn.so.9 -Xlinker -rpath=$CUDNN_ROOT/lib -o /tmp/initcheck_conv_fwd
+//   (one command line; PARTS=csprobe bash tools/gpu_pending.sh builds and runs it both ways)
 //   compute-sanitizer --tool initcheck /tmp/initcheck_conv_fwd          # the blind spot
 //   compute-sanitizer --tool initcheck /tmp/initcheck_conv_fwd --mark   # with ampkit's NVTX marks
 //
