@@ -418,14 +418,13 @@ inline GemmOperands gemm_operands(const GemmPlan& g) {
 inline cublasStatus_t gemm_run(const Cuda& ctx, const GemmPlan& g, const cublasLtMatmulAlgo_t& algo,
                                std::size_t ws_bytes, const void* a, const void* b, void* d) {
   const GemmOperands o = gemm_operands(g);
+  const std::size_t d_bytes = static_cast<std::size_t>(o.d.rows * o.d.ld) * g.elem_bytes;  // unstaged output
   // cuBLASLt's output: initcheck may not see its stores (sanitizer_marks.cuh).
   const auto mark = [&](cublasStatus_t st, const void* p, std::size_t bytes) {
     if (st == CUBLAS_STATUS_SUCCESS) mark_initialized(ctx.stream(), p, bytes);
     return st;
   };
-  if (!g.padded())
-    return mark(gemm_matmul(ctx, g, algo, ws_bytes, a, b, d), d,
-                static_cast<std::size_t>(o.d.rows * o.d.ld) * g.elem_bytes);
+  if (!g.padded()) return mark(gemm_matmul(ctx, g, algo, ws_bytes, a, b, d), d, d_bytes);
   // Scratch (storage type, 2 bytes): e.g. (M,Kp) for 480->255's Y or dY, one output-sized buffer.
   cuda::DeviceBuffer<std::byte> sa, sb, sd;
   const auto stage_in = [&](const GemmOperand& op, const void* p, cuda::DeviceBuffer<std::byte>& buf) {
@@ -447,8 +446,7 @@ inline cublasStatus_t gemm_run(const Cuda& ctx, const GemmPlan& g, const cublasL
     if (g.beta != 0.f) repack_rows(ctx, d, o.d.ld, pd, o.d.ld_pad, o.d.rows, o.d.ld);  // accumulates onto dW
   }
   const cublasStatus_t st =
-      mark(gemm_matmul(ctx, g, algo, ws_bytes, pa, pb, pd), pd,
-           o.d.staged() ? o.d.staged_bytes() : static_cast<std::size_t>(o.d.rows * o.d.ld) * g.elem_bytes);
+      mark(gemm_matmul(ctx, g, algo, ws_bytes, pa, pb, pd), pd, o.d.staged() ? o.d.staged_bytes() : d_bytes);
   if (st == CUBLAS_STATUS_SUCCESS && o.d.staged())
     repack_rows(ctx, pd, o.d.ld_pad, d, o.d.ld, o.d.rows, o.d.ld);
   return st;
