@@ -22,7 +22,10 @@
 # the 2-GPU run with the gradient all-reduce overlapped with backward, AMPKIT_DDP_OVERLAP=1, and
 # without, =0, in the same session; the table's scaling column is the first), WORK (scratch dir),
 # OUT (where ddp_scaling.md and the logs go), EXTRA_CFG (more k=v config overrides for every run,
-# e.g. runtime.cuda_graph=true (default false here); with OVERLAPS="" only the 1-GPU runs happen).
+# e.g. amp.init_scale=1024; with OVERLAPS="" only the 1-GPU runs happen), MODES ("graph eager":
+# the step as replayed CUDA graphs, runtime.cuda_graph=true, the default of the config and of
+# dekr_amp, with the all-reduce inside the graph under data parallelism; and every iteration
+# eagerly, runtime.cuda_graph=false; each mode's scaling is against the 1-GPU run of the same mode).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${AMPKIT_BIN:-build/examples/dekr_amp/dekr_amp}
@@ -34,7 +37,8 @@ LOG_INTERVAL=${LOG_INTERVAL:-20}
 REPEAT=${REPEAT:-1000}
 WORKERS=${WORKERS:-6}
 VARIANTS=${VARIANTS:-10x1 2x4}
-OVERLAPS=${OVERLAPS:-1 0}
+OVERLAPS=${OVERLAPS-1 0}
+MODES=${MODES:-graph eager}
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
 [ "${NGPU:-0}" -ge 2 ] || { echo "run_ddp_scaling.sh: skipped: needs 2 GPUs, ${NGPU:-0} visible"; exit 77; }
 mkdir -p "$OUT" "$WORK/data"
@@ -59,16 +63,16 @@ print(f"dataset: {len(images)} images ({len(src['images'])} x {repeat}), {len(an
 EOF
 ln -sfn "$PWD/data/coco_sample/images" "$WORK/data/images"
 
-run() {  # run NAME GPUS BATCH ACCUM [OVERLAP]
-  local name=$1 g=$2 b=$3 a=$4 ov=${5:-1} wd=$WORK/$1
+run() {  # run NAME GPUS BATCH ACCUM OVERLAP MODE
+  local name=$1 g=$2 b=$3 a=$4 ov=$5 mode=$6 wd=$WORK/$1
+  local graph=false
+  [ "$mode" = graph ] && graph=true
   rm -rf "$wd"
   local opts=(--amp --work-dir "$wd" --cfg-options "train_cfg.batch_size=$b" "optim_wrapper.accumulative_counts=$a"
               "train_cfg.max_iters=$ITERS" train_cfg.val_interval=0 "default_hooks.logger.interval=$LOG_INTERVAL"
               default_hooks.logger.tensorboard=false default_hooks.checkpoint.interval=100000
               "train_cfg.num_workers=$WORKERS" "data.data_root=$WORK/data/" data.train_ann_file=ann.json
-              data.train_img_prefix=images/ runtime.device=cuda runtime.cuda_graph=false)
-  # The 1-GPU run eager like the data-parallel one (graph mode is off under DDP): the ratio is the
-  # data parallelism's own; EXTRA_CFG=runtime.cuda_graph=true measures the 1-GPU graph speed.
+              data.train_img_prefix=images/ runtime.device=cuda "runtime.cuda_graph=$graph")
   # shellcheck disable=SC2206
   opts+=(${EXTRA_CFG:-})
   local t0=$SECONDS
@@ -86,15 +90,19 @@ run() {  # run NAME GPUS BATCH ACCUM [OVERLAP]
 
 for v in $VARIANTS; do
   b=${v%x*} a=${v#*x}
-  run "b${b}x${a}_1gpu" 1 "$b" "$a"
-  for ov in $OVERLAPS; do
-    if [ "$ov" = 1 ]; then run "b${b}x${a}_2gpu" 2 "$b" "$a" 1; else run "b${b}x${a}_2gpu_overlap$ov" 2 "$b" "$a" "$ov"; fi
+  for mode in $MODES; do
+    run "b${b}x${a}_${mode}_1gpu" 1 "$b" "$a" 1 "$mode"
+    for ov in $OVERLAPS; do
+      if [ "$ov" = 1 ]; then n="b${b}x${a}_${mode}_2gpu"; else n="b${b}x${a}_${mode}_2gpu_overlap$ov"; fi
+      run "$n" 2 "$b" "$a" "$ov" "$mode"
+    done
   done
 done
+grep -h 'cuda graph' "$OUT"/*.log 2>/dev/null | sed 's/^.*cuda graph/cuda graph/' | sort | uniq -c | head -20
 
-python3 - "$WORK" "$OUT/ddp_scaling.md" "$ITERS" "$LOG_INTERVAL" "$REPEAT" "$WORKERS" "$VARIANTS" "$OVERLAPS" <<'EOF'
+python3 - "$WORK" "$OUT/ddp_scaling.md" "$ITERS" "$LOG_INTERVAL" "$REPEAT" "$WORKERS" "$VARIANTS" "$OVERLAPS" "$MODES" <<'EOF'
 import json, os, statistics, subprocess, sys, datetime
-work, out, iters, interval, repeat, workers, variants, overlaps = sys.argv[1:9]
+work, out, iters, interval, repeat, workers, variants, overlaps, modes = sys.argv[1:10]
 def speed(name):
     path = os.path.join(work, name, "scalars.jsonl")
     if not os.path.exists(path):
@@ -109,20 +117,22 @@ gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format
 lines = [f"# DEKR-W32 512x512 AMP (fp16, fp32 master) training: 1 GPU vs 2 GPUs (dekr_amp, NCCL)", "",
          f"Date {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; GPUs: {'; '.join(gpu)}.",
          f"Command: `ITERS={iters} LOG_INTERVAL={interval} REPEAT={repeat} WORKERS={workers} "
-         f"VARIANTS=\"{variants}\" bash bench/run_ddp_scaling.sh` (img/s of all ranks, median of the logged "
-         "intervals after the first two).", "",
-         "| batch per GPU x accumulation | 1 GPU img/s | 2 GPUs img/s | scaling | efficiency | peak MiB per GPU (1 / 2 GPUs) |",
-         "|---|---|---|---|---|---|"]
+         f"VARIANTS=\"{variants}\" OVERLAPS=\"{overlaps}\" MODES=\"{modes}\" bash bench/run_ddp_scaling.sh` "
+         "(img/s of all ranks, median of the logged intervals after the first two).", "",
+         "| batch per GPU x accumulation | step | 1 GPU img/s | 2 GPUs img/s | scaling | efficiency | peak MiB per GPU (1 / 2 GPUs) |",
+         "|---|---|---|---|---|---|---|"]
 for v in variants.split():
-    s1, m1 = speed(f"b{v}_1gpu")
-    for ov in overlaps.split():
-        name = f"b{v}_2gpu" if ov == "1" else f"b{v}_2gpu_overlap{ov}"
-        label = f"{v} (AMPKIT_DDP_OVERLAP={ov})"
-        s2, m2 = speed(name)
-        if s1 and s2:
-            lines.append(f"| {label} | {s1:.1f} | {s2:.1f} | {s2 / s1:.2f}x | {100 * s2 / (2 * s1):.0f} % | {m1:.0f} / {m2:.0f} |")
-        else:
-            lines.append(f"| {label} | {s1 or 'failed'} | {s2 or 'failed'} | - | - | - |")
+    for mode in modes.split():
+        step = "CUDA graph" if mode == "graph" else "eager"
+        s1, m1 = speed(f"b{v}_{mode}_1gpu")
+        for ov in overlaps.split() or ["-"]:
+            name = f"b{v}_{mode}_2gpu" if ov == "1" else f"b{v}_{mode}_2gpu_overlap{ov}"
+            label = f"{v} (AMPKIT_DDP_OVERLAP={ov})"
+            s2, m2 = speed(name) if ov != "-" else (None, None)
+            if s1 and s2:
+                lines.append(f"| {label} | {step} | {s1:.1f} | {s2:.1f} | {s2 / s1:.2f}x | {100 * s2 / (2 * s1):.0f} % | {m1:.0f} / {m2:.0f} |")
+            else:
+                lines.append(f"| {label} | {step} | {s1 or 'failed'} | {s2 or ('failed' if ov != '-' else '-')} | - | - | - |")
 text = "\n".join(lines) + "\n"
 open(out, "w").write(text)
 print(text)

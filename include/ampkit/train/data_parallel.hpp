@@ -21,6 +21,9 @@
 ///   epoch end        average_buffers() (mmengine's SyncBuffersHook: BN running statistics).
 ///   rank-0-only work wait_for_main(): the others wait for rank 0's checkpoint / evaluation at a
 ///                    barrier with the long timeout, not the collective one.
+///   CUDA graphs      when supports_graph_capture(): begin_capture / end_capture around each
+///                    capture (the collectives are recorded into the graph; every rank agrees on
+///                    the outcome), graph_replayed() after each replay (counts, timeout watch).
 #pragma once
 
 #include <algorithm>
@@ -267,6 +270,24 @@ class DataParallel {
   /// All ranks meet here after rank-0-only work (`what`, e.g. "checkpoint"); bounded by the
   /// long timeout (AMPKIT_DIST_SLOW_TIMEOUT), not the per-collective one.
   virtual void wait_for_main(std::string_view what) = 0;
+  // ---- CUDA graphs (runtime.cuda_graph; train/graph_mode.hpp) ------------------------------------
+  /// Whether an iteration's collectives may be captured into the trainer's step graphs. false:
+  /// graph mode is off under data parallelism.
+  virtual bool supports_graph_capture() const { return false; }
+  /// Before the trainer captures an iteration (`window_end`: the step graph, whose backward
+  /// averages the gradients). The collectives issued until end_capture() are recorded, not run.
+  /// All ranks capture at the same iteration: the graph decisions are a function of the
+  /// iteration (batch rows, loss factor, window position), which the sampler makes equal on every
+  /// rank, and NCCL requires that a collective be captured on all ranks or on none.
+  virtual void begin_capture(bool window_end) { (void)window_end; }
+  /// After the capture, with this rank's outcome: true only if every rank captured (collective,
+  /// blocks the host). On false every rank drops its graphs and continues eagerly, so no rank
+  /// ever replays a collective that another runs eagerly.
+  virtual bool end_capture(bool ok) { return ok; }
+  /// After each launch of a captured graph: counts the averaging it performs and hands its
+  /// collectives to the timeout watch.
+  virtual void graph_replayed(bool window_end) { (void)window_end; }
+
   /// Gradient averagings so far (= optimizer steps) and their grouped NCCL launches.
   virtual std::int64_t n_gradient_syncs() const = 0;
   virtual std::int64_t n_gradient_launches() const = 0;

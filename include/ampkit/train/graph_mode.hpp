@@ -25,9 +25,14 @@
 /// including at least one window end and, with accumulation, one micro-batch inside a window, so
 /// that both graphs' code paths have run once. A graph is captured at its kind's first iteration
 /// after the warm-up, then replayed for every later iteration of that kind.
-/// Off (eagerly, logged once): runtime.cuda_graph = false, data-parallel runs (NCCL inside a
-/// capture is out of scope), the host backend, and a capture that fails (the reason names the
-/// failing call; the run continues eagerly).
+/// Data parallel: the step graph contains the window end's collectives (the bucketed gradient
+/// all-reduce overlapped with backward, the overflow flag's max), when the DataParallel supports
+/// capture (NcclDataParallel does). Every rank captures at the same iteration, in relaxed mode
+/// (one attempt), and the ranks agree on the outcome (GraphCollectiveHooks): a capture that fails
+/// on one rank turns graph mode off on all of them.
+/// Off (eagerly, logged once): runtime.cuda_graph = false, data-parallel runs whose DataParallel
+/// cannot capture its collectives, the host backend, and a capture that fails (the reason names
+/// the failing call; the run continues eagerly).
 #pragma once
 
 #include <array>
@@ -47,9 +52,10 @@ namespace ampkit::train {
 struct GraphPlanConfig {
   bool enabled = false;                  ///< runtime.cuda_graph
   bool backend_has_graphs = true;        ///< false on ampkit::Host
-  int world_size = 1;                    ///< > 1: data parallel, graph mode off
+  int world_size = 1;                    ///< > 1: data parallel (graph mode needs collective_capture)
   std::int64_t batch_size = 1;           ///< train_cfg.batch_size: the captured batch rows
   std::int64_t accumulative_counts = 1;  ///< the captured loss factor (1 when k = 1)
+  bool collective_capture = false;       ///< the DataParallel can capture its collectives
 };
 
 enum class GraphAction {
@@ -73,9 +79,9 @@ class GraphPlanner {
     if (!c.enabled) return;
     if (!c.backend_has_graphs)
       off_ = "runtime.cuda_graph is ignored on the host backend (CUDA graphs need the CUDA backend)";
-    else if (c.world_size > 1)
+    else if (c.world_size > 1 && !c.collective_capture)
       off_ = "runtime.cuda_graph is off under data parallelism (world size " + std::to_string(c.world_size) +
-             "): the gradient all-reduce (NCCL) is not captured; every iteration runs eagerly";
+             "): this data-parallel implementation cannot capture its collectives; every iteration runs eagerly";
     if (!off_.empty()) note(off_);
   }
 
@@ -171,6 +177,15 @@ struct StepGraphTypes<Backend> {
 };
 }  // namespace detail
 
+/// What a data-parallel run adds around captures and replays (DataParallel::begin_capture,
+/// end_capture, graph_replayed). Empty in a one-process run.
+struct GraphCollectiveHooks {
+  std::function<void(bool updated)> begin_capture;
+  std::function<bool(bool ok)> end_capture;  ///< this rank's outcome -> every rank's (true: all captured)
+  std::function<void(bool updated)> replayed;
+  explicit operator bool() const { return static_cast<bool>(end_capture); }
+};
+
 /// Runs each iteration's device work as GraphPlanner says: eagerly, captured then replayed, or
 /// replayed. `fn` must enqueue only device work on the backend's stream (see graph_step.cuh).
 template <class Backend>
@@ -179,7 +194,12 @@ class StepGraphRunner {
   static constexpr bool kBackendHasGraphs = detail::HasStepGraphs<Backend>;
   using Log = std::function<void(const std::string&)>;
 
-  StepGraphRunner(Backend& ctx, GraphPlanConfig c, Log info) : ctx_(&ctx), info_(std::move(info)), plan_(with_backend(c)) {
+  /// `collective`: the hooks of a data-parallel run whose graphs hold collectives (then every
+  /// capture is relaxed-only and agreed across ranks); empty otherwise.
+  StepGraphRunner(Backend& ctx, GraphPlanConfig c, Log info, GraphCollectiveHooks collective = {})
+      : ctx_(&ctx), info_(std::move(info)), plan_(with_backend(c)), coll_(std::move(collective)) {
+    AMPKIT_CHECK(c.world_size <= 1 || !c.collective_capture || coll_,
+                 "StepGraphRunner: a data-parallel run with collective capture needs the collective hooks");
     drain();
   }
 
@@ -193,8 +213,11 @@ class StepGraphRunner {
         if (!pool_) pool_ = make_graph_pool(*ctx_);
         auto& g = graphs_[updated ? 1 : 0];
         if (!g) g = make_graph_step(*ctx_, pool_);
-        const auto& r = g->capture(fn);
-        if (r.ok) {
+        const bool collective = static_cast<bool>(coll_);
+        if (collective) coll_.begin_capture(updated);
+        const auto& r = g->capture(fn, /*relaxed_only=*/collective);
+        const bool all_ok = collective ? coll_.end_capture(r.ok) : r.ok;
+        if (all_ok) {
           plan_.captured(updated);
           info_(std::string("cuda graph: captured the ") + GraphPlanner::kind_name(updated) + " graph (" + r.mode +
                 " mode, " + std::to_string(r.n_nodes) + " nodes, " + std::to_string(r.raw_allocs) +
@@ -202,7 +225,10 @@ class StepGraphRunner {
                 std::to_string(pool_->bytes() >> 20) + " MiB)" +
                 (r.error.empty() ? std::string() : "; global mode failed first: " + r.error));
         } else {
-          plan_.capture_failed(std::string("the ") + GraphPlanner::kind_name(updated) + " graph: " + r.error);
+          plan_.capture_failed(std::string("the ") + GraphPlanner::kind_name(updated) + " graph: " +
+                               (r.ok ? std::string("another rank's capture failed; all ranks continue "
+                                                   "eagerly (NCCL needs every rank to capture alike)")
+                                     : r.error));
           drain();
           for (auto& gr : graphs_) gr.reset();  // graphs first: they hold the pool
           pool_.reset();
@@ -213,6 +239,7 @@ class StepGraphRunner {
       }
       if (a != GraphAction::kEager) {
         graphs_[updated ? 1 : 0]->replay();
+        if (coll_) coll_.replayed(updated);
         ++n_replays_;
         return;
       }
@@ -246,6 +273,7 @@ class StepGraphRunner {
   Backend* ctx_;
   Log info_;
   GraphPlanner plan_;
+  GraphCollectiveHooks coll_;
   typename detail::StepGraphTypes<Backend>::Pool pool_{};
   std::array<typename detail::StepGraphTypes<Backend>::Step, 2> graphs_{};
   std::int64_t n_replays_ = 0, n_eager_ = 0;

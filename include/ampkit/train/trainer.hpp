@@ -415,11 +415,22 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
   // per iteration reaches a replay through device memory: the batch is uploaded into the buffers
   // above (the same addresses at every full batch), the lr is written into StepState by
   // opt.set_lr before the replay, the scaler state and counters live in StepState.
+  // Data parallel: the window end's collectives are captured into the step graph when the
+  // DataParallel can (NCCL can); every rank captures at the same iteration and agrees on it.
+  const bool dp_capture = dp && dp->supports_graph_capture();
+  GraphCollectiveHooks graph_hooks;
+  if (dp_capture) {
+    graph_hooks.begin_capture = [dp](bool updated) { dp->begin_capture(updated); };
+    graph_hooks.end_capture = [dp](bool ok) { return dp->end_capture(ok); };
+    graph_hooks.replayed = [dp](bool updated) { dp->graph_replayed(updated); };
+  }
   StepGraphRunner<Backend> graphs(
-      ctx, GraphPlanConfig{cfg.runtime.cuda_graph, true, run.world_size, B, cfg.optim_wrapper.accumulative_counts},
+      ctx,
+      GraphPlanConfig{cfg.runtime.cuda_graph, true, run.world_size, B, cfg.optim_wrapper.accumulative_counts, dp_capture},
       [&](const std::string& s) {
         if (main_rank) log.info(s);
-      });
+      },
+      std::move(graph_hooks));
 
   // ---- the loop ----
   std::signal(SIGINT, detail::on_stop_signal);
@@ -634,10 +645,10 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
     result.weights_checksum = checksum(std::span<const float>(w.data(), static_cast<std::size_t>(w.numel())));
     // Every rank, on stdout (only rank 0 has a log): the replicas must agree (tests/gpu/dist/ddp_train.sh).
     std::printf("dekr_amp: rank %d of %d: %lld iterations, %lld optimizer steps, %lld gradient all-reduces "
-                "(%lld grouped NCCL launches), weights checksum %016llx\n",
+                "(%lld grouped NCCL launches), %lld CUDA graph replays, weights checksum %016llx\n",
                 run.rank, run.world_size, static_cast<long long>(iter), static_cast<long long>(result.optimizer_steps),
                 static_cast<long long>(result.gradient_syncs), static_cast<long long>(result.gradient_launches),
-                static_cast<unsigned long long>(result.weights_checksum));
+                static_cast<long long>(result.graph_replays), static_cast<unsigned long long>(result.weights_checksum));
     std::fflush(stdout);
   }
   std::signal(SIGINT, SIG_DFL);

@@ -91,12 +91,15 @@ void accumulate_grad(const float* src, T* dst, std::size_t n, cudaStream_t s) {
 
 /// One rank of the overlap test: what the two modes produced and what the overlapped one did.
 struct OverlapOutcome {
-  std::vector<float> averaged[2];  // [overlap off, on]: compute gradients (fp32 accumulator or
-                                   // fp32 gradients) then the BN gradients
+  // [overlap off, on, on + CUDA graph]: compute gradients (fp32 accumulator or fp32 gradients)
+  // then the BN gradients; the graph mode's of each of its two windows
+  std::vector<float> averaged[3], graph_windows[2];
   std::int64_t launches_mid_backward = 0;  // overlapped: NCCL launches issued by mid-backward
   bool compute_busy_mid_backward = false;  // ... while the compute stream still spun
-  std::int64_t launches[2] = {0, 0}, syncs[2] = {0, 0};
+  std::int64_t launches[3] = {0, 0, 0}, syncs[3] = {0, 0, 0};
   std::size_t n_params = 0, n_buckets = 0, n_elements = 0;
+  std::string capture_mode, capture_error;  // graph mode: the capture's report
+  std::size_t graph_nodes = 0;
 };
 
 /// A model-shaped parameter store (conv weight [+ bias] + BN gamma/beta per layer, sizes from a
@@ -104,7 +107,10 @@ struct OverlapOutcome {
 /// NcclDataParallel, driven as the trainer drives it: per micro-batch begin_backward(sync), a
 /// backward emulated in reverse layer order (each layer adds its seeded gradient on the compute
 /// stream, then notifies the store), and at the window end the fold (non-overlapped only) and
-/// average_gradients(). Run once with AMPKIT_DDP_OVERLAP's two settings on the same gradients.
+/// average_gradients(). Run once with AMPKIT_DDP_OVERLAP's two settings on the same gradients,
+/// then overlapped with the window's last micro-batch captured as a CUDA graph (as the trainer's
+/// step graph: begin_capture / end_capture around the capture, graph_replayed after each replay)
+/// for two windows: captured in the first, replayed again in the second.
 template <PrecisionPolicy P>
 OverlapOutcome run_overlap(int rank, int world, int port, std::uint64_t seed) {
   using T = storage_t<P>;
@@ -132,17 +138,22 @@ OverlapOutcome run_overlap(int rank, int world, int port, std::uint64_t seed) {
     const std::int64_t c = 1 + static_cast<std::int64_t>(rng() % 64);
     const std::int64_t k = 1 + static_cast<std::int64_t>(rng() % (rng() % 4 == 0 ? 100000 : 600));
     const std::string name = "layer" + std::to_string(l);
-    layers[l].w = store.add(name + ".weight", {k, c}, Shape{1, 1, k, c}, nn::ParamKind::kCompute, nn::ParamInit::constant(0.f));
+    layers[l].w = store.add(name + ".weight", {k, c}, Shape{1, 1, k, c}, nn::ParamKind::kCompute,
+                            nn::ParamInit::constant(0.f));
     layers[l].bias = rng() % 3 == 0;
-    if (layers[l].bias) store.add(name + ".bias", {c}, Shape{1, 1, 1, c}, nn::ParamKind::kCompute, nn::ParamInit::constant(0.f));
-    layers[l].gamma = store.add(name + ".bn.weight", {c}, Shape{1, 1, 1, c}, nn::ParamKind::kFp32, nn::ParamInit::constant(1.f));
+    if (layers[l].bias)
+      store.add(name + ".bias", {c}, Shape{1, 1, 1, c}, nn::ParamKind::kCompute,
+                nn::ParamInit::constant(0.f));
+    layers[l].gamma = store.add(name + ".bn.weight", {c}, Shape{1, 1, 1, c}, nn::ParamKind::kFp32,
+                                nn::ParamInit::constant(1.f));
     store.add(name + ".bn.bias", {c}, Shape{1, 1, 1, c}, nn::ParamKind::kFp32, nn::ParamInit::constant(0.f));
   }
   store.allocate(ctx, 1);
   amp::AmpOptimizer<P, optim::Sgd, Cuda> opt(ctx, store, optim::Sgd{}, {}, {}, /*accumulative_counts=*/2);
-  const auto rb = train::replica_buffers(store, opt.flat().grad_accum, {}, opt.state(), [&opt](std::size_t b, std::size_t en) {
-    opt.end_micro_batch(static_cast<std::int64_t>(b), static_cast<std::int64_t>(en));
-  });
+  const auto rb = train::replica_buffers(
+      store, opt.flat().grad_accum, {}, opt.state(), [&opt](std::size_t b, std::size_t en) {
+        opt.end_micro_batch(static_cast<std::int64_t>(b), static_cast<std::int64_t>(en));
+      });
   dp.attach(rb);
   out.n_buckets = dp.n_buckets();
   store.set_grad_ready_observer([&dp](nn::ParamId f, int n) {
@@ -156,64 +167,97 @@ OverlapOutcome run_overlap(int rank, int world, int port, std::uint64_t seed) {
   auto src = ctx.alloc<float>(n_compute + n_fp32);  // this micro-batch's gradients, by master offset
   constexpr int kMicroBatches = 2;
 
-  for (const bool overlap : {false, true}) {
-    dp.set_overlap(overlap);
-    store.zero_grad(ctx);
-    if (opt.flat().grad_accum) zero_fill(ctx, TensorView<float>(opt.flat().grad_accum, Shape{1, 1, 1, store.n_compute_slots()}));
-    const std::int64_t launches0 = dp.n_gradient_launches(), syncs0 = dp.n_gradient_syncs();
-    for (int k = 0; k < kMicroBatches; ++k) {
-      const bool sync = k == kMicroBatches - 1;
-      // Values exact in fp16 and bf16 (multiples of 1/64 in [-2, 2)), so the storage-type
-      // gradient of one micro-batch is exactly the seeded value on every policy.
-      std::vector<float> g(n_compute + n_fp32);
-      std::mt19937_64 grng(seed * 1000 + static_cast<std::uint64_t>(rank) * 10 + static_cast<std::uint64_t>(k));
-      for (auto& v : g) v = static_cast<float>(static_cast<int>(grng() % 256) - 128) / 64.f;
-      AMPKIT_CUDA_CHECK(cudaMemcpy(src.data(), g.data(), g.size() * sizeof(float), cudaMemcpyHostToDevice));
-      const bool overlapped = dp.begin_backward(sync);
-      AMPKIT_CHECK(overlapped == (overlap && sync), "begin_backward(", sync, ") returned ", overlapped,
-                   " with overlap ", overlap);
-      if (sync) spin(s, 100);  // every gradient below is written long after its report returns
-      for (std::size_t l = layers.size(); l-- > 0;) {
-        const Layer& L = layers[l];
-        const auto w = store.weight_grad(L.w);
-        const auto& wi = store.info(L.w);
-        std::size_t n_w = static_cast<std::size_t>(wi.numel);
-        accumulate_grad(src.data() + store.master_offset(wi), w.data, n_w, s);
-        if (L.bias) {
-          const nn::ParamId b{L.w.index + 1};
-          const auto& bi = store.info(b);
-          accumulate_grad(src.data() + store.master_offset(bi), store.weight_grad(b).data, static_cast<std::size_t>(bi.numel), s);
-        }
-        store.notify_grads_ready(L.w, L.bias ? 2 : 1);
-        for (int j = 0; j < 2; ++j) {
-          const nn::ParamId id{L.gamma.index + j};
-          const auto& pi = store.info(id);
-          accumulate_grad(src.data() + store.master_offset(pi), store.fp32_grad(id).data, static_cast<std::size_t>(pi.numel), s);
-        }
-        store.notify_grads_ready(L.gamma, 2);
-        if (overlap && sync && l == layers.size() / 2) {
-          out.launches_mid_backward = dp.n_gradient_launches() - launches0;
-          const cudaError_t q = cudaStreamQuery(s);
-          out.compute_busy_mid_backward = q == cudaErrorNotReady;
-          if (q == cudaErrorNotReady) (void)cudaGetLastError();
-        }
-      }
-      if (sync) {
-        if (!overlapped) opt.end_micro_batch();
-        dp.average_gradients();
-      } else {
-        opt.end_micro_batch();  // no_sync: fold locally (fp16/bf16), nothing communicated
-      }
-    }
-    out.launches[overlap] = dp.n_gradient_launches() - launches0;
-    out.syncs[overlap] = dp.n_gradient_syncs() - syncs0;
-    auto& a = out.averaged[overlap];
+  const auto read_averaged = [&](std::vector<float>& a) {
     a.resize(n_compute + n_fp32);
-    const float* compute = opt.flat().grad_accum ? opt.flat().grad_accum : reinterpret_cast<const float*>(store.grad_compute_all().data);
-    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(a.data(), compute, n_compute * sizeof(float), cudaMemcpyDeviceToHost, s));
-    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(a.data() + n_compute, store.grad_fp32_all().data, n_fp32 * sizeof(float),
-                                      cudaMemcpyDeviceToHost, s));
+    const float* compute = opt.flat().grad_accum
+                               ? opt.flat().grad_accum
+                               : reinterpret_cast<const float*>(store.grad_compute_all().data);
+    AMPKIT_CUDA_CHECK(
+        cudaMemcpyAsync(a.data(), compute, n_compute * sizeof(float), cudaMemcpyDeviceToHost, s));
+    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(a.data() + n_compute, store.grad_fp32_all().data,
+                                      n_fp32 * sizeof(float), cudaMemcpyDeviceToHost, s));
     dp.process_group().synchronize(s, "reading the averaged gradients");
+  };
+  cuda::GraphStep graph(ctx);
+  for (const int mode : {0, 1, 2}) {
+    const bool overlap = mode >= 1, use_graph = mode == 2;
+    dp.set_overlap(overlap);
+    const std::int64_t launches0 = dp.n_gradient_launches(), syncs0 = dp.n_gradient_syncs();
+    for (int window = 0; window < (use_graph ? 2 : 1); ++window) {
+      store.zero_grad(ctx);
+      if (opt.flat().grad_accum)
+        zero_fill(ctx, TensorView<float>(opt.flat().grad_accum, Shape{1, 1, 1, store.n_compute_slots()}));
+      for (int k = 0; k < kMicroBatches; ++k) {
+        const bool sync = k == kMicroBatches - 1;
+        // Values exact in fp16 and bf16 (multiples of 1/64 in [-2, 2)), so the storage-type
+        // gradient of one micro-batch is exactly the seeded value on every policy.
+        std::vector<float> g(n_compute + n_fp32);
+        std::mt19937_64 grng(seed * 1000 + static_cast<std::uint64_t>(rank) * 10 +
+                             static_cast<std::uint64_t>(k));
+        for (auto& v : g) v = static_cast<float>(static_cast<int>(grng() % 256) - 128) / 64.f;
+        AMPKIT_CUDA_CHECK(cudaMemcpy(src.data(), g.data(), g.size() * sizeof(float), cudaMemcpyHostToDevice));
+        const auto micro_batch = [&] {
+          const bool capturing = use_graph && sync;
+          const bool overlapped = dp.begin_backward(sync);
+          AMPKIT_CHECK(overlapped == (overlap && sync), "begin_backward(", sync, ") returned ", overlapped,
+                       " with overlap ", overlap);
+          if (sync) spin(s, 100);  // every gradient below is written long after its report returns
+          for (std::size_t l = layers.size(); l-- > 0;) {
+            const Layer& L = layers[l];
+            const auto w = store.weight_grad(L.w);
+            const auto& wi = store.info(L.w);
+            std::size_t n_w = static_cast<std::size_t>(wi.numel);
+            accumulate_grad(src.data() + store.master_offset(wi), w.data, n_w, s);
+            if (L.bias) {
+              const nn::ParamId b{L.w.index + 1};
+              const auto& bi = store.info(b);
+              accumulate_grad(src.data() + store.master_offset(bi), store.weight_grad(b).data,
+                              static_cast<std::size_t>(bi.numel), s);
+            }
+            store.notify_grads_ready(L.w, L.bias ? 2 : 1);
+            for (int j = 0; j < 2; ++j) {
+              const nn::ParamId id{L.gamma.index + j};
+              const auto& pi = store.info(id);
+              accumulate_grad(src.data() + store.master_offset(pi), store.fp32_grad(id).data,
+                              static_cast<std::size_t>(pi.numel), s);
+            }
+            store.notify_grads_ready(L.gamma, 2);
+            if (overlap && sync && !capturing && l == layers.size() / 2) {
+              out.launches_mid_backward = dp.n_gradient_launches() - launches0;
+              const cudaError_t q = cudaStreamQuery(s);
+              out.compute_busy_mid_backward = q == cudaErrorNotReady;
+              if (q == cudaErrorNotReady) (void)cudaGetLastError();
+            }
+          }
+          if (sync) {
+            if (!overlapped) opt.end_micro_batch();
+            dp.average_gradients();
+          } else {
+            opt.end_micro_batch();  // no_sync: fold locally (fp16/bf16), nothing communicated
+          }
+        };
+        if (!(use_graph && sync)) {
+          micro_batch();
+          continue;
+        }
+        // The window end as the trainer's step graph: captured in the first window (a capture
+        // executes nothing, so it is replayed at once), replayed in the second.
+        if (!graph.captured()) {
+          dp.begin_capture(true);
+          const auto& rep = graph.capture(micro_batch, /*relaxed_only=*/true);
+          out.capture_mode = rep.mode;
+          out.capture_error = rep.error;
+          out.graph_nodes = rep.n_nodes;
+          AMPKIT_CHECK(dp.end_capture(rep.ok), "the capture failed on some rank: ", rep.error);
+        }
+        graph.replay();
+        dp.graph_replayed(true);
+      }
+      if (use_graph) read_averaged(out.graph_windows[window]);
+    }
+    out.launches[mode] = dp.n_gradient_launches() - launches0;
+    out.syncs[mode] = dp.n_gradient_syncs() - syncs0;
+    read_averaged(out.averaged[mode]);
   }
   store.set_grad_ready_observer({});
   return out;
@@ -272,6 +316,21 @@ TEST_CASE_TEMPLATE("dist gpu: overlapped gradient averaging (store hook + per-bu
     if (n_diff) std::printf("  %zu elements differ; first [%zu]: non-overlapped %.9g, overlapped %.9g\n", n_diff, first,
                             o.averaged[0][first], o.averaged[1][first]);
     CHECK(n_diff == 0);
+    // The window end captured as a CUDA graph (relaxed mode, the all-reduces inside) and replayed
+    // in two windows: both bit for bit the eager averages; one averaging and the overlapped
+    // launch count per replayed window.
+    std::printf("  graph: capture %s mode, %zu nodes%s%s; %lld syncs, %lld launches over 2 windows\n",
+                o.capture_mode.c_str(), o.graph_nodes, o.capture_error.empty() ? "" : ", error: ",
+                o.capture_error.c_str(), static_cast<long long>(o.syncs[2]), static_cast<long long>(o.launches[2]));
+    CHECK(o.capture_mode == "relaxed");
+    CHECK(o.graph_nodes > 80);  // 40 layers x >= 2 gradient kernels, the folds, the all-reduces
+    CHECK(o.syncs[2] == 2);
+    CHECK(o.launches[2] == 2 * o.launches[1]);
+    for (int w = 0; w < 2; ++w) {
+      CAPTURE(w);
+      REQUIRE(o.graph_windows[w].size() == o.averaged[0].size());
+      CHECK(std::memcmp(o.graph_windows[w].data(), o.averaged[0].data(), o.averaged[0].size() * sizeof(float)) == 0);
+    }
     // Real averages, not zeros: a sample of elements against the host (the per-element seed walk
     // is quadratic, so every 997th element of the parameters' first 20000 by offset).
     double max_err = 0, max_ref = 0;

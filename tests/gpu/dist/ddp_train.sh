@@ -26,6 +26,8 @@
 #   4. kill -9 one rank mid-run: the other ends within AMPKIT_DIST_TIMEOUT (+ margin) with a clear
 #      message naming itself, and no partial checkpoint is left behind.
 #   5. resume with another world size: the 2-GPU run's checkpoint continues on 1 GPU.
+#   6. CUDA graphs (runtime.cuda_graph, on by default) with the all-reduce captured: the fp32 SGD
+#      2-GPU run replayed graphs on both ranks and equals the same run with every iteration eager.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
@@ -159,6 +161,32 @@ for prec in fp32 amp; do
   done
 done
 
+# ---- 6: CUDA graphs under data parallelism ---------------------------------------------------------
+# runtime.cuda_graph is on by default, so the runs above replay CUDA graphs that contain the
+# overlapped gradient all-reduce and the overflow flag's max (after 3 eager warm-up iterations).
+# The fp32 SGD 2-GPU run again with every iteration eager must give the same weights (within the
+# GPU's noise: deformable convolution's atomics), and the graph run must really have replayed.
+G=$OUT/eq_fp32_2gpu
+E=$OUT/eq_fp32_2gpu_eager
+if [ -f "$G/epoch_$EPOCHS.safetensors" ]; then
+  dist2 "$E" "$E.log" "${COMMON[@]}" "${SGD[@]}" train_cfg.max_epochs=$EPOCHS optim_wrapper.accumulative_counts=1 \
+    runtime.cuda_graph=false
+  rcE=$?
+  mapfile -t reps < <(rank_lines "$G.log" | grep -oE '[0-9]+ CUDA graph replays' | grep -oE '^[0-9]+')
+  mapfile -t reps_e < <(rank_lines "$E.log" | grep -oE '[0-9]+ CUDA graph replays' | grep -oE '^[0-9]+')
+  echo "  CUDA graph replays per rank: graph run ${reps[*]:-none}, eager run ${reps_e[*]:-none}"
+  grep -h 'cuda graph' "$G.log" | sort -u | head -4 | sed 's/^/  /'
+  if [ $rcE -ne 0 ]; then fail "6: the eager 2-GPU run failed (rc=$rcE, $E.log)"; tail -5 "$E.log"
+  elif [ ${#reps[@]} -ne 2 ] || [ "${reps[0]}" -lt 1 ] || [ "${reps[1]}" -lt 1 ] || [ "${reps_e[0]:-1}" -ne 0 ]; then
+    fail "6: the graph run did not replay on both ranks (${reps[*]:-none}) or the eager one did (${reps_e[*]:-none})"
+  elif "$PY" "$CMP" --label "fp32 SGD, 2 GPUs: CUDA graphs vs eager" --start "$S/epoch_1.safetensors" \
+         --bound 1e-2 --noise-min 1e-3 --judge-epoch 2 "$G" "$E"; then
+    pass "6: 2 GPUs with the all-reduce inside replayed CUDA graphs == 2 GPUs eager (fp32 SGD, within noise)"
+  else fail "6: CUDA graph replays under data parallelism change the update ($G vs $E)"; fi
+else
+  fail "6: no 2-GPU fp32 SGD run to compare (check 1 failed)"
+fi
+
 # ---- 2: all-reduce count with accumulation 4 ------------------------------------------------------
 C=$OUT/accum4
 dist2 "$C" "$C.log" --amp "${COMMON[@]}" train_cfg.max_epochs=8 optim_wrapper.accumulative_counts=4
@@ -175,6 +203,7 @@ else
     { [ "$ar" = "$st" ] && [ "$st" -eq $((it / 4)) ] && [ "$st" -gt 0 ]; } || ok=0
   done < <(rank_lines "$C.log")
   mapfile -t sums < <(rank_lines "$C.log" | grep -oE 'checksum [0-9a-f]+' | awk '{print $2}')
+  # (with the accumulate and step graphs replayed after the warm-up: the replays count too)
   if [ $ok -eq 1 ] && [ $n -eq 2 ]; then pass "2: gradient all-reduces == optimizer steps == iterations / 4 on both ranks"
   else fail "2: all-reduce count does not match the optimizer steps ($C.log)"; fi
   if [ ${#sums[@]} -eq 2 ] && [ "${sums[0]}" = "${sums[1]}" ]; then pass "3 (accumulation 4): replicas identical"

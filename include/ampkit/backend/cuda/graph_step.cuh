@@ -27,7 +27,11 @@
 /// blocks return to the shared cache when the last graph holding it is destroyed.
 ///
 /// Capture mode: global first (any CUDA call unsafe during capture, from any thread, fails it,
-/// so hidden synchronisations surface), then relaxed as the fallback (permits a cudaMalloc). A
+/// so hidden synchronisations surface), then relaxed as the fallback (permits a cudaMalloc).
+/// `relaxed_only`: one attempt, relaxed. For steps with NCCL collectives: the data-parallel
+/// watchdog thread queries events during the capture, which global mode forbids, and an
+/// abandoned first attempt would leave captured collectives on one rank that another rank,
+/// whose first attempt succeeded, never issued (NCCL wants every rank to capture alike). A
 /// failed capture reports the first error every mode met: the exception text names the failing
 /// call and its source line (AMPKIT_CUDA_CHECK / AMPKIT_CUDNN_CHECK), so the op that broke the
 /// capture is named.
@@ -94,7 +98,7 @@ class GraphStep {
   /// call replay() to execute the step. On failure the report says why and captured() is false;
   /// the caller runs `fn` eagerly instead (the capture left no work and no graph behind).
   template <class Fn>
-  const CaptureReport& capture(Fn&& fn) {
+  const CaptureReport& capture(Fn&& fn, bool relaxed_only = false) {
     destroy();
     report_ = {};
 #ifdef AMPKIT_DEBUG_SYNC
@@ -106,6 +110,7 @@ class GraphStep {
     const std::size_t raw_before = ctx_->memory_stats().n_raw_allocs;
     const auto t0 = std::chrono::steady_clock::now();
     for (const cudaStreamCaptureMode m : {cudaStreamCaptureModeGlobal, cudaStreamCaptureModeRelaxed}) {
+      if (relaxed_only && m == cudaStreamCaptureModeGlobal) continue;
       report_.mode = m == cudaStreamCaptureModeGlobal ? "global" : "relaxed";
       std::string error;
       cudaGraph_t graph = nullptr;

@@ -16,6 +16,14 @@
 /// the trainer's whole-buffer fold (to measure both in one session). No host synchronisation in
 /// either.
 ///
+/// CUDA graphs: the trainer may capture a whole iteration, the overlapped all-reduce and the
+/// overflow-flag reduction included (NCCL supports capture since 2.9). begin_capture() /
+/// end_capture() bracket it: collectives recorded then are not watched (ProcessGroup skips a
+/// capturing stream) and not counted; end_capture() agrees on the outcome across ranks (one
+/// all-gather), because NCCL requires a collective to be captured on every rank or on none.
+/// graph_replayed() counts each replay's averaging and watches the replay as one operation, so
+/// a dead peer still ends the job within AMPKIT_DIST_TIMEOUT.
+///
 /// Two communicators: the main one, whose watchdog ends any collective that outlives
 /// AMPKIT_DIST_TIMEOUT (300 s), and a second one used only by wait_for_main(), whose timeout is
 /// AMPKIT_DIST_SLOW_TIMEOUT (default 1800 s): rank 0 may evaluate or write a checkpoint for longer
@@ -241,9 +249,52 @@ class NcclDataParallel final : public train::DataParallel {
     slow_pg_->barrier();
   }
 
+  bool supports_graph_capture() const override { return true; }
+
+  void begin_capture(bool window_end) override {
+    AMPKIT_CHECK(!capturing_, "NcclDataParallel::begin_capture: a capture is already open");
+    capturing_ = true;
+    capture_window_end_ = window_end;
+    capture_syncs0_ = n_syncs_;
+    capture_launches0_ = n_gradient_launches();
+  }
+
+  bool end_capture(bool ok) override {
+    AMPKIT_CHECK(capturing_, "NcclDataParallel::end_capture without begin_capture");
+    capturing_ = false;
+    // A capture executes nothing: what it issued counts at each replay instead.
+    Captured& c = captured_[capture_window_end_ ? 1 : 0];
+    c.syncs = n_syncs_ - capture_syncs0_;
+    c.launches = n_gradient_launches() - capture_launches0_;
+    n_syncs_ = capture_syncs0_;
+    launch_adjust_ -= c.launches;
+    if (armed_) {  // the capture failed inside backward: its pass never finished
+      armed_ = false;
+      for (auto& r : reducers_) {
+        r->abandon();
+        r->set_prepare({});
+      }
+    }
+    const std::vector<int> all = pg_->all_gather(ok ? 1 : 0, "agreement on the CUDA graph capture");
+    bool every = true;
+    for (const int v : all) every = every && v == 1;
+    if (!every) c = {};
+    return every;
+  }
+
+  void graph_replayed(bool window_end) override {
+    AMPKIT_CHECK(!capturing_, "NcclDataParallel::graph_replayed during a capture");
+    const Captured& c = captured_[window_end ? 1 : 0];
+    n_syncs_ += c.syncs;
+    launch_adjust_ += c.launches;
+    if (c.launches > 0 || window_end)
+      pg_->track(ctx_->stream(), window_end ? "the gradient all-reduce of a replayed step graph"
+                                            : "a replayed accumulation graph");
+  }
+
   std::int64_t n_gradient_syncs() const override { return n_syncs_; }
   std::int64_t n_gradient_launches() const override {
-    std::int64_t n = 0;
+    std::int64_t n = launch_adjust_;
     for (const auto& r : reducers_) n += static_cast<std::int64_t>(r->n_launches());
     return n;
   }
@@ -279,6 +330,14 @@ class NcclDataParallel final : public train::DataParallel {
   bool armed_ = false;  ///< an overlapped backward is open (begin_backward returned true)
   cuda::DeviceBuffer<float> flag_;
   std::int64_t n_syncs_ = 0;
+  // CUDA graph capture: what each kind of graph ([0] accumulate, [1] step) averages per replay.
+  struct Captured {
+    std::int64_t syncs = 0, launches = 0;
+  };
+  Captured captured_[2];
+  bool capturing_ = false, capture_window_end_ = false;
+  std::int64_t capture_syncs0_ = 0, capture_launches0_ = 0;
+  std::int64_t launch_adjust_ = 0;  ///< replayed launches minus captured ones (not run)
 };
 
 }  // namespace ampkit::dist

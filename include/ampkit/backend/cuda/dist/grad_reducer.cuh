@@ -125,6 +125,13 @@ class GradReducer {
     if (sync_ && !s.empty()) launch(s);
   }
 
+  /// Forget an open pass without finishing it (a CUDA graph capture that failed part-way through
+  /// backward: nothing it recorded ever runs, and the next pass starts afresh).
+  void abandon() {
+    in_pass_ = false;
+    tracker_.reset();
+  }
+
   /// The same, by element range of the flat buffer (must cover whole parameters).
   void mark_ready_elements(std::size_t begin, std::size_t end) { mark_ready(plan_.params_covering(begin, end)); }
 

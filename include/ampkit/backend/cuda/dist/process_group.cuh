@@ -123,6 +123,14 @@ inline bool event_done(cudaEvent_t e) {
   return true;
 }
 
+/// Whether `stream` is being captured into a CUDA graph (cudaStreamIsCapturing is permitted in
+/// every capture mode).
+inline bool stream_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  AMPKIT_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
+  return st != cudaStreamCaptureStatusNone;
+}
+
 inline std::string nccl_error_text(ncclResult_t r, ncclComm_t comm) {
   std::string s = ncclGetErrorString(r);
   const char* last = comm ? ncclGetLastError(comm) : nullptr;
@@ -291,6 +299,16 @@ class ProcessGroup {
     broadcast(data.data(), data.size(), nccl_type_v<T>, root, stream, w);
   }
 
+  /// Hand the work issued to `stream` so far to the watchdog as `what`, without waiting: it must
+  /// complete within the timeout or the communicator is aborted. Every collective is tracked
+  /// this way when issued; a CUDA graph that contains collectives is tracked after each launch
+  /// (NcclDataParallel::graph_replayed), since its captured collectives were not.
+  void track(cudaStream_t stream, std::string_view what) {
+    auto ev = events_.acquire();
+    AMPKIT_CUDA_CHECK(cudaEventRecord(ev.get(), stream));
+    watch(what, std::move(ev));
+  }
+
   // ---- host-side waits and small host values (these synchronise) --------------------------------
 
   /// Wait on the host for everything issued to `stream` so far. Unlike cudaStreamSynchronize,
@@ -384,9 +402,11 @@ class ProcessGroup {
       }
     }
     check();
-    auto ev = events_.acquire();
-    AMPKIT_CUDA_CHECK(cudaEventRecord(ev.get(), stream));
-    watch(what, std::move(ev));
+    // Inside a CUDA graph capture the collective is only recorded: nothing runs until the graph
+    // is launched, and an event recorded on a capturing stream cannot be queried (the watchdog
+    // would fail on it). The launcher watches each replay instead (track()).
+    if (detail::stream_capturing(stream)) return;
+    track(stream, what);
   }
 
   /// Hand an event recorded after `what` to the watchdog (polled from its thread, where this
