@@ -185,8 +185,8 @@ struct RuntimeConfig {
   /// so the one-off timing pays for itself within the first steps.
   bool cudnn_benchmark = true;
   /// CUDA: capture the training step as CUDA graphs after a few eager warm-up iterations and
-  /// replay them (one launch instead of thousands per step; train/graph_mode.hpp). Off under data
-  /// parallelism and on the host backend. On by default since its end-to-end GPU test passed
+  /// replay them (one launch instead of thousands per step; train/graph_mode.hpp); under data
+  /// parallelism with the gradient all-reduce inside the graph. Off on the host backend. On by default since its end-to-end GPU test passed
   /// (tests/gpu/train/graph_step.cu, H200 2026-11-30); `runtime.cuda_graph=false` runs eagerly.
   bool cuda_graph = true;
   std::int64_t host_threads = 0;  ///< host backend threads (0: all cores)
