@@ -186,9 +186,15 @@ struct RuntimeConfig {
   bool cudnn_benchmark = true;
   /// CUDA: capture the training step as CUDA graphs after a few eager warm-up iterations and
   /// replay them (one launch instead of thousands per step; train/graph_mode.hpp); under data
-  /// parallelism with the gradient all-reduce inside the graph. Off on the host backend. On by default since its end-to-end GPU test passed
-  /// (tests/gpu/train/graph_step.cu, H200 2026-11-30); `runtime.cuda_graph=false` runs eagerly.
+  /// parallelism with the gradient all-reduce inside the graph. Off on the host backend. On by
+  /// default since its end-to-end GPU test passed (tests/gpu/train/graph_step.cu, H200
+  /// 2026-11-30); `runtime.cuda_graph=false` runs eagerly.
   bool cuda_graph = true;
+  /// Data parallel: SyncBatchNorm, every BatchNorm normalising with the statistics of the global
+  /// batch (all GPUs' batches together) instead of its own GPU's (mmengine's `sync_bn = 'torch'`).
+  /// Worth it at the small per-GPU batches of memory-starved configs (2 per GPU). No effect in
+  /// one process.
+  bool sync_bn = false;
   std::int64_t host_threads = 0;  ///< host backend threads (0: all cores)
 };
 
@@ -290,6 +296,7 @@ void visit_fields(Config& c, V&& v) {
   v("runtime.device", c.runtime.device, "auto, cuda or host");
   v("runtime.cudnn_benchmark", c.runtime.cudnn_benchmark, "CUDA: time conv algorithms (true) or cuDNN heuristics");
   v("runtime.cuda_graph", c.runtime.cuda_graph, "CUDA: capture the step as CUDA graphs and replay them");
+  v("runtime.sync_bn", c.runtime.sync_bn, "data parallel: SyncBatchNorm (statistics of all GPUs' batches)");
   v("runtime.host_threads", c.runtime.host_threads, "0: all cores");
 }
 

@@ -19,6 +19,7 @@
 ///                    reduce_step_check() between the gradient check and finalize (the overflow
 ///                    flag: max over ranks).
 ///   epoch end        average_buffers() (mmengine's SyncBuffersHook: BN running statistics).
+///   SyncBatchNorm    enable_sync_batch_norm() once at the start when runtime.sync_bn is set.
 ///   rank-0-only work wait_for_main(): the others wait for rank 0's checkpoint / evaluation at a
 ///                    barrier with the long timeout, not the collective one.
 ///   CUDA graphs      when supports_graph_capture(): begin_capture / end_capture around each
@@ -270,6 +271,11 @@ class DataParallel {
   /// All ranks meet here after rank-0-only work (`what`, e.g. "checkpoint"); bounded by the
   /// long timeout (AMPKIT_DIST_SLOW_TIMEOUT), not the per-collective one.
   virtual void wait_for_main(std::string_view what) = 0;
+  /// SyncBatchNorm (runtime.sync_bn): from now on every training-mode BatchNorm of the run
+  /// normalises with the statistics of the global batch (all ranks' micro-batches together), as
+  /// torch.nn.SyncBatchNorm. Returns false where this implementation cannot.
+  virtual bool enable_sync_batch_norm() { return false; }
+
   // ---- CUDA graphs (runtime.cuda_graph; train/graph_mode.hpp) ------------------------------------
   /// Whether an iteration's collectives may be captured into the trainer's step graphs. false:
   /// graph mode is off under data parallelism.

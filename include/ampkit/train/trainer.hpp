@@ -371,7 +371,16 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
     model.store().set_grad_ready_observer(
         [dp](nn::ParamId first, int n) { dp->grads_ready(static_cast<std::size_t>(first.index), static_cast<std::size_t>(n)); });
     dp->broadcast_from_rank0();
+    if (cfg.runtime.sync_bn) {
+      AMPKIT_CHECK(dp->enable_sync_batch_norm(), "runtime.sync_bn = true: this data-parallel implementation has no "
+                   "SyncBatchNorm; set runtime.sync_bn = false");
+      if (main_rank)
+        log.info("SyncBatchNorm: every BatchNorm normalises with the global batch (" + std::to_string(B) + " x " +
+                 std::to_string(run.world_size) + " images)");
+    }
     model.store().sync_compute(ctx);
+  } else if (cfg.runtime.sync_bn && main_rank) {
+    log.info("runtime.sync_bn has no effect in one process (the batch is already the global batch)");
   }
 
   const auto save = [&](const std::string& path, std::int64_t epoch, std::int64_t iter) -> std::string {

@@ -14,6 +14,7 @@
 
 #include "ampkit/amp/amp_optimizer.hpp"
 #include "ampkit/backend/cuda/amp_step.cuh"
+#include "ampkit/backend/cuda/batch_norm.cuh"
 #include "ampkit/backend/cuda/dist/batch_norm_sync.cuh"
 #include "ampkit/backend/cuda/dist/data_parallel.cuh"
 #include "ampkit/backend/cuda/dist/grad_reducer.cuh"
@@ -441,108 +442,157 @@ TEST_CASE("dist gpu: overflow flag (max), grad-norm (sum), broadcast, all-gather
   }
 }
 
-TEST_CASE("dist gpu: BatchNorm running statistics averaged, SyncBatchNorm statistics of the global batch") {
+TEST_CASE("dist gpu: BatchNorm running statistics averaged; SyncBatchNorm forward and backward on the global batch") {
   const int world = test_world();
   auto pgs = make_groups(world, 60s);
   constexpr int C = 40;
   const Shape shape{2, 6, 5, C};  // per rank (N,H,W,C)
   const std::size_t n = static_cast<std::size_t>(shape.numel());
-  // Channel means around 50 with spread ~1: the case where unshifted E[x^2]-E[x]^2 loses digits.
+  const std::size_t rows = n / C;
+  // Channel means 50..90 with spread ~1: where E[x^2]-E[x]^2 in fp32 would lose most digits.
   auto rank_x = [&](int r) {
     auto v = random_values(n, 900 + static_cast<std::uint64_t>(r), -1.f, 1.f);
     for (std::size_t i = 0; i < n; ++i) v[i] += 50.f + static_cast<float>(i % C);
     return v;
   };
+  auto rank_dy = [&](int r) { return random_values(n, 2900 + static_cast<std::uint64_t>(r), -1.f, 1.f); };
   auto rank_running = [&](int r) { return random_values(2 * C, 1900 + static_cast<std::uint64_t>(r), 0.5f, 1.5f); };
-  // The shift every rank agrees on (SyncBN: the running mean), within 0.5 of each channel's mean.
-  auto shift = random_values(C, 31, 49.5f, 50.5f);
-  for (int c = 0; c < C; ++c) shift[c] += static_cast<float>(c);
+  const auto gamma = random_values(C, 77, 0.5f, 1.5f), beta = random_values(C, 78, -0.5f, 0.5f);
   struct Seen {
-    std::vector<float> running, mean, var, run_mean, run_var;
+    std::vector<float> averaged, y, dx, dgamma, dbeta, mean, invstd, run_mean, run_var;
   };
   std::vector<Seen> seen(static_cast<std::size_t>(world));
-  const float momentum = 0.1f;
+  const BatchNormConfig cfg{0.1f, 1e-5f};
   run_ranks(world, [&](int r) {
     ProcessGroup& pg = *pgs[static_cast<std::size_t>(r)];
-    cudaStream_t st;
-    AMPKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    float *run = nullptr, *x = nullptr, *k = nullptr, *stats = nullptr, *mv = nullptr, *rmv = nullptr;
-    AMPKIT_CUDA_CHECK(cudaMalloc(&run, 2 * C * sizeof(float)));
-    AMPKIT_CUDA_CHECK(cudaMalloc(&x, n * sizeof(float)));
-    AMPKIT_CUDA_CHECK(cudaMalloc(&k, C * sizeof(float)));
-    AMPKIT_CUDA_CHECK(cudaMalloc(&stats, (2 * C + 1) * sizeof(float)));
-    AMPKIT_CUDA_CHECK(cudaMalloc(&mv, 2 * C * sizeof(float)));
-    AMPKIT_CUDA_CHECK(cudaMalloc(&rmv, 2 * C * sizeof(float)));
-    const auto running = rank_running(r);
-    const auto xs = rank_x(r);
-    AMPKIT_CUDA_CHECK(cudaMemcpy(run, running.data(), 2 * C * sizeof(float), cudaMemcpyHostToDevice));
-    AMPKIT_CUDA_CHECK(cudaMemcpy(x, xs.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-    AMPKIT_CUDA_CHECK(cudaMemcpy(k, shift.data(), C * sizeof(float), cudaMemcpyHostToDevice));
-    const auto ones = std::vector<float>(2 * C, 1.f);
-    AMPKIT_CUDA_CHECK(cudaMemcpy(rmv, ones.data(), 2 * C * sizeof(float), cudaMemcpyHostToDevice));
-
-    const std::span<float> bufs[] = {{run, C}, {run + C, C}};
-    sync_batch_norm_buffers(pg, bufs, st);
-    batch_norm_shifted_sums(TensorView<const float>(x, shape), k, stats, st);
-    sync_batch_norm_sums(pg, stats, C, st);
-    batch_norm_stats_from_sums(stats, k, C, mv, mv + C, rmv, rmv + C, momentum, st);
+    Cuda ctx(r);
+    const auto dev = [&](Shape sh, const std::vector<float>& v) {
+      HostTensor<float> h(sh);
+      std::copy(v.begin(), v.end(), h.data());
+      return ctx.to_device(h);
+    };
+    // BN buffer averaging (SyncBuffersHook) on this rank's own running statistics.
+    auto run = dev(Shape{1, 1, 1, 2 * C}, rank_running(r));
+    const std::span<float> bufs[] = {{run.data(), C}, {run.data() + C, C}};
+    sync_batch_norm_buffers(pg, bufs, ctx.stream());
+    // SyncBatchNorm through the layer kernels: the NCCL exchange installed on the context.
+    ctx.set_batch_norm_sync(std::make_shared<NcclBatchNormSync>(pg));
+    auto x = dev(shape, rank_x(r));
+    auto dy = dev(shape, rank_dy(r));
+    auto g = dev(Shape{1, 1, 1, C}, gamma);
+    auto bt = dev(Shape{1, 1, 1, C}, beta);
+    auto rm = dev(Shape{1, 1, 1, C}, std::vector<float>(C, 0.f));
+    auto rv = dev(Shape{1, 1, 1, C}, std::vector<float>(C, 1.f));
+    auto sm = ctx.tensor<float>(Shape{1, 1, 1, C}), si = ctx.tensor<float>(Shape{1, 1, 1, C});
+    auto y = ctx.tensor<float>(shape), dx = ctx.tensor<float>(shape);
+    auto dg = dev(Shape{1, 1, 1, C}, std::vector<float>(C, 0.f));
+    auto db = dev(Shape{1, 1, 1, C}, std::vector<float>(C, 0.f));
+    batch_norm_forward_training<float>(ctx, x.view(), g.view(), bt.view(), rm.view(), rv.view(), sm.view(), si.view(),
+                                       y.view(), cfg);
+    batch_norm_backward<float>(ctx, x.view(), dy.view(), g.view(), sm.view(), si.view(), dx.view(), dg.view(), db.view());
+    pg.synchronize(ctx.stream(), "SyncBatchNorm test");
     Seen& s = seen[static_cast<std::size_t>(r)];
-    s.running.resize(2 * C);
-    s.mean.resize(C);
-    s.var.resize(C);
-    s.run_mean.resize(C);
-    s.run_var.resize(C);
-    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(s.running.data(), run, 2 * C * sizeof(float), cudaMemcpyDeviceToHost, st));
-    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(s.mean.data(), mv, C * sizeof(float), cudaMemcpyDeviceToHost, st));
-    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(s.var.data(), mv + C, C * sizeof(float), cudaMemcpyDeviceToHost, st));
-    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(s.run_mean.data(), rmv, C * sizeof(float), cudaMemcpyDeviceToHost, st));
-    AMPKIT_CUDA_CHECK(cudaMemcpyAsync(s.run_var.data(), rmv + C, C * sizeof(float), cudaMemcpyDeviceToHost, st));
-    pg.synchronize(st);
-    for (float* p : {run, x, k, stats, mv, rmv}) (void)cudaFree(p);
-    (void)cudaStreamDestroy(st);
+    const auto host = [&](auto& t) {
+      const auto h = ctx.to_host(t.view());
+      return std::vector<float>(h.data(), h.data() + h.numel());
+    };
+    s.averaged = host(run);
+    s.y = host(y);
+    s.dx = host(dx);
+    s.dgamma = host(dg);
+    s.dbeta = host(db);
+    s.mean = host(sm);
+    s.invstd = host(si);
+    s.run_mean = host(rm);
+    s.run_var = host(rv);
+    ctx.set_batch_norm_sync(nullptr);
   });
 
-  // Host reference in double over the concatenated global batch.
-  std::vector<double> running_want(2 * C, 0.0), mean(C, 0.0), var(C, 0.0);
-  double count = 0;
+  // Host reference in double over the concatenated global batch (rank 0's rows, then rank 1's).
+  std::vector<double> running_want(2 * C, 0.0), mean(C, 0.0), var(C, 0.0), sdy(C, 0.0), sdyx(C, 0.0);
+  const double count = static_cast<double>(rows) * world;
   for (int r = 0; r < world; ++r) {
     const auto run = rank_running(r);
     for (int i = 0; i < 2 * C; ++i) running_want[i] += run[i] / world;
     const auto xs = rank_x(r);
     for (std::size_t i = 0; i < n; ++i) mean[i % C] += xs[i];
-    count += static_cast<double>(n / C);
   }
   for (int c = 0; c < C; ++c) mean[c] /= count;
   for (int r = 0; r < world; ++r) {
-    const auto xs = rank_x(r);
-    for (std::size_t i = 0; i < n; ++i) var[i % C] += (xs[i] - mean[i % C]) * (xs[i] - mean[i % C]);
+    const auto xs = rank_x(r), dys = rank_dy(r);
+    for (std::size_t i = 0; i < n; ++i) {
+      const double d = xs[i] - mean[i % C];
+      var[i % C] += d * d;
+      sdy[i % C] += dys[i];
+      sdyx[i % C] += dys[i] * d;
+    }
   }
   for (int c = 0; c < C; ++c) var[c] /= count;
   const double eps = std::numeric_limits<float>::epsilon();
+  std::vector<double> dgamma_sum(C, 0.0), dbeta_sum(C, 0.0);
   for (int r = 0; r < world; ++r) {
     CAPTURE(r);
     const Seen& s = seen[static_cast<std::size_t>(r)];
+    const auto xs = rank_x(r), dys = rank_dy(r);
     int bad = 0;
-    double max_var_rel = 0;
+    double max_var_rel = 0, max_y = 0, max_dx = 0;
     for (int c = 0; c < C; ++c) {
-      // running stats: an average of W fp32 values: a couple of roundings.
-      bad += std::abs(s.running[c] - running_want[c]) > 4 * eps * 1.5;
-      bad += std::abs(s.running[C + c] - running_want[C + c]) > 4 * eps * 1.5;
-      // mean (50..90) = K + S1/n: S1/n (|.| < 1.5) carries a few roundings, the final add one
-      // rounding of the result: 4 eps of the result is ample.
-      bad += std::abs(s.mean[c] - mean[c]) > 4 * eps * 90;
-      // variance ~1/3: S2/n - m1^2 with shifted terms below ~2.3: a few eps relative per rounding,
-      // 64 eps leaves room; unshifted (x^2 up to 8000) the same sums would lose ~2^14 times more.
-      const double rel = std::abs(s.var[c] - var[c]) / var[c];
+      // BN buffers: an average of W fp32 values, a couple of roundings.
+      bad += std::abs(s.averaged[c] - running_want[c]) > 4 * eps * 1.5;
+      bad += std::abs(s.averaged[C + c] - running_want[C + c]) > 4 * eps * 1.5;
+      // Global mean (50..90): Welford merges carry a few roundings of the result.
+      bad += std::abs(s.mean[c] - mean[c]) > 8 * eps * 90;
+      // Global variance ~1/3 through 1/sqrt(var + eps): Welford/Chan keeps it to a few eps relative
+      // (shifted or not); E[x^2]-E[x]^2 in fp32 would be off by ~8000 * eps / (1/3) ~ 2.4e4 eps.
+      const double invstd = 1.0 / std::sqrt(var[c] + cfg.eps);
+      const double rel = std::abs(s.invstd[c] - invstd) / invstd;
       max_var_rel = std::max(max_var_rel, rel);
       bad += rel > 64 * eps;
-      const double unbiased = var[c] * count / (count - 1);
-      bad += std::abs(s.run_mean[c] - (0.9 + 0.1 * mean[c])) > 1e-5 * (0.9 + 0.1 * mean[c]);
-      bad += std::abs(s.run_var[c] - (0.9 + 0.1 * unbiased)) > 1e-5;
+      // Running statistics from the global batch (from 0 / 1 with momentum 0.1; unbiased variance).
+      bad += std::abs(s.run_mean[c] - 0.1 * mean[c]) > 1e-5 * 0.1 * mean[c];
+      bad += std::abs(s.run_var[c] - (0.9 + 0.1 * var[c] * count / (count - 1))) > 1e-5;
+      // dgamma / dbeta are this rank's own sums (the data-parallel average makes them global).
+      double dg = 0, db = 0;
+      for (std::size_t m = 0; m < rows; ++m) {
+        const std::size_t i = m * C + c;
+        dg += dys[i] * (xs[i] - mean[c]) * invstd;
+        db += dys[i];
+      }
+      bad += std::abs(s.dgamma[c] - dg) > 1e-4 * (1 + std::abs(dg));
+      bad += std::abs(s.dbeta[c] - db) > 1e-4 * (1 + std::abs(db));
+      dgamma_sum[c] += s.dgamma[c];
+      dbeta_sum[c] += s.dbeta[c];
     }
-    MESSAGE("rank ", r, ": SyncBN variance max rel err ", max_var_rel, " (", C, " channels, ", count,
-            " values each), ", bad, " bad");
+    // y and dx per element against the global-batch formulas. dx: the gradient of the sum of all
+    // ranks' losses w.r.t. this rank's x (torch.nn.SyncBatchNorm's), with the global sums.
+    for (std::size_t i = 0; i < n; ++i) {
+      const int c = static_cast<int>(i % C);
+      const double invstd = 1.0 / std::sqrt(var[c] + cfg.eps), xh = (xs[i] - mean[c]) * invstd;
+      const double yw = gamma[c] * xh + beta[c];
+      const double dxw = gamma[c] * invstd * (dys[i] - sdy[c] / count - xh * sdyx[c] * invstd / count);
+      max_y = std::max(max_y, std::abs(s.y[i] - yw));
+      max_dx = std::max(max_dx, std::abs(s.dx[i] - dxw));
+    }
+    // |y| <= ~4, |dx| <= ~5: fp32 with 1/invstd ~ 0.58 amplifying the mean's rounding (8 eps x 90):
+    // ~1e-4 absolute for y is the mean's error x invstd; dx the same order.
+    bad += max_y > 2e-4;
+    bad += max_dx > 2e-4;
+    MESSAGE("rank ", r, ": SyncBN invstd max rel err ", max_var_rel, ", y max abs err ", max_y, ", dx max abs err ",
+            max_dx, " (", C, " channels, ", count, " values each over ", world, " rank(s)), ", bad, " bad");
     CHECK(bad == 0);
+  }
+  // Summed over ranks, dgamma / dbeta are the global batch's.
+  int bad = 0;
+  for (int c = 0; c < C; ++c) {
+    const double invstd = 1.0 / std::sqrt(var[c] + cfg.eps);
+    bad += std::abs(dgamma_sum[c] - sdyx[c] * invstd) > 1e-4 * (1 + std::abs(sdyx[c] * invstd));
+    bad += std::abs(dbeta_sum[c] - sdy[c]) > 1e-4 * (1 + std::abs(sdy[c]));
+  }
+  CHECK(bad == 0);
+  // Every rank normalised with the same statistics, bit for bit.
+  for (int r = 1; r < world; ++r) {
+    CHECK(seen[static_cast<std::size_t>(r)].mean == seen[0].mean);
+    CHECK(seen[static_cast<std::size_t>(r)].invstd == seen[0].invstd);
   }
 }
 

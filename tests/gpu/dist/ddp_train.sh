@@ -28,6 +28,8 @@
 #   5. resume with another world size: the 2-GPU run's checkpoint continues on 1 GPU.
 #   6. CUDA graphs (runtime.cuda_graph, on by default) with the all-reduce captured: the fp32 SGD
 #      2-GPU run replayed graphs on both ranks and equals the same run with every iteration eager.
+#   7. SyncBatchNorm (runtime.sync_bn): 2 GPUs x batch 1 == 1 GPU x batch 2 (displacement loss off),
+#      and without it the same comparison fails.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
@@ -185,6 +187,45 @@ if [ -f "$G/epoch_$EPOCHS.safetensors" ]; then
   else fail "6: CUDA graph replays under data parallelism change the update ($G vs $E)"; fi
 else
   fail "6: no 2-GPU fp32 SGD run to compare (check 1 failed)"
+fi
+
+# ---- 7: SyncBatchNorm ----------------------------------------------------------------------------
+# runtime.sync_bn=true: every BatchNorm normalises with the global batch, so 2 GPUs x batch 1 must
+# train like 1 GPU x batch 2 (same images in the same BN batch: the sampler gives rank r the
+# permutation's elements r, r+2, ...). With the displacement loss off: the heatmap loss is a mean
+# over the batch's elements (the global batch's loss is the mean of the per-GPU ones, which DDP's
+# gradient average reproduces), while the displacement loss divides by the batch's count of
+# positive targets, which differs per image. Without sync_bn the same 2-GPU run must NOT match
+# (per-GPU BN statistics of one image): the check can tell the two apart.
+Y=$OUT/syncbn_2gpu
+YN=$OUT/nosyncbn_2gpu
+Y1=$OUT/syncbn_1gpu_b2
+NODISP=(loss.displacement_weight=0 train_cfg.max_epochs=$EPOCHS optim_wrapper.accumulative_counts=1)
+dist2 "$Y" "$Y.log" "${COMMON[@]}" "${SGD[@]}" "${NODISP[@]}" runtime.sync_bn=true
+rcY=$?
+dist2 "$YN" "$YN.log" "${COMMON[@]}" "${SGD[@]}" "${NODISP[@]}"
+rcYN=$?
+single "$Y1" "$Y1.log" "${COMMON[@]}" "${SGD[@]}" "${NODISP[@]}" train_cfg.batch_size=2
+rcY1=$?
+if [ $rcY -ne 0 ] || [ $rcYN -ne 0 ] || [ $rcY1 -ne 0 ]; then
+  fail "7: runs failed (sync_bn rc=$rcY: $Y.log; without rc=$rcYN: $YN.log; 1 GPU b2 rc=$rcY1: $Y1.log)"
+  tail -5 "$Y.log" "$YN.log" "$Y1.log"
+else
+  grep -h 'SyncBatchNorm' "$Y.log" | head -1 | sed 's/^/  /'
+  mapfile -t sums < <(rank_lines "$Y.log" | grep -oE 'checksum [0-9a-f]+' | awk '{print $2}')
+  "$PY" "$CMP" --label "fp32 SGD, SyncBN 2 GPUs x b1 vs 1 GPU x b2" --start "$S/epoch_1.safetensors" \
+    --bound 1e-2 --noise-min 1e-3 --judge-epoch 2 "$Y" "$Y1"
+  rc_sync=$?
+  "$PY" "$CMP" --info --label "fp32 SGD, per-GPU BN 2 GPUs x b1 vs 1 GPU x b2 (must differ)" \
+    --start "$S/epoch_1.safetensors" --judge-epoch 2 "$YN" "$Y1" > "$OUT/nosyncbn_cmp.txt"
+  cat "$OUT/nosyncbn_cmp.txt"
+  r_no=$(grep -oE 'epoch 1: ratio [^ ]+ = [0-9.e+-]+' "$OUT/nosyncbn_cmp.txt" | head -1 | awk '{print $NF}')
+  if [ $rc_sync -eq 0 ] && [ ${#sums[@]} -eq 2 ] && [ "${sums[0]}" = "${sums[1]}" ] && \
+     "$PY" -c "import sys; sys.exit(0 if float('${r_no:-0}') > 0.05 else 1)"; then
+    pass "7: SyncBatchNorm: 2 GPUs x batch 1 == 1 GPU x batch 2 (per-GPU BN: ratio ${r_no}), replicas identical"
+  else
+    fail "7: SyncBatchNorm (compare rc=$rc_sync, checksums ${sums[*]:-none}, per-GPU BN ratio ${r_no:-none})"
+  fi
 fi
 
 # ---- 2: all-reduce count with accumulation 4 ------------------------------------------------------

@@ -216,18 +216,13 @@ __device__ __forceinline__ void bn_affine_map(float mean, float invstd, float ga
   shift = __fmaf_rn(-mean, sc, beta);
 }
 
-/// Per channel: merge the partials in order (block-major, then slot), then the statistics, running stats and the
-/// normalisation as one affine map y = x*scale + shift.
-__global__ void __launch_bounds__(kBnFinalizeThreads)
-bn_stats_finalize(const float* __restrict__ partial, int n_part, int C, int L, std::int64_t M,
-                  const float* __restrict__ gamma, const float* __restrict__ beta,
-                  float* __restrict__ running_mean, float* __restrict__ running_var,
-                  float* __restrict__ save_mean, float* __restrict__ save_invstd,
-                  float* __restrict__ scale, float* __restrict__ shift, float momentum, float eps) {
-  // One block per channel. A channel has n_part * (L / C) partials (blocks down the rows x its
-  // slots c, c+C, ... of the super-row). Each thread merges a fixed strided subset in order, then a
-  // fixed-shape tree merges the threads: deterministic, and ~n_part/128 sequential merges instead
-  // of n_part (a single thread per channel made this the slowest kernel of the step).
+/// Channel blockIdx.x's statistics from the partials, merged in a fixed order; valid in thread 0.
+/// A channel has n_part * (L / C) partials (blocks down the rows x its slots c, c+C, ... of the
+/// super-row). Each thread merges a fixed strided subset in order, then a fixed-shape tree merges
+/// the threads: deterministic, and ~n_part/128 sequential merges instead of n_part (a single
+/// thread per channel made this the slowest kernel of the step).
+__device__ __forceinline__ void bn_merge_channel_stats(const float* __restrict__ partial, int n_part, int C, int L,
+                                                       float& n_out, float& mean_out, float& m2_out) {
   const int c = blockIdx.x;
   const int per_part = L / C;
   const std::int64_t n_items = std::int64_t{n_part} * per_part;
@@ -254,9 +249,24 @@ bn_stats_finalize(const float* __restrict__ partial, int n_part, int C, int L, s
     }
     __syncthreads();
   }
+  n_out = s_n[0];
+  mean_out = s_mean[0];
+  m2_out = s_m2[0];
+}
+
+/// Per channel: merge the partials in order (block-major, then slot), then the statistics, running stats and the
+/// normalisation as one affine map y = x*scale + shift. SyncBatchNorm passes the ranks' gathered
+/// per-channel statistics as the partials (n_part = world size, L = C) and M of the global batch.
+__global__ void __launch_bounds__(kBnFinalizeThreads)
+bn_stats_finalize(const float* __restrict__ partial, int n_part, int C, int L, std::int64_t M,
+                  const float* __restrict__ gamma, const float* __restrict__ beta,
+                  float* __restrict__ running_mean, float* __restrict__ running_var,
+                  float* __restrict__ save_mean, float* __restrict__ save_invstd,
+                  float* __restrict__ scale, float* __restrict__ shift, float momentum, float eps) {
+  const int c = blockIdx.x;
+  float n, mean, m2;
+  bn_merge_channel_stats(partial, n_part, C, L, n, mean, m2);
   if (threadIdx.x != 0) return;
-  mean = s_mean[0];
-  m2 = s_m2[0];
   const float var = m2 / static_cast<float>(M);
   const float invstd = 1.f / sqrtf(var + eps);
   save_mean[c] = mean;
@@ -266,6 +276,17 @@ bn_stats_finalize(const float* __restrict__ partial, int n_part, int C, int L, s
   running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * mean;
   running_var[c] = (1.f - momentum) * running_var[c] + momentum * unbiased;
   bn_affine_map(mean, invstd, gamma[c], beta[c], scale[c], shift[c]);
+}
+
+/// SyncBatchNorm, before the exchange: this rank's per-channel (count, mean, M2) -> out[c * 3 ..].
+__global__ void __launch_bounds__(kBnFinalizeThreads)
+bn_stats_local(const float* __restrict__ partial, int n_part, int C, int L, float* __restrict__ out) {
+  float n, mean, m2;
+  bn_merge_channel_stats(partial, n_part, C, L, n, mean, m2);
+  if (threadIdx.x != 0) return;
+  out[blockIdx.x * 3 + 0] = n;
+  out[blockIdx.x * 3 + 1] = mean;
+  out[blockIdx.x * 3 + 2] = m2;
 }
 
 /// Rebuild (batch_norm_relu_forward_saved): the affine map from a training forward's saved
@@ -482,14 +503,11 @@ __global__ void __launch_bounds__(kBnThreads)
   }
 }
 
-/// Per channel: dgamma += sum(dz*xhat), dbeta += sum(dz), and dx = a*dz + b*(x - mean) + e with
-/// a = gamma*invstd, b = -gamma*invstd^3*sum(dz*(x-mean))/M, e = -gamma*invstd*sum(dz)/M.
-__global__ void __launch_bounds__(kBnFinalizeThreads)
-bn_grad_finalize(const float* __restrict__ partial, int n_part, int C, int L, std::int64_t M,
-                 const float* __restrict__ gamma, const float* __restrict__ invstd,
-                 float* __restrict__ dgamma, float* __restrict__ dbeta, float* __restrict__ coef) {
-  // One block per channel; fixed strided subsets per thread, then a fixed-shape tree (as
-  // bn_stats_finalize): deterministic.
+/// Channel blockIdx.x's sum(dz) and sum(dz * (x - mean)) from the partials; valid in thread 0.
+/// Fixed strided subsets per thread, then a fixed-shape tree (as bn_merge_channel_stats):
+/// deterministic.
+__device__ __forceinline__ void bn_merge_channel_grads(const float* __restrict__ partial, int n_part, int C, int L,
+                                                       float& sdz_out, float& sdzx_out) {
   const int c = blockIdx.x;
   const int per_part = L / C;
   const std::int64_t n_items = std::int64_t{n_part} * per_part;
@@ -512,15 +530,45 @@ bn_grad_finalize(const float* __restrict__ partial, int n_part, int C, int L, st
     }
     __syncthreads();
   }
+  sdz_out = s_dz[0];
+  sdzx_out = s_dzx[0];
+}
+
+/// Per channel: dgamma += sum(dz*xhat), dbeta += sum(dz), and dx = a*dz + b*(x - mean) + e with
+/// a = gamma*invstd, b = -gamma*invstd^3*sum(dz*(x-mean))/M, e = -gamma*invstd*sum(dz)/M.
+/// SyncBatchNorm: `global_sums` (sum(dz), sum(dz*(x-mean))) per channel over all ranks and M the
+/// global batch's rows give dx, while dgamma and dbeta take this rank's own sums (the gradient of
+/// this rank's loss; the data-parallel average over ranks then makes them the global batch's, as
+/// torch.nn.SyncBatchNorm does). Null: this rank's sums for both.
+__global__ void __launch_bounds__(kBnFinalizeThreads)
+bn_grad_finalize(const float* __restrict__ partial, int n_part, int C, int L, std::int64_t M,
+                 const float* __restrict__ gamma, const float* __restrict__ invstd,
+                 float* __restrict__ dgamma, float* __restrict__ dbeta, float* __restrict__ coef,
+                 const float* __restrict__ global_sums = nullptr) {
+  const int c = blockIdx.x;
+  float sdz, sdzx;
+  bn_merge_channel_grads(partial, n_part, C, L, sdz, sdzx);
   if (threadIdx.x != 0) return;
-  sdz = s_dz[0];
-  sdzx = s_dzx[0];
   const float is = invstd[c], g = gamma[c], inv_m = 1.f / static_cast<float>(M);
   dgamma[c] += sdzx * is;
   dbeta[c] += sdz;
+  if (global_sums) {
+    sdz = global_sums[c * 2 + 0];
+    sdzx = global_sums[c * 2 + 1];
+  }
   coef[c * 3 + 0] = g * is;
   coef[c * 3 + 1] = -g * is * is * is * sdzx * inv_m;
   coef[c * 3 + 2] = -g * is * sdz * inv_m;
+}
+
+/// SyncBatchNorm, before the exchange: this rank's per-channel (sum(dz), sum(dz*(x-mean))) -> out[c * 2 ..].
+__global__ void __launch_bounds__(kBnFinalizeThreads)
+bn_grad_local(const float* __restrict__ partial, int n_part, int C, int L, float* __restrict__ out) {
+  float sdz, sdzx;
+  bn_merge_channel_grads(partial, n_part, C, L, sdz, sdzx);
+  if (threadIdx.x != 0) return;
+  out[blockIdx.x * 2 + 0] = sdz;
+  out[blockIdx.x * 2 + 1] = sdzx;
 }
 
 template <class N, int V, BatchNormEpilogue E>
@@ -583,10 +631,13 @@ void bn_forward(const Cuda& ctx, const ampkit::detail::BatchNormForwardArgs<T>& 
   const BnLayout lay = bn_layout<T>(
       M, C, {a.x.data, a.y.data, e == BatchNormEpilogue::kAddRelu ? a.residual.data : nullptr});
   const int v = lay.v, L = static_cast<int>(lay.row_len);
-  // Workspace: scale, shift (C each) + partial statistics (grid_y * L * 3).
+  // Workspace: scale, shift (C each) + partial statistics (grid_y * L * 3) + under SyncBatchNorm
+  // the ranks' gathered per-channel statistics (world size * C * 3).
   const BnTiling t = bn_tiling(lay.rows, L, v, n_sm);
-  auto ws =
-      ctx.workspace(sizeof(float) * (2 * std::size_t(C) + (training ? std::size_t(t.grid_y) * L * 3 : 0)));
+  BatchNormSync* const sync = training ? ctx.batch_norm_sync() : nullptr;
+  const std::size_t world = sync ? static_cast<std::size_t>(sync->world_size()) : 0;
+  auto ws = ctx.workspace(sizeof(float) * (2 * std::size_t(C) + (training ? std::size_t(t.grid_y) * L * 3 : 0) +
+                                           world * std::size_t(C) * 3));
   float* scale = reinterpret_cast<float*>(ws.data());
   float* shift = scale + C;
   float* partial = shift + C;
@@ -596,9 +647,25 @@ void bn_forward(const Cuda& ctx, const ampkit::detail::BatchNormForwardArgs<T>& 
       bn_stats_partial<N, V><<<dim3(t.grid_x, t.grid_y), kBnThreads, 0, ctx.stream()>>>(
           native(a.x.data), lay.rows, L, t.packs_per_block, partial);
       AMPKIT_CUDA_CHECK_LAUNCH();
-      bn_stats_finalize<<<static_cast<unsigned>(C), kBnFinalizeThreads, 0, ctx.stream()>>>(
-          partial, static_cast<int>(t.grid_y), C, L, M, a.gamma.data, a.beta.data, a.running_mean.data,
-          a.running_var.data, a.save_mean.data, a.save_invstd.data, scale, shift, cfg.momentum, cfg.eps);
+      if (sync) {
+        // SyncBatchNorm: this rank's per-channel (count, mean, M2) into its slot, gathered from
+        // every rank, then merged in rank order (the same Chan merge and order on every rank, so
+        // every rank normalises with bit-identical statistics) over the global batch's rows.
+        // Every rank has the same batch rows (the sampler pads its share), so M x world size.
+        float* gathered = partial + std::size_t(t.grid_y) * L * 3;
+        bn_stats_local<<<static_cast<unsigned>(C), kBnFinalizeThreads, 0, ctx.stream()>>>(
+            partial, static_cast<int>(t.grid_y), C, L, gathered + std::size_t(sync->rank()) * C * 3);
+        AMPKIT_CUDA_CHECK_LAUNCH();
+        sync->all_gather(gathered, std::size_t(C) * 3, ctx.stream());
+        bn_stats_finalize<<<static_cast<unsigned>(C), kBnFinalizeThreads, 0, ctx.stream()>>>(
+            gathered, static_cast<int>(world), C, C, M * static_cast<std::int64_t>(world), a.gamma.data,
+            a.beta.data, a.running_mean.data, a.running_var.data, a.save_mean.data, a.save_invstd.data, scale,
+            shift, cfg.momentum, cfg.eps);
+      } else {
+        bn_stats_finalize<<<static_cast<unsigned>(C), kBnFinalizeThreads, 0, ctx.stream()>>>(
+            partial, static_cast<int>(t.grid_y), C, L, M, a.gamma.data, a.beta.data, a.running_mean.data,
+            a.running_var.data, a.save_mean.data, a.save_invstd.data, scale, shift, cfg.momentum, cfg.eps);
+      }
       AMPKIT_CUDA_CHECK_LAUNCH();
     } else if (from_saved) {
       bn_saved_affine<<<cblocks, 128, 0, ctx.stream()>>>(C, a.gamma.data, a.beta.data, a.save_mean.data,
@@ -645,7 +712,11 @@ void bn_backward(const Cuda& ctx, const ampkit::detail::BatchNormBackwardArgs<T>
                                            e == BatchNormEpilogue::kAddRelu ? a.dL_dresidual.data : nullptr});
   const int v = lay.v, L = static_cast<int>(lay.row_len);
   const BnTiling t = bn_tiling(lay.rows, L, v, n_sm);
-  auto ws = ctx.workspace(sizeof(float) * (3 * std::size_t(C) + std::size_t(t.grid_y) * L * 2));
+  // Workspace: dx coefficients (3 C) + partial sums (grid_y * L * 2) + under SyncBatchNorm this
+  // rank's and the global per-channel sums (2 C each).
+  BatchNormSync* const sync = ctx.batch_norm_sync();
+  auto ws = ctx.workspace(sizeof(float) * (3 * std::size_t(C) + std::size_t(t.grid_y) * L * 2 +
+                                           (sync ? 4 * std::size_t(C) : 0)));
   float* coef = reinterpret_cast<float*>(ws.data());
   float* partial = coef + 3 * C;
   with_pack_width<T>(v, [&]<int V>() {
@@ -654,9 +725,25 @@ void bn_backward(const Cuda& ctx, const ampkit::detail::BatchNormBackwardArgs<T>
           native(a.x.data), native(a.y.data), native(a.dL_dy.data), a.save_mean.data, lay.rows, L, C,
           t.packs_per_block, partial);
       AMPKIT_CUDA_CHECK_LAUNCH();
-      bn_grad_finalize<<<static_cast<unsigned>(C), kBnFinalizeThreads, 0, ctx.stream()>>>(partial, static_cast<int>(t.grid_y), C, L, M,
-                                                          a.gamma.data, a.save_invstd.data, a.dL_dgamma.data,
-                                                          a.dL_dbeta.data, coef);
+      if (sync) {
+        // SyncBatchNorm: this rank's per-channel sums, a copy summed over the ranks; dx from the
+        // global sums over the global rows, dgamma / dbeta from this rank's (bn_grad_finalize).
+        float* local = partial + std::size_t(t.grid_y) * L * 2;
+        float* global = local + 2 * std::size_t(C);
+        bn_grad_local<<<static_cast<unsigned>(C), kBnFinalizeThreads, 0, ctx.stream()>>>(
+            partial, static_cast<int>(t.grid_y), C, L, local);
+        AMPKIT_CUDA_CHECK_LAUNCH();
+        AMPKIT_CUDA_CHECK(cudaMemcpyAsync(global, local, 2 * std::size_t(C) * sizeof(float),
+                                          cudaMemcpyDeviceToDevice, ctx.stream()));
+        sync->all_reduce_sum(global, 2 * std::size_t(C), ctx.stream());
+        bn_grad_finalize<<<static_cast<unsigned>(C), kBnFinalizeThreads, 0, ctx.stream()>>>(
+            local, 1, C, C, M * static_cast<std::int64_t>(sync->world_size()), a.gamma.data, a.save_invstd.data,
+            a.dL_dgamma.data, a.dL_dbeta.data, coef, global);
+      } else {
+        bn_grad_finalize<<<static_cast<unsigned>(C), kBnFinalizeThreads, 0, ctx.stream()>>>(
+            partial, static_cast<int>(t.grid_y), C, L, M, a.gamma.data, a.save_invstd.data, a.dL_dgamma.data,
+            a.dL_dbeta.data, coef);
+      }
       AMPKIT_CUDA_CHECK_LAUNCH();
       const std::int64_t n_pack = M * C / V;
       if (bn_flat_packs().load()) {  // the switch also selects the row-tiled passes

@@ -46,6 +46,25 @@ struct CudnnOptions {
 
 namespace cuda {
 
+/// SyncBatchNorm's cross-rank exchange (installed on a context with Cuda::set_batch_norm_sync;
+/// the NCCL implementation is dist::NcclBatchNormSync in backend/cuda/dist/batch_norm_sync.cuh).
+/// While one is installed, every training-mode BatchNorm forward and backward on the context
+/// normalises with the statistics of the global batch: the batch of all ranks together. Both
+/// calls are stream-ordered collectives (no host synchronisation), so they may be captured into
+/// a CUDA graph with the rest of the step; every rank must make them in the same order, which the
+/// identical model on every rank guarantees.
+class BatchNormSync {
+ public:
+  virtual ~BatchNormSync() = default;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  /// In place: rank r's `count` floats at data + r * count are gathered into every rank's
+  /// data[0, world_size * count).
+  virtual void all_gather(float* data, std::size_t count, cudaStream_t stream) = 0;
+  /// In place: data[0, count) := the sum over ranks.
+  virtual void all_reduce_sum(float* data, std::size_t count, cudaStream_t stream) = 0;
+};
+
 /// Pinned staging for Cuda::upload: a ring of page-locked slots, each with the event of its last
 /// copy. A slot is refilled only once that event has fired, so the host waits (if ever) for a copy
 /// kSlots uploads back, never for the compute work queued behind it.
@@ -135,6 +154,10 @@ class Cuda {
   /// under other options keep their plans: the options are part of the plan cache's key).
   const CudnnOptions& cudnn_options() const { return cudnn_options_; }
   void set_cudnn_options(CudnnOptions o) { cudnn_options_ = o; }
+  /// SyncBatchNorm: null (the default) normalises each BatchNorm with this process's batch;
+  /// installed, with the global batch of all ranks (cuda::BatchNormSync).
+  void set_batch_norm_sync(std::shared_ptr<cuda::BatchNormSync> s) { bn_sync_ = std::move(s); }
+  cuda::BatchNormSync* batch_norm_sync() const { return bn_sync_.get(); }
 
   template <class T>
   cuda::DeviceBuffer<T> alloc(std::size_t n) const {
@@ -194,6 +217,7 @@ class Cuda {
   cublasLtHandle_t cublaslt_ = nullptr;
   std::shared_ptr<cuda::DeviceAllocator> alloc_;
   CudnnOptions cudnn_options_;
+  std::shared_ptr<cuda::BatchNormSync> bn_sync_;
   std::unique_ptr<cuda::UploadStaging> staging_ = std::make_unique<cuda::UploadStaging>();
 };
 

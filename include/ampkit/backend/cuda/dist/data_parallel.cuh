@@ -133,6 +133,8 @@ class NcclDataParallel final : public train::DataParallel {
   }
 
   ~NcclDataParallel() override {
+    // The SyncBatchNorm exchange refers to the communicator: off the context first.
+    if (sync_bn_) ctx_->set_batch_norm_sync(nullptr);
     // Their comm stream drains before the communicators go; the first reducer owns the stream
     // the others share, so it goes last.
     while (!reducers_.empty()) reducers_.pop_back();
@@ -249,6 +251,12 @@ class NcclDataParallel final : public train::DataParallel {
     slow_pg_->barrier();
   }
 
+  bool enable_sync_batch_norm() override {
+    ctx_->set_batch_norm_sync(std::make_shared<NcclBatchNormSync>(*pg_));
+    sync_bn_ = true;
+    return true;
+  }
+
   bool supports_graph_capture() const override { return true; }
 
   void begin_capture(bool window_end) override {
@@ -336,6 +344,7 @@ class NcclDataParallel final : public train::DataParallel {
   };
   Captured captured_[2];
   bool capturing_ = false, capture_window_end_ = false;
+  bool sync_bn_ = false;  ///< the context's BatchNorms exchange statistics over pg_
   std::int64_t capture_syncs0_ = 0, capture_launches0_ = 0;
   std::int64_t launch_adjust_ = 0;  ///< replayed launches minus captured ones (not run)
 };
