@@ -15,7 +15,7 @@
 #             (the step-stats readout no longer lags)
 #   decode    the DEKR decoder's timing case (512x640 input, flip test): images/s (issue 7)
 #   ddp       tests/gpu/dist/ddp_train.sh (2 GPUs: equivalence, all-reduce count, dead rank, resume)
-#   scaling   bench/run_ddp_scaling.sh: W32 512 AMP img/s on 1 vs 2 GPUs (issue 9)
+#   scaling   bench/run_ddp_scaling.sh: W32 512 AMP img/s on 1 vs 2 GPUs (issue 9; graphs, overlap on)
 #   precision tools/compare_precision.sh on W32 512, batch 2: the fp32/fp16/bf16 memory and speed
 #             table of docs/amp_guide.md (issue 8)
 #   parity    tools/plot_parity.py --device cuda on configs/demo_gpu.toml: the W32 loss curves under
@@ -126,7 +126,10 @@ fi
 
 if want scaling; then
   t0=$SECONDS
-  AMPKIT_BIN=$B/examples/dekr_amp/dekr_amp timeout ${SCALING_TIMEOUT:-330} bash bench/run_ddp_scaling.sh > "$OUT/scaling.log" 2>&1
+  # The default configuration (graphs, overlap on), 480 iterations: ~140 s for both variants on
+  # 2 H200s (2026-11-30 19:14). MODES / OVERLAPS / ITERS override (bench/run_ddp_scaling.sh).
+  AMPKIT_BIN=$B/examples/dekr_amp/dekr_amp MODES=${MODES:-graph} OVERLAPS=${OVERLAPS:-1} ITERS=${ITERS:-480} \
+    timeout ${SCALING_TIMEOUT:-330} bash bench/run_ddp_scaling.sh > "$OUT/scaling.log" 2>&1
   log "ddp scaling: rc=$? in $((SECONDS - t0)) s"
   tee -a "$S" < "$OUT/scaling.log" | tail -12
 fi
