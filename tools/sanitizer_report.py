@@ -21,6 +21,11 @@ Reports the tool counted but did not print (its --print-limit) cannot be classif
 "unclassified": run with a print limit above the error count (tools/sanitize_gpu.sh does when
 SANITIZE_CLASSIFY=1).
 
+Which reports the exception may cover is the caller's decision: a racecheck hazard lives inside
+one kernel, so a library kernel's own hazard is the library's; an initcheck or memcheck report in
+a library kernel may be a read of what ampkit passed in (tools/sanitize_gpu.sh excepts racecheck
+only).
+
 Exit status: 0 when the log is complete (it has the tool's summary), no report is ampkit's and
 none is unclassified (library-internal ones are listed, not failed); 1 otherwise; 2 on a file
 that is not a compute-sanitizer log.
