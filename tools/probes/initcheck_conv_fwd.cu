@@ -14,7 +14,11 @@
 // reference everywhere but whose copy is reported wrote bytes the tool did not track: a
 // sanitizer blind spot, not an uninitialised read. With --mark, each output is marked initialised
 // after the conv the way ampkit's conv ops do (backend/cuda/sanitizer_marks.cuh): the reports must
-// then be gone. Results on the H200: bench/results/sanitize_h200_20261130_1703.md. The program prints one line per algorithm
+// then be gone. Results on the H200: bench/results/sanitize_h200_20261130_1703.md (7 shapes) and
+// sanitize_h200_20261130_1916.md (--mark: 3584 -> 0); the stem and odd-channel shapes were added
+// after those runs, for the reports inside cuDNN's own pre-pass kernels (an
+// initcheck report *during* a conv, not at the copy, names the kernel that read unseen bytes;
+// the inputs here come from cudaMemcpy, which the tool tracks). The program prints one line per algorithm
 // (flushed, so the tool's reports follow the line of the algorithm they belong to) and exits 1
 // if any output is wrong.
 #include <cuda_fp16.h>
@@ -151,11 +155,17 @@ int main(int argc, char** argv) {
   CK(cudnnCreate(&h));
   std::printf("cuDNN %zu%s\n", cudnnGetVersion(), mark ? ", outputs marked initialised (NVTX)" : "");
   int bad = 0;
-  // tiny-HRNet-like shapes: 3x3 branch convs, a stride-2 transition, 1x1 fuse convs
+  // tiny-HRNet-like shapes: 3x3 branch convs, a stride-2 transition, 1x1 fuse convs; then the
+  // stem's 3-channel 3x3 stride-2 conv and a 1x1 conv to an odd channel count (the head's 17 / 34
+  // / 255): the shapes whose engines run cuDNN's nhwcAddPadding pre-pass, inside which initcheck
+  // reported the training step's first reads (2026-11-30 19:16, reliability.md s. 4). Here the
+  // input is written by cudaMemcpy, which initcheck tracks: a report inside the pre-pass then
+  // means the blind spot (cuDNN's own intermediate), not an unwritten input.
   for (const Shape& s : {Shape{2, 16, 32, 32, 16, 3, 1, 1}, Shape{2, 32, 16, 16, 32, 3, 1, 1},
                          Shape{2, 16, 32, 32, 32, 3, 2, 1}, Shape{2, 32, 16, 16, 16, 1, 1, 0},
                          Shape{2, 64, 16, 16, 32, 1, 1, 0}, Shape{2, 128, 8, 8, 32, 1, 1, 0},
-                         Shape{2, 64, 64, 64, 64, 3, 1, 1}})
+                         Shape{2, 64, 64, 64, 64, 3, 1, 1}, Shape{2, 3, 64, 64, 32, 3, 2, 1},
+                         Shape{2, 32, 16, 16, 17, 1, 1, 0}})
     bad += probe(h, s, mark);
   cudnnDestroy(h);
   std::printf("probe: %d wrong outputs\n", bad);
