@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Data-parallel scaling of DEKR-W32 512x512 AMP training (issue 9's benchmark): the real dekr_amp,
-# 1 process on 1 GPU against 2 processes on 2 GPUs (tools/dist_train.sh), for batch 10 per GPU and
-# for batch 2 per GPU with accumulation 4 (the users' memory-starved configuration). Scaling =
-# img/s on 2 GPUs / img/s on 1 GPU (target >= 1.9, i.e. 95 % efficiency).
+# Data-parallel scaling of DEKR-W32 512x512 AMP training (issues 9 and 11): the real dekr_amp,
+# 1 process on 1 GPU against N processes on N GPUs (tools/dist_train.sh; N from GPU_COUNTS, 2 by
+# default), for batch 10 per GPU and for batch 2 per GPU with accumulation 4 (the users'
+# memory-starved configuration). Scaling = img/s on N GPUs / img/s on 1 GPU (target >= 0.95 N:
+# 1.9 on 2, 3.8 on 4).
 #
 #   AMPKIT_BIN=build/examples/dekr_amp/dekr_amp bash bench/run_ddp_scaling.sh
 #
@@ -25,7 +26,9 @@
 # e.g. amp.init_scale=1024; with OVERLAPS="" only the 1-GPU runs happen), MODES ("graph eager":
 # the step as replayed CUDA graphs, runtime.cuda_graph=true, the default of the config and of
 # dekr_amp, with the all-reduce inside the graph under data parallelism; and every iteration
-# eagerly, runtime.cuda_graph=false; each mode's scaling is against the 1-GPU run of the same mode).
+# eagerly, runtime.cuda_graph=false; each mode's scaling is against the 1-GPU run of the same mode),
+# GPU_COUNTS ("2": the data-parallel world sizes to run, e.g. "2 4" on a 4-GPU machine for issue
+# 11; each against the same 1-GPU run, target >= 0.95 x N).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${AMPKIT_BIN:-build/examples/dekr_amp/dekr_amp}
@@ -39,8 +42,14 @@ WORKERS=${WORKERS:-6}
 VARIANTS=${VARIANTS:-10x1 2x4}
 OVERLAPS=${OVERLAPS-1 0}
 MODES=${MODES:-graph eager}
+GPU_COUNTS=${GPU_COUNTS:-2}
+NEED=2
+for g in $GPU_COUNTS; do
+  [[ $g =~ ^[0-9]+$ ]] && [ "$g" -ge 2 ] || { echo "run_ddp_scaling.sh: GPU_COUNTS='$GPU_COUNTS': each entry is a world size >= 2"; exit 2; }
+  [ "$g" -gt "$NEED" ] && NEED=$g
+done
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
-[ "${NGPU:-0}" -ge 2 ] || { echo "run_ddp_scaling.sh: skipped: needs 2 GPUs, ${NGPU:-0} visible"; exit 77; }
+[ "${NGPU:-0}" -ge "$NEED" ] || { echo "run_ddp_scaling.sh: skipped: needs $NEED GPUs, ${NGPU:-0} visible"; exit 77; }
 mkdir -p "$OUT" "$WORK/data"
 export NCCL_NVLS_ENABLE=0
 
@@ -80,7 +89,7 @@ run() {  # run NAME GPUS BATCH ACCUM OVERLAP MODE
     env -u RANK -u WORLD_SIZE -u LOCAL_RANK CUDA_VISIBLE_DEVICES=0 "$BIN" train configs/dekr_hrnet-w32_coco-512x512.toml \
       "${opts[@]}" > "$OUT/$name.log" 2>&1
   else
-    CUDA_VISIBLE_DEVICES=0,1 AMPKIT_BIN=$BIN PORT=$((29700 + RANDOM % 200)) AMPKIT_DDP_OVERLAP=$ov \
+    CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((g - 1))) AMPKIT_BIN=$BIN PORT=$((29700 + RANDOM % 200)) AMPKIT_DDP_OVERLAP=$ov \
       tools/dist_train.sh configs/dekr_hrnet-w32_coco-512x512.toml "$g" "${opts[@]}" > "$OUT/$name.log" 2>&1
   fi
   local rc=$?
@@ -92,17 +101,19 @@ for v in $VARIANTS; do
   b=${v%x*} a=${v#*x}
   for mode in $MODES; do
     run "b${b}x${a}_${mode}_1gpu" 1 "$b" "$a" 1 "$mode"
-    for ov in $OVERLAPS; do
-      if [ "$ov" = 1 ]; then n="b${b}x${a}_${mode}_2gpu"; else n="b${b}x${a}_${mode}_2gpu_overlap$ov"; fi
-      run "$n" 2 "$b" "$a" "$ov" "$mode"
+    for g in $GPU_COUNTS; do
+      for ov in $OVERLAPS; do
+        if [ "$ov" = 1 ]; then n="b${b}x${a}_${mode}_${g}gpu"; else n="b${b}x${a}_${mode}_${g}gpu_overlap$ov"; fi
+        run "$n" "$g" "$b" "$a" "$ov" "$mode"
+      done
     done
   done
 done
 grep -h 'cuda graph' "$OUT"/*.log 2>/dev/null | sed 's/^.*cuda graph/cuda graph/' | sort | uniq -c | head -20
 
-python3 - "$WORK" "$OUT/ddp_scaling.md" "$ITERS" "$LOG_INTERVAL" "$REPEAT" "$WORKERS" "$VARIANTS" "$OVERLAPS" "$MODES" <<'EOF'
+python3 - "$WORK" "$OUT/ddp_scaling.md" "$ITERS" "$LOG_INTERVAL" "$REPEAT" "$WORKERS" "$VARIANTS" "$OVERLAPS" "$MODES" "$GPU_COUNTS" <<'EOF'
 import json, os, statistics, subprocess, sys, datetime
-work, out, iters, interval, repeat, workers, variants, overlaps, modes = sys.argv[1:10]
+work, out, iters, interval, repeat, workers, variants, overlaps, modes, counts = sys.argv[1:11]
 def speed(name):
     path = os.path.join(work, name, "scalars.jsonl")
     if not os.path.exists(path):
@@ -114,25 +125,27 @@ def speed(name):
     return (statistics.median(steady) if steady else None), mem
 gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                      capture_output=True, text=True).stdout.strip().splitlines()
-lines = [f"# DEKR-W32 512x512 AMP (fp16, fp32 master) training: 1 GPU vs 2 GPUs (dekr_amp, NCCL)", "",
+lines = [f"# DEKR-W32 512x512 AMP (fp16, fp32 master) training: 1 GPU vs {' / '.join(counts.split())} GPUs (dekr_amp, NCCL)", "",
          f"Date {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; GPUs: {'; '.join(gpu)}.",
          f"Command: `ITERS={iters} LOG_INTERVAL={interval} REPEAT={repeat} WORKERS={workers} "
-         f"VARIANTS=\"{variants}\" OVERLAPS=\"{overlaps}\" MODES=\"{modes}\" bash bench/run_ddp_scaling.sh` "
+         f"VARIANTS=\"{variants}\" OVERLAPS=\"{overlaps}\" MODES=\"{modes}\" GPU_COUNTS=\"{counts}\" bash bench/run_ddp_scaling.sh` "
          "(img/s of all ranks, median of the logged intervals after the first two).", "",
-         "| batch per GPU x accumulation | step | 1 GPU img/s | 2 GPUs img/s | scaling | efficiency | peak MiB per GPU (1 / 2 GPUs) |",
-         "|---|---|---|---|---|---|---|"]
+         "| batch per GPU x accumulation | step | GPUs | 1 GPU img/s | N GPUs img/s | scaling | efficiency | peak MiB per GPU (1 / N GPUs) |",
+         "|---|---|---|---|---|---|---|---|"]
 for v in variants.split():
     for mode in modes.split():
         step = "CUDA graph" if mode == "graph" else "eager"
         s1, m1 = speed(f"b{v}_{mode}_1gpu")
-        for ov in overlaps.split() or ["-"]:
-            name = f"b{v}_{mode}_2gpu" if ov == "1" else f"b{v}_{mode}_2gpu_overlap{ov}"
-            label = f"{v} (AMPKIT_DDP_OVERLAP={ov})"
-            s2, m2 = speed(name) if ov != "-" else (None, None)
-            if s1 and s2:
-                lines.append(f"| {label} | {step} | {s1:.1f} | {s2:.1f} | {s2 / s1:.2f}x | {100 * s2 / (2 * s1):.0f} % | {m1:.0f} / {m2:.0f} |")
-            else:
-                lines.append(f"| {label} | {step} | {s1 or 'failed'} | {s2 or ('failed' if ov != '-' else '-')} | - | - | - |")
+        for g in counts.split():
+            n = int(g)
+            for ov in overlaps.split() or ["-"]:
+                name = f"b{v}_{mode}_{g}gpu" if ov == "1" else f"b{v}_{mode}_{g}gpu_overlap{ov}"
+                label = f"{v} (AMPKIT_DDP_OVERLAP={ov})"
+                s2, m2 = speed(name) if ov != "-" else (None, None)
+                if s1 and s2:
+                    lines.append(f"| {label} | {step} | {n} | {s1:.1f} | {s2:.1f} | {s2 / s1:.2f}x | {100 * s2 / (n * s1):.0f} % | {m1:.0f} / {m2:.0f} |")
+                else:
+                    lines.append(f"| {label} | {step} | {n} | {s1 or 'failed'} | {s2 or ('failed' if ov != '-' else '-')} | - | - | - |")
 text = "\n".join(lines) + "\n"
 open(out, "w").write(text)
 print(text)
