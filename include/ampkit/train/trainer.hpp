@@ -78,6 +78,7 @@ struct TrainResult {
   std::int64_t iterations = 0;   ///< completed iterations (global)
   std::int64_t epochs = 0;       ///< completed epochs
   float last_loss = 0.f;
+  float first_loss = 0.f;  ///< the loss at the run's first log point (this rank's micro-batch)
   std::int64_t skipped_steps = 0;
   std::string last_checkpoint;
   std::optional<EvalResult> last_val;  ///< the last validation (main rank), if any ran
@@ -451,6 +452,7 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
   double interval_data = 0.0;
   auto interval_start = std::chrono::steady_clock::now();
   std::optional<ValSet> val_set;  // loaded at the first validation
+  bool logged_once = false;       // result.first_loss is set
   const std::int64_t start_epoch = start_iter / iters_per_epoch;
   const std::int64_t max_epochs = (max_iters + iters_per_epoch - 1) / iters_per_epoch;
   if (main_rank)
@@ -591,6 +593,8 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
         }
         AMPKIT_CHECK(std::isfinite(v.total), "the loss is ", v.total, " at iteration ", iter,
                      ": training diverged (lower optimizer.lr, check the data, or use --precision bf16/fp32)");
+        if (!logged_once) result.first_loss = v.total;
+        logged_once = true;
         result.last_loss = v.total;
         if (last_stats) result.skipped_steps = last_stats->n_skipped();
         interval_start = now;
@@ -653,11 +657,15 @@ TrainResult run_training_with(Backend& ctx, const RunOptions& run, RunLogger& lo
     const auto w = ctx.to_host(TensorView<const float>(model.store().master_all()));
     result.weights_checksum = checksum(std::span<const float>(w.data(), static_cast<std::size_t>(w.numel())));
     // Every rank, on stdout (only rank 0 has a log): the replicas must agree (tests/gpu/dist/ddp_train.sh).
+    // The loss of this rank's own micro-batches at the first and last log points: with only rank 0
+    // logging, this is where every rank shows that it trained (issue 11: "the loss decreasing on
+    // all ranks").
     std::printf("dekr_amp: rank %d of %d: %lld iterations, %lld optimizer steps, %lld gradient all-reduces "
-                "(%lld grouped NCCL launches), %lld CUDA graph replays, weights checksum %016llx\n",
+                "(%lld grouped NCCL launches), %lld CUDA graph replays, loss %.4e -> %.4e, weights checksum %016llx\n",
                 run.rank, run.world_size, static_cast<long long>(iter), static_cast<long long>(result.optimizer_steps),
                 static_cast<long long>(result.gradient_syncs), static_cast<long long>(result.gradient_launches),
-                static_cast<long long>(result.graph_replays), static_cast<unsigned long long>(result.weights_checksum));
+                static_cast<long long>(result.graph_replays), static_cast<double>(result.first_loss),
+                static_cast<double>(result.last_loss), static_cast<unsigned long long>(result.weights_checksum));
     std::fflush(stdout);
   }
   std::signal(SIGINT, SIG_DFL);
