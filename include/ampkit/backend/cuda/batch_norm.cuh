@@ -561,14 +561,16 @@ bn_grad_finalize(const float* __restrict__ partial, int n_part, int C, int L, st
   coef[c * 3 + 2] = -g * is * sdz * inv_m;
 }
 
-/// SyncBatchNorm, before the exchange: this rank's per-channel (sum(dz), sum(dz*(x-mean))) -> out[c * 2 ..].
+/// SyncBatchNorm, before the exchange: this rank's per-channel (sum(dz), sum(dz*(x-mean))) into
+/// local[c * 2 ..] and the same into to_reduce[c * 2 ..], which the all-reduce then sums in place.
 __global__ void __launch_bounds__(kBnFinalizeThreads)
-bn_grad_local(const float* __restrict__ partial, int n_part, int C, int L, float* __restrict__ out) {
+bn_grad_local(const float* __restrict__ partial, int n_part, int C, int L, float* __restrict__ local,
+              float* __restrict__ to_reduce) {
   float sdz, sdzx;
   bn_merge_channel_grads(partial, n_part, C, L, sdz, sdzx);
   if (threadIdx.x != 0) return;
-  out[blockIdx.x * 2 + 0] = sdz;
-  out[blockIdx.x * 2 + 1] = sdzx;
+  local[blockIdx.x * 2 + 0] = to_reduce[blockIdx.x * 2 + 0] = sdz;
+  local[blockIdx.x * 2 + 1] = to_reduce[blockIdx.x * 2 + 1] = sdzx;
 }
 
 template <class N, int V, BatchNormEpilogue E>
@@ -726,15 +728,14 @@ void bn_backward(const Cuda& ctx, const ampkit::detail::BatchNormBackwardArgs<T>
           t.packs_per_block, partial);
       AMPKIT_CUDA_CHECK_LAUNCH();
       if (sync) {
-        // SyncBatchNorm: this rank's per-channel sums, a copy summed over the ranks; dx from the
-        // global sums over the global rows, dgamma / dbeta from this rank's (bn_grad_finalize).
+        // SyncBatchNorm: this rank's per-channel sums, written twice: once kept, once summed over
+        // the ranks; dx from the global sums over the global rows, dgamma / dbeta from this
+        // rank's (bn_grad_finalize).
         float* local = partial + std::size_t(t.grid_y) * L * 2;
         float* global = local + 2 * std::size_t(C);
         bn_grad_local<<<static_cast<unsigned>(C), kBnFinalizeThreads, 0, ctx.stream()>>>(
-            partial, static_cast<int>(t.grid_y), C, L, local);
+            partial, static_cast<int>(t.grid_y), C, L, local, global);
         AMPKIT_CUDA_CHECK_LAUNCH();
-        AMPKIT_CUDA_CHECK(cudaMemcpyAsync(global, local, 2 * std::size_t(C) * sizeof(float),
-                                          cudaMemcpyDeviceToDevice, ctx.stream()));
         sync->all_reduce_sum(global, 2 * std::size_t(C), ctx.stream());
         bn_grad_finalize<<<static_cast<unsigned>(C), kBnFinalizeThreads, 0, ctx.stream()>>>(
             local, 1, C, C, M * static_cast<std::int64_t>(sync->world_size()), a.gamma.data, a.save_invstd.data,

@@ -51,7 +51,7 @@ class NcclBatchNormSync final : public cuda::BatchNormSync {
   int rank() const override { return pg_->rank(); }
   int world_size() const override { return pg_->world_size(); }
   void all_gather(float* data, std::size_t count, cudaStream_t stream) override {
-    pg_->all_gather_inplace(data, count, ncclFloat32, stream, "all-gather of SyncBatchNorm statistics");
+    pg_->all_gather_inplace(data, count, stream, "all-gather of SyncBatchNorm statistics");
   }
   void all_reduce_sum(float* data, std::size_t count, cudaStream_t stream) override {
     pg_->all_reduce(data, count, ncclFloat32, ReduceOp::kSum, stream, "all-reduce (sum) of SyncBatchNorm gradient sums");

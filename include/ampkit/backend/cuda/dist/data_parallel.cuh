@@ -295,9 +295,9 @@ class NcclDataParallel final : public train::DataParallel {
     const Captured& c = captured_[window_end ? 1 : 0];
     n_syncs_ += c.syncs;
     launch_adjust_ += c.launches;
-    // The step graph holds the gradient all-reduce; under SyncBatchNorm every graph holds the
-    // BatchNorm exchanges too.
-    if (c.launches > 0 || window_end || sync_bn_)
+    // The step graph holds the gradient all-reduce (an accumulation graph none); under
+    // SyncBatchNorm every graph holds the BatchNorm exchanges too.
+    if (window_end || sync_bn_)
       pg_->track(ctx_->stream(), window_end ? "the gradient all-reduce of a replayed step graph"
                                             : "the SyncBatchNorm exchanges of a replayed accumulation graph");
   }

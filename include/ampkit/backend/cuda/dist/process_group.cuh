@@ -123,18 +123,6 @@ inline bool event_done(cudaEvent_t e) {
   return true;
 }
 
-/// Bytes per element of an NCCL data type.
-inline std::size_t nccl_type_size(ncclDataType_t t) {
-  switch (t) {
-    case ncclInt8: case ncclUint8: return 1;
-    case ncclFloat16: case ncclBfloat16: return 2;
-    case ncclInt32: case ncclUint32: case ncclFloat32: return 4;
-    case ncclInt64: case ncclUint64: case ncclFloat64: return 8;
-    default: break;
-  }
-  AMPKIT_FAIL("nccl_type_size: unsupported NCCL data type ", static_cast<int>(t));
-}
-
 /// Whether `stream` is being captured into a CUDA graph (cudaStreamIsCapturing is permitted in
 /// every capture mode).
 inline bool stream_capturing(cudaStream_t stream) {
@@ -297,12 +285,10 @@ class ProcessGroup {
 
   /// In-place all-gather: rank r's `count` elements at data + r * count end up, from every rank,
   /// in data[0, world_size * count) on every rank.
-  void all_gather_inplace(void* data, std::size_t count, ncclDataType_t type, cudaStream_t stream,
-                          std::string_view what) {
-    const std::size_t bytes = count * detail::nccl_type_size(type);
-    auto* base = static_cast<unsigned char*>(data);
+  template <StorageScalar T>
+  void all_gather_inplace(T* data, std::size_t count, cudaStream_t stream, std::string_view what) {
     enqueue(what, stream, [&](ncclComm_t comm) {
-      return ncclAllGather(base + bytes * static_cast<std::size_t>(rank_), base, count, type, comm, stream);
+      return ncclAllGather(data + count * static_cast<std::size_t>(rank_), data, count, nccl_type_v<T>, comm, stream);
     });
   }
 
