@@ -171,6 +171,8 @@ if want csprobe; then
       > "$OUT/csprobe_$m.log" 2>&1
     echo "initcheck probe ($m): $(grep -c 'Uninitialized access' "$OUT/csprobe_$m.log") reports," \
          "$(tail -2 "$OUT/csprobe_$m.log" | head -1)" | tee -a "$S"
+    # whose bytes the reports touched (the probe prints its ranges as ampkit-trace lines)
+    python3 tools/sanitizer_report.py "$OUT/csprobe_$m.log" 2>&1 | head -14 | tee -a "$S"
   done
   log "cuDNN forward initcheck probe: in $((SECONDS - t0)) s"
 fi

@@ -59,11 +59,34 @@ def main():
             fails.append(name)
             print(out)
 
-    lib = BANNER + "".join(initcheck_block(CUDNN_PAD, "libcudnn_engines_precompiled.so.9", 0x7f00 + 2 * i)
-                           for i in range(3)) + "========= ERROR SUMMARY: 3 errors\n"
+    # ampkit's AMPKIT_SANITIZER_TRACE lines: the conv's tensors, then the workspace cuDNN gets.
+    trace = ("ampkit-trace: conv2d_backward_filter x=0x1000+512 dy=0x2000+256 dw=0x3000+64\n"
+             "ampkit-trace: workspace ws=0x7f00+4096\n")
+    lib = BANNER + trace + "".join(initcheck_block(CUDNN_PAD, "libcudnn_engines_precompiled.so.9", 0x7f00 + 2 * i)
+                                   for i in range(3)) + "========= ERROR SUMMARY: 3 errors\n"
     rc, out = run(lib)
-    check("cuDNN-internal reads only: passes, listed as library-internal", rc == 0 and "library-internal 3" in out
-          and "libcudnn_engines_precompiled" in out and "nhwcAddPaddingKernel" in out, out)
+    check("cuDNN reading its own workspace: passes, listed as library-internal", rc == 0
+          and "library-internal 3" in out and "libcudnn_engines_precompiled" in out
+          and "nhwcAddPaddingKernel" in out and "workspace 3" in out, out)
+
+    on_x = BANNER + trace + initcheck_block(CUDNN_PAD, "libcudnn_engines_precompiled.so.9", 0x1000 + 6) + \
+        "========= ERROR SUMMARY: 1 error\n"
+    rc, out = run(on_x)
+    check("cuDNN reading a tensor ampkit passed in fails, named by call and tensor", rc == 1
+          and "library on ampkit data or unknown memory 1" in out and "conv2d_backward_filter:x 1" in out, out)
+
+    untraced = BANNER + initcheck_block(CUDNN_PAD, "libcudnn_engines_precompiled.so.9", 0x7f00) + \
+        "========= ERROR SUMMARY: 1 error\n"
+    rc, out = run(untraced)
+    check("a library read without trace lines (owner unknown) fails", rc == 1
+          and "untraced address 1" in out, out)
+
+    # The newest range wins: the workspace's bytes handed out again as a tensor of a later call.
+    reused = BANNER + trace + "ampkit-trace: conv2d_forward x=0x7f00+128 w=0x5000+64 y=0x6000+64\n" + \
+        initcheck_block(CUDNN_PAD, "libcudnn_engines_precompiled.so.9", 0x7f10) + "========= ERROR SUMMARY: 1 error\n"
+    rc, out = run(reused)
+    check("an address is attributed to the newest traced range holding it", rc == 1
+          and "conv2d_forward:x 1" in out, out)
 
     ours = BANNER + initcheck_block(CUDNN_PAD, "libcudnn_engines_precompiled.so.9", 0x10) + \
         initcheck_block(OUR_KERNEL, "test_gpu_models", 0x20) + "========= ERROR SUMMARY: 2 errors\n"
@@ -95,6 +118,25 @@ def main():
     rc, out = run(our_race)
     check("racecheck: a race in an ampkit kernel fails", rc == 1 and "ampkit 1" in out, out)
 
+    capture = BANNER + (
+        '========= Program hit cudaErrorStreamCaptureUnsupported (error 900) due to "operation not permitted when '
+        'stream is capturing" on CUDA API call to cudaMalloc.\n'
+        "=========     Saved host backtrace up to driver entry point at error\n"
+        "=========         Host Frame: ampkit::CachingAllocator<ampkit::cuda::RawCudaMemory>::allocate(unsigned long, "
+        "CUstream_st*) [0x1a5b8c] in test_gpu_train\n"
+        "========= \n"
+        '========= Program hit cudaErrorStreamCaptureInvalidated (error 901) due to "operation failed due to a '
+        'previous error during capture" on CUDA API call to cudaStreamEndCapture.\n'
+        "========= \n"
+        "========= ERROR SUMMARY: 2 errors\n")
+    rc, out = run(capture)
+    check("memcheck: a global-mode capture's API errors are counted as the capture fallback and fail by default",
+          rc == 1 and "capture fallback 2" in out and "cudaErrorStreamCaptureUnsupported" in out, out)
+    rc, out = run(capture, "--allow-capture-fallback")
+    check("--allow-capture-fallback passes a log whose only reports are the fallback's", rc == 0, out)
+    rc, out = run(capture.replace("ERROR SUMMARY: 2 errors", "ERROR SUMMARY: 3 errors"), "--allow-capture-fallback")
+    check("--allow-capture-fallback still fails on a report beyond those printed", rc == 1, out)
+
     clean = BANNER + ("========= Error: process didn't terminate successfully\n"
                       "========= Target application returned an error\n"
                       "========= ERROR SUMMARY: 0 errors\n")
@@ -105,7 +147,8 @@ def main():
     check("not a compute-sanitizer log: exit 2 with a message", rc == 2 and "not a compute-sanitizer log" in out, out)
 
     rc, out = run(lib, "--json")
-    check("--json summary", rc == 0 and '"library": 3' in out and '"ampkit": 0' in out, out)
+    check("--json summary", rc == 0 and '"library": 3' in out and '"ampkit": 0' in out
+          and '"traced_ranges": 4' in out, out)
 
     print(f"test_sanitizer_report: {len(fails)} failed")
     return 1 if fails else 0

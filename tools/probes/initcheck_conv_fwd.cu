@@ -111,6 +111,10 @@ int probe(cudnnHandle_t h, const Shape& s, bool mark) {
     CK(cudaMalloc(&dy, ny * 2));
     if (ws_bytes) CK(cudaMalloc(&ws, ws_bytes));
     const float one = 1.f, zero = 0.f;
+    // The ranges too, in the AMPKIT_SANITIZER_TRACE layout, so tools/sanitizer_report.py can say
+    // whose bytes a report inside a cuDNN kernel touched (x / w: written by cudaMemcpy; ws: cuDNN's).
+    std::printf("ampkit-trace: probe x=%p+%zu w=%p+%zu y=%p+%zu ws=%p+%zu\n", dx, x.size() * 2, dw, w.size() * 2, dy,
+                ny * 2, ws, ws_bytes);
     std::printf("probe: %dx%d s%d, %d->%d channels, %dx%d, batch %d: algo %d (math %d), workspace %zu: ", s.r, s.r,
                 s.stride, s.c, s.k, s.h, s.w, s.n, static_cast<int>(perf[i].algo), static_cast<int>(perf[i].mathType),
                 ws_bytes);

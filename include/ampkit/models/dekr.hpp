@@ -110,9 +110,15 @@ class AdaptiveActivationBlock {
     deform_conv2d_backward(ctx, x_, offsets_.cview(), store_->weight(adapt_w_), dL_dd.cview(), dL_dx.view(),
                            dL_doff.view(), store_->weight_grad(adapt_w_), params_);
     store_->notify_grads_ready(adapt_w_);
+    // Each intermediate gradient goes back to the allocator as soon as its one reader is issued
+    // (stream order makes the reuse safe): this block's backward is where the displacement
+    // branch peaks (bench/results/memory_plan_w32_breakdown.md).
+    dL_dd = Tensor<T>();
     auto dL_daff = ctx.template tensor<T>(transform_.output_shape());
     affine_offsets_backward(ctx, dL_doff.cview(), dL_daff.view());
+    dL_doff = Tensor<T>();
     auto d2 = transform_.backward(ctx, dL_daff.cview());
+    dL_daff = Tensor<T>();
     nn::accumulate(ctx, dL_dx.view(), d2.cview());
     nn::accumulate(ctx, dL_dx.view(), dL_dres.cview());
     return dL_dx;
@@ -184,15 +190,18 @@ class DekrHead {
   }
 
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dheatmaps, TensorView<const T> dL_ddisplacements) {
-    auto g = heat2_.backward(ctx, dL_dheatmaps);
-    nn::rebuild_before_backward(ctx, heat0_, *heat1_);
-    g = heat1_->backward(ctx, g.cview());
-    auto dL_dx = heat0_.backward(ctx, g.cview());
-    g = disp3_.backward(ctx, dL_ddisplacements);
+    // The displacement branch first: its backward (two deformable blocks) is the step's peak, and
+    // run first it does not have the heatmap branch's input gradient (the 480-channel neck size)
+    // held across it. The sum at the end is the same either way (a + b == b + a in IEEE).
+    auto g = disp3_.backward(ctx, dL_ddisplacements);
     g = disp2_->backward(ctx, g.cview());
     nn::rebuild_before_backward(ctx, disp0_, *disp1_);
     g = disp1_->backward(ctx, g.cview());
-    g = disp0_.backward(ctx, g.cview());
+    auto dL_dx = disp0_.backward(ctx, g.cview());
+    g = heat2_.backward(ctx, dL_dheatmaps);
+    nn::rebuild_before_backward(ctx, heat0_, *heat1_);
+    g = heat1_->backward(ctx, g.cview());
+    g = heat0_.backward(ctx, g.cview());
     nn::accumulate(ctx, dL_dx.view(), g.cview());
     return dL_dx;
   }

@@ -15,6 +15,7 @@
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/device.cuh"
 #include "ampkit/backend/cuda/memory.cuh"
+#include "ampkit/backend/cuda/sanitizer_marks.cuh"
 #include "ampkit/core/tensor.hpp"
 
 namespace ampkit {
@@ -169,7 +170,11 @@ class Cuda {
   }
   /// Scratch for one op (cuDNN workspace, im2col tiles): returned to the cache when it goes out
   /// of scope; stream order makes the reuse safe without a sync.
-  cuda::DeviceBuffer<std::byte> workspace(std::size_t bytes) const { return alloc<std::byte>(bytes); }
+  cuda::DeviceBuffer<std::byte> workspace(std::size_t bytes) const {
+    auto ws = alloc<std::byte>(bytes);
+    if (bytes) cuda::trace_ranges("workspace", {{"ws", ws.data(), bytes}});  // AMPKIT_SANITIZER_TRACE
+    return ws;
+  }
 
   template <class T>
   cuda::DeviceTensor<T> to_device(const HostTensor<T>& h) const {

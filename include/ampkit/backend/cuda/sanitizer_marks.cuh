@@ -25,6 +25,10 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <initializer_list>
+#include <string_view>
 
 // nvtxMemCudaMarkInitialized arrived with a later NVTX 3 than some supported CUDA toolkits ship
 // (its callback id is defined with it): without it the marks compile to nothing, and initcheck
@@ -66,6 +70,49 @@ inline void mark_initialized([[maybe_unused]] cudaStream_t stream, [[maybe_unuse
   batch.regionDescElements = &range;
   nvtxMemCudaMarkInitialized(sanitizer_domain(), stream, 0, &batch);
 #endif
+}
+
+/// One device range handed to a library call, for trace_ranges().
+struct TracedRange {
+  const char* name;
+  const void* p;
+  std::size_t bytes;
+};
+
+/// Whether AMPKIT_SANITIZER_TRACE is set (to anything but "" or "0"); read once.
+inline bool sanitizer_trace_on() {
+  static const bool on = [] {
+    const char* e = std::getenv("AMPKIT_SANITIZER_TRACE");
+    return e != nullptr && *e != '\0' && std::string_view(e) != "0";
+  }();
+  return on;
+}
+
+/// With AMPKIT_SANITIZER_TRACE=1, one stderr line `ampkit-trace: WHAT name=0xADDR+BYTES ...` naming
+/// the device ranges a library call is given (a conv's tensors, every workspace). Why: an initcheck
+/// or memcheck report inside a cuDNN kernel gives only the address it touched; whether that byte
+/// belongs to a tensor ampkit passed in (ampkit's to fix) or to the call's workspace (the
+/// library's own scratch, whose content on entry is undefined by contract) decides who owns the
+/// report. tools/sanitizer_report.py reads these lines next to the tool's reports and attributes
+/// each reported address to the latest traced range holding it. Off (one cached branch) unless set.
+inline void trace_ranges(const char* what, std::initializer_list<TracedRange> ranges) {
+  if (!sanitizer_trace_on()) return;
+  char line[512];
+  int n = std::snprintf(line, sizeof line, "ampkit-trace: %s", what);
+  for (const TracedRange& r : ranges) {
+    if (n < 0 || static_cast<std::size_t>(n) >= sizeof line) break;
+    n += std::snprintf(line + n, sizeof line - static_cast<std::size_t>(n), " %s=%p+%zu", r.name, r.p, r.bytes);
+  }
+  std::fprintf(stderr, "%s\n", line);
+  std::fflush(stderr);
+}
+
+/// trace_ranges() for a conv call's three tensors (spelled out: nvcc's front end mangles a
+/// braced list of braced ranges inside the conv templates).
+inline void trace_conv(const char* what, const char* n1, const void* p1, std::size_t b1, const char* n2,
+                       const void* p2, std::size_t b2, const char* n3, const void* p3, std::size_t b3) {
+  if (!sanitizer_trace_on()) return;
+  trace_ranges(what, {TracedRange{n1, p1, b1}, TracedRange{n2, p2, b2}, TracedRange{n3, p3, b3}});
 }
 
 }  // namespace ampkit::cuda
