@@ -19,6 +19,10 @@
 #                    case's place in the sorted list, printed first)
 #   SANITIZE_CASES   with SANITIZE_SPLIT: a regex; only the cases whose names match run;
 #                    SANITIZE_SKIP_CASES: a regex of cases left out
+#   SANITIZE_RACECHECK_JOBS  at most this many racecheck runs at once (default SANITIZE_JOBS):
+#                    racecheck's host-side state is the largest (host_memory.log samples it)
+#   SANITIZE_TIMING_REPS  AMPKIT_TIMING_REPS for the runs (default 1: benchmark mode's timing
+#                    loops run every candidate once after its warm-up; timings mean nothing here)
 #   SANITIZE_RUN_TIMEOUT  seconds per run (default 0: none); a run cut off is reported TIMEOUT
 #                    with the errors found until then (the tools print as they go)
 #   SANITIZE_CLASSIFY 1: print every report (no print limit), run with AMPKIT_SANITIZER_TRACE=1
@@ -115,9 +119,9 @@ run_one() {
   [ "${SANITIZE_RUN_TIMEOUT:-0}" != 0 ] && to=(timeout "$SANITIZE_RUN_TIMEOUT")
   # shellcheck disable=SC2086
   if [ -n "$gpu" ]; then
-    AMPKIT_SANITIZER_TRACE=$trace CUDA_VISIBLE_DEVICES=$gpu "${to[@]}" "$cs" --tool "$t" "${extra[@]}" --error-exitcode 99 --print-limit "$limit" $cmd >"$log" 2>&1
+    AMPKIT_SANITIZER_TRACE=$trace AMPKIT_TIMING_REPS=${SANITIZE_TIMING_REPS:-1} CUDA_VISIBLE_DEVICES=$gpu "${to[@]}" "$cs" --tool "$t" "${extra[@]}" --error-exitcode 99 --print-limit "$limit" $cmd >"$log" 2>&1
   else
-    AMPKIT_SANITIZER_TRACE=$trace "${to[@]}" "$cs" --tool "$t" "${extra[@]}" --error-exitcode 99 --print-limit "$limit" $cmd >"$log" 2>&1
+    AMPKIT_SANITIZER_TRACE=$trace AMPKIT_TIMING_REPS=${SANITIZE_TIMING_REPS:-1} "${to[@]}" "$cs" --tool "$t" "${extra[@]}" --error-exitcode 99 --print-limit "$limit" $cmd >"$log" 2>&1
   fi
   rc=$?
   secs=$(( $(date +%s) - t0 ))
@@ -148,20 +152,48 @@ run_one() {
   elif [ "$rc" != 0 ] || [ "$n" != 0 ]; then status=FAILED; fi
   [ "${SANITIZE_CLASSIFY:-0}" = 1 ] && [ "$n" != 0 ] && [ ! -f "$log.classified" ] &&
     python3 tools/sanitizer_report.py "$log" > "$log.classified" 2>&1
-  # rc: the tool's exit status (99: it reported; 124: cut off; 128+N: killed by signal N)
+  # rc: the tool's exit status (99: it reported; 124: cut off by SANITIZE_RUN_TIMEOUT; otherwise
+  # the program's own; rc 9 with no program output at all was seen for racecheck runs that were
+  # killed while 18 tool processes shared the host's memory: host_memory.log tells)
   printf '%-28s %-10s %8s %8s  %s %s rc=%s\n' "$name" "$t" "$n" "$secs" "$log" "$status" "$rc"
 }
 
 printf '%-28s %-10s %8s %8s  %s\n' binary tool errors seconds log
 results=$out/results.txt
 : > "$results"
+# Host memory every 15 s (used / available MiB, and the largest processes' resident MiB): the
+# tools keep shadow state on the host, racecheck the most, and a run killed for memory ends
+# without a word (reliability.md section 4). Disowned, so the job count below does not see it.
+(
+  while :; do
+    printf '%s %s | %s\n' "$(date +%T)" "$(free -m | awk '/^Mem:/ {print "used " $3 " available " $7}')" \
+      "$(ps -eo rss=,comm= --sort=-rss | head -4 | awk '{printf "%s %d; ", $2, $1 / 1024}')"
+    sleep 15
+  done
+) > "$out/host_memory.log" 2>&1 &
+sampler=$!
+disown "$sampler" 2>/dev/null || true
+trap 'kill "$sampler" 2>/dev/null' EXIT
+# SANITIZE_RACECHECK_JOBS caps the racecheck runs at once (default: SANITIZE_JOBS), the memory-hungry
+# ones; each running one holds a marker file.
+rdir=$out/.racecheck_running
+mkdir -p "$rdir"
+rm -f "$rdir"/*
 i=0
 pids=()
 for r in "${runs[@]}"; do
   name=${r%%|*}; cmd=${r#*|}
   for t in $tools; do
     while [ "$(jobs -rp | wc -l)" -ge "${SANITIZE_JOBS:-1}" ]; do wait -n; done
-    run_one "$i" "$name" "$t" "$cmd" | tee -a "$results" &
+    if [ "$t" = racecheck ]; then
+      while [ "$(find "$rdir" -type f | wc -l)" -ge "${SANITIZE_RACECHECK_JOBS:-${SANITIZE_JOBS:-1}}" ]; do
+        wait -n 2>/dev/null || sleep 2
+      done
+      : > "$rdir/$i"
+      { run_one "$i" "$name" "$t" "$cmd" | tee -a "$results"; rm -f "$rdir/$i"; } &
+    else
+      run_one "$i" "$name" "$t" "$cmd" | tee -a "$results" &
+    fi
     pids+=($!)
     i=$((i + 1))
   done
