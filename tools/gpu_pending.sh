@@ -15,6 +15,9 @@
 #             (the step-stats readout no longer lags)
 #   decode    the DEKR decoder's timing case (512x640 input, flip test): images/s (issue 7)
 #   ddp       tests/gpu/dist/ddp_train.sh (2 GPUs: equivalence, all-reduce count, dead rank, resume)
+#   seed      tools/seed_run.sh: the users' `dist_train.sh CONFIG N --amp` (batch 2 x accumulation 4)
+#             on every visible GPU, loss down on all ranks, identical weights, a killed rank and
+#             the resume of the newest checkpoint (issue 11; from 2 GPUs, 4 for the issue)
 #   scaling   bench/run_ddp_scaling.sh: W32 512 AMP img/s on 1 vs 2 GPUs (issue 9; graphs, overlap on)
 #   precision tools/compare_precision.sh on W32 512, batch 2: the fp32/fp16/bf16 memory and speed
 #             table of docs/amp_guide.md (issue 8)
@@ -122,6 +125,13 @@ if want ddp; then
     timeout ${DDP_TIMEOUT:-240} bash tests/gpu/dist/ddp_train.sh > "$OUT/ddp.log" 2>&1
   log "ddp_train.sh: rc=$? in $((SECONDS - t0)) s"
   grep -E "PASS|FAIL|SKIP|ratio|verdict" "$OUT/ddp.log" | tee -a "$S"
+fi
+
+if want seed; then
+  t0=$SECONDS
+  AMPKIT_BIN=$B/examples/dekr_amp/dekr_amp OUT=/tmp/seed timeout ${SEED_TIMEOUT:-420} bash tools/seed_run.sh > "$OUT/seed.log" 2>&1
+  log "seed_run.sh: rc=$? in $((SECONDS - t0)) s"
+  grep -E "PASS|FAIL|seed_run.sh:|rank [0-9]+ of|peak per GPU" "$OUT/seed.log" | tee -a "$S"
 fi
 
 if want scaling; then
