@@ -470,8 +470,8 @@ void conv2d_backward_data(Cuda& ctx, TensorView<const T> dL_dy, TensorView<const
   ampkit::detail::check_conv2d<const T>("conv2d_backward_data", dL_dx.shape, w.shape, dL_dy.shape, nullptr,
                                         p);
   check_views("conv2d_backward_data", {{"dL_dy", dL_dy.data}, {"w", w.data}, {"dL_dx", dL_dx.data}});
-  cuda::trace_conv("conv2d_backward_data", "dy", dL_dy.data, dL_dy.bytes(), "w", w.data, w.bytes(), "dx", dL_dx.data,
-             dL_dx.bytes());
+  cuda::trace_conv("conv2d_backward_data", "dy", dL_dy.data, dL_dy.bytes(), "w", w.data, w.bytes(), "dx",
+                   dL_dx.data, dL_dx.bytes());
   if (use_grouped_direct<T>(ctx, dL_dx.shape, w.shape, p))
     return grouped_conv_backward_data<T>(ctx, dL_dy, w, dL_dx, p);
   const auto key = conv_key<T>(ctx, dL_dx.shape, w.shape, p);
@@ -551,8 +551,8 @@ void conv2d_backward_filter(Cuda& ctx, TensorView<const T> x, TensorView<const T
   ampkit::detail::check_conv2d<const T>("conv2d_backward_filter", x.shape, dL_dw.shape, dL_dy.shape, nullptr,
                                         p);
   check_views("conv2d_backward_filter", {{"x", x.data}, {"dL_dy", dL_dy.data}, {"dL_dw", dL_dw.data}});
-  cuda::trace_conv("conv2d_backward_filter", "x", x.data, x.bytes(), "dy", dL_dy.data, dL_dy.bytes(), "dw", dL_dw.data,
-             dL_dw.bytes());
+  cuda::trace_conv("conv2d_backward_filter", "x", x.data, x.bytes(), "dy", dL_dy.data, dL_dy.bytes(), "dw",
+                   dL_dw.data, dL_dw.bytes());
   if (use_grouped_direct<T>(ctx, x.shape, dL_dw.shape, p))
     return grouped_conv_backward_filter<T>(ctx, x, dL_dy, dL_dw, p);
   const auto key = conv_key<T>(ctx, x.shape, dL_dw.shape, p);
