@@ -29,8 +29,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -111,7 +113,19 @@ class CachingAllocator {
       if (pool) adopt(live_.at(p), pool);
       return p;
     }
-    void* p = raw_.malloc(size);
+    void* p = nullptr;
+    if (!pool) {
+      p = raw_.malloc(size);
+    } else {
+      // A raw allocation while a pool captures: a global-mode CUDA graph capture forbids it (the
+      // capture then falls back to relaxed mode, backend/cuda/graph_step.cuh). Say why the cache
+      // could not serve the request, so the capture's report names the cause.
+      try {
+        p = raw_.malloc(size);
+      } catch (const std::exception& e) {
+        throw Error(detail::concat(e.what(), " [", capture_miss_note(size, stream), "]"));
+      }
+    }
     if (!p) {  // give back everything cached that nobody uses, then try once more
       release_cached_locked();
       p = raw_.malloc(size);
@@ -264,6 +278,25 @@ class CachingAllocator {
     for (auto& e : c.pending) raw_.release(e);
     c.pending.clear();
     return true;
+  }
+
+  /// Why a request of `size` bytes on `stream`, during a pool capture, found no cached block: the
+  /// shared cache's blocks in the best-fit range [size, 2 size] by what excluded them (another
+  /// stream's, or waiting on another stream's recorded use), and the cached total.
+  std::string capture_miss_note(std::size_t size, Stream stream) const {
+    int other = 0, pending = 0, fits = 0;
+    std::size_t cached = 0;
+    for (const auto& [sz, c] : free_) {
+      cached += sz;
+      if (sz < size || sz > 2 * size) continue;
+      ++fits;
+      if (c.stream != stream) ++other;
+      else if (!c.pending.empty()) ++pending;
+    }
+    return detail::concat("pool capture: ", size, " B requested; the shared cache holds ", free_.size(),
+                          " blocks (", mib(cached), " MiB), ", fits, " of them in [", size, ", ", 2 * size,
+                          "] B: ", other, " last used on another stream, ", pending,
+                          " waiting on another stream's use; the capture may take neither without an event query");
   }
 
   void* take_cached(std::multimap<std::size_t, Cached>& list, std::size_t size, Stream stream, bool other_streams) {

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <stdexcept>
 
 #include "ampkit/core/caching_allocator.hpp"
 #include "ampkit/core/device_info.hpp"
@@ -22,6 +23,7 @@ struct FakeRaw {
     std::map<void*, std::size_t> blocks;
     std::set<int> busy_streams;
     int n_frees = 0;
+    bool forbid_malloc = false;  // as cudaMalloc inside a global-mode graph capture
   };
   using Stream = int;
   struct Event {
@@ -31,6 +33,7 @@ struct FakeRaw {
   std::shared_ptr<State> s = std::make_shared<State>();
 
   void* malloc(std::size_t b) {
+    if (s->forbid_malloc) throw std::runtime_error("cudaMalloc: operation not permitted when stream is capturing");
     if (s->used + b > s->capacity) return nullptr;
     void* p = std::malloc(b);
     s->used += b;
@@ -256,6 +259,36 @@ TEST_CASE("a capture takes no other stream's block (that would need an event que
   a.end_pool_capture(1);
   void* e = a.allocate(4096, 1);
   CHECK(e == other);
+  a.deallocate(e);
+}
+
+TEST_CASE("a raw allocation refused during a pool capture says why the cache could not serve it") {
+  CachingAllocator<FakeRaw> a;
+  void* other = a.allocate(8192, 2);  // cached on stream 2 afterwards: the capture on 1 may not take it
+  void* used = a.allocate(8192, 1);
+  a.record_use(used, 2);               // cached on stream 1, but waiting on stream 2's recorded use
+  a.deallocate(other);
+  a.deallocate(used);
+  const auto pool = a.create_pool();
+  a.begin_pool_capture(pool, 1);
+  a.raw().s->forbid_malloc = true;
+  std::string msg;
+  try {
+    (void)a.allocate(8192, 1);
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  a.raw().s->forbid_malloc = false;
+  a.end_pool_capture(1);
+  CAPTURE(msg);
+  CHECK(msg.find("operation not permitted when stream is capturing") != std::string::npos);
+  CHECK(msg.find("8192 B requested") != std::string::npos);
+  CHECK(msg.find("2 of them in [8192, 16384] B: 1 last used on another stream, 1 waiting on another stream's use") !=
+        std::string::npos);
+  // After the capture an ordinary allocation may query events: it takes the stream-1 block, whose
+  // recorded use on the idle stream 2 has completed.
+  void* e = a.allocate(8192, 1);
+  CHECK(e == used);
   a.deallocate(e);
 }
 
