@@ -54,22 +54,8 @@ mkdir -p "$OUT" "$WORK/data"
 export NCCL_NVLS_ENABLE=0
 
 # The dataset: data/coco_sample's images, each listed REPEAT times.
-python3 - "$WORK/data/ann.json" "$REPEAT" <<'EOF'
-import json, sys
-src = json.load(open("data/coco_sample/annotations/person_keypoints_sample.json"))
-out, repeat = sys.argv[1], int(sys.argv[2])
-images, anns, next_ann = [], [], 1
-for r in range(repeat):
-    for im in src["images"]:
-        new_id = r * 1000000 + im["id"]
-        images.append(dict(im, id=new_id))
-        for a in src["annotations"]:
-            if a["image_id"] == im["id"]:
-                anns.append(dict(a, id=next_ann, image_id=new_id))
-                next_ann += 1
-json.dump(dict(src, images=images, annotations=anns), open(out, "w"))
-print(f"dataset: {len(images)} images ({len(src['images'])} x {repeat}), {len(anns)} annotations")
-EOF
+python3 tools/repeat_coco.py data/coco_sample/annotations/person_keypoints_sample.json "$WORK/data/ann.json" "$REPEAT" ||
+  exit 2
 ln -sfn "$PWD/data/coco_sample/images" "$WORK/data/images"
 
 run() {  # run NAME GPUS BATCH ACCUM OVERLAP MODE

@@ -125,11 +125,9 @@ run_one() {
   local to=()
   [ "${SANITIZE_RUN_TIMEOUT:-0}" != 0 ] && to=(timeout "$SANITIZE_RUN_TIMEOUT")
   # shellcheck disable=SC2086
-  if [ -n "$gpu" ]; then
-    AMPKIT_SANITIZER_TRACE=$trace AMPKIT_TIMING_REPS=${SANITIZE_TIMING_REPS:-1} CUDA_VISIBLE_DEVICES=$gpu "${to[@]}" "$cs" --tool "$t" "${extra[@]}" --error-exitcode 99 --print-limit "$limit" $cmd >"$log" 2>&1
-  else
-    AMPKIT_SANITIZER_TRACE=$trace AMPKIT_TIMING_REPS=${SANITIZE_TIMING_REPS:-1} "${to[@]}" "$cs" --tool "$t" "${extra[@]}" --error-exitcode 99 --print-limit "$limit" $cmd >"$log" 2>&1
-  fi
+  local envs=("AMPKIT_SANITIZER_TRACE=$trace" "AMPKIT_TIMING_REPS=${SANITIZE_TIMING_REPS:-1}")
+  [ -n "$gpu" ] && envs+=("CUDA_VISIBLE_DEVICES=$gpu")
+  env "${envs[@]}" "${to[@]}" "$cs" --tool "$t" "${extra[@]}" --error-exitcode 99 --print-limit "$limit" $cmd >"$log" 2>&1
   rc=$?
   secs=$(( $(date +%s) - t0 ))
   n=$(grep -oE 'ERROR SUMMARY: [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
@@ -139,21 +137,21 @@ run_one() {
              sed -E 's/.*\(([0-9]+) errors?, ([0-9]+) warnings?\)/\1 \2/' | awk '{s+=$1+$2} END {print s+0}')))
   # counted as they are reported when the run was cut off before its summary
   [ "$rc" = 124 ] && n=$(grep -cE '^========= (Invalid|Uninitialized|Error|Race|Warning|Program hit)' "$log")
+  # Reports that may be excepted: classification on, and the program itself succeeded
+  # (--error-exitcode makes rc 99 whenever the tool reported, which hides the program's own exit
+  # status, so its success line decides: doctest's summary, dekr_amp's "done:").
+  local classifiable=0
+  [ "$n" != 0 ] && [ "${SANITIZE_CLASSIFY:-0}" = 1 ] && { [ "$rc" = 0 ] || [ "$rc" = 99 ]; } &&
+    grep -qE '^\[doctest\] Status: SUCCESS|^done: ' "$log" && classifiable=1
   status=ok
   if [ "$rc" = 77 ] || grep -q 'skipped: no CUDA device' "$log"; then status=SKIPPED
   elif [ "$rc" = 124 ]; then status=TIMEOUT
-  # --error-exitcode makes rc 99 whenever the tool reported, which hides the program's own exit
-  # status: LIBRARY also needs the program's success line (doctest's summary, dekr_amp's "done:").
-  elif [ "$n" != 0 ] && [ "${SANITIZE_CLASSIFY:-0}" = 1 ] && { [ "$t" = racecheck ] || [ "$t" = initcheck ]; } &&
-       { [ "$rc" = 0 ] || [ "$rc" = 99 ]; } &&
-       grep -qE '^\[doctest\] Status: SUCCESS|^done: ' "$log" &&
+  elif [ $classifiable = 1 ] && { [ "$t" = racecheck ] || [ "$t" = initcheck ]; } &&
        python3 tools/sanitizer_report.py "$log" > "$log.classified" 2>&1; then
     status=LIBRARY  # every report inside a CUDA library's own kernels (sanitizer_report.py)
   # memcheck's only reports the API errors of a global-mode graph capture that GraphStep falls
   # back from (a cudaMalloc while capturing; it then captures in relaxed mode, by design)
-  elif [ "$n" != 0 ] && [ "${SANITIZE_CLASSIFY:-0}" = 1 ] && [ "$t" = memcheck ] &&
-       { [ "$rc" = 0 ] || [ "$rc" = 99 ]; } &&
-       grep -qE '^\[doctest\] Status: SUCCESS|^done: ' "$log" &&
+  elif [ $classifiable = 1 ] && [ "$t" = memcheck ] &&
        python3 tools/sanitizer_report.py --allow-capture-fallback "$log" > "$log.classified" 2>&1; then
     status=CAPTURE-FALLBACK
   elif [ "$rc" != 0 ] || [ "$n" != 0 ]; then status=FAILED; fi

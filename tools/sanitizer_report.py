@@ -120,7 +120,8 @@ def classify_block(lines):
 
 def owner_of(address, ranges, upto):
     """The newest traced range among ranges[:upto] holding `address`: 'WHAT:name', or None."""
-    for what, name, start, size in reversed(ranges[:upto]):
+    for i in range(upto - 1, -1, -1):  # no slice: a log has tens of thousands of reports and ranges
+        what, name, start, size = ranges[i]
         if start <= address < start + size:
             return what if what == "workspace" else f"{what}:{name}"
     return None
@@ -164,13 +165,14 @@ def parse(text):
     library_on_ampkit_data = 0
     capture_fallback = 0
     for upto, b in blocks:
-        if CAPTURE_API_ERROR.match(b[0]):
+        api = CAPTURE_API_ERROR.match(b[0])
+        if api:
             capture_fallback += 1
             origins["capture fallback (API error)"] += 1
-            kernels[("capture fallback (API error)", CAPTURE_API_ERROR.match(b[0]).group(1))] += 1
+            kernels[("capture fallback (API error)", api.group(1))] += 1
             continue
         origin, kern = classify_block(b)
-        race = any("Race reported" in ln for ln in b[:1])
+        race = "Race reported" in b[0]
         addr = next((int(m.group(1), 16) for m in map(ADDRESS.match, b) if m), None)
         owner = None
         if addr is not None:

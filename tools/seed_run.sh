@@ -47,19 +47,8 @@ echo "seed_run.sh: $N GPUs, binary $BIN, outputs in $OUT"
 
 # A larger COCO-format set from the sample: every image listed REPEAT times under new ids (decoding
 # and the config's random augmentation run for every sample, as for real data).
-python3 - "$OUT/data/ann.json" "$REPEAT" <<'EOF' || exit 2
-import json, sys
-src = json.load(open("data/coco_sample/annotations/person_keypoints_sample.json"))
-out, repeat = sys.argv[1], int(sys.argv[2])
-images, anns = [], []
-for r in range(repeat):
-    for im in src["images"]:
-        new_id = r * 1000000 + im["id"]
-        images.append(dict(im, id=new_id))
-        anns += [dict(a, id=len(anns) + 1, image_id=new_id) for a in src["annotations"] if a["image_id"] == im["id"]]
-json.dump(dict(src, images=images, annotations=anns), open(out, "w"))
-print(f"seed_run.sh: dataset of {len(images)} images ({len(src['images'])} x {repeat}), {len(anns)} annotations")
-EOF
+python3 tools/repeat_coco.py data/coco_sample/annotations/person_keypoints_sample.json "$OUT/data/ann.json" "$REPEAT" ||
+  exit 2
 ln -sfn "$PWD/data/coco_sample/images" "$OUT/data/images"
 
 OPTS=(--cfg-options train_cfg.batch_size=2 optim_wrapper.accumulative_counts=4 train_cfg.val_interval=0

@@ -114,17 +114,14 @@ class CachingAllocator {
       return p;
     }
     void* p = nullptr;
-    if (!pool) {
+    try {
       p = raw_.malloc(size);
-    } else {
+    } catch (const std::exception& e) {
       // A raw allocation while a pool captures: a global-mode CUDA graph capture forbids it (the
       // capture then falls back to relaxed mode, backend/cuda/graph_step.cuh). Say why the cache
       // could not serve the request, so the capture's report names the cause.
-      try {
-        p = raw_.malloc(size);
-      } catch (const std::exception& e) {
-        throw Error(detail::concat(e.what(), " [", capture_miss_note(size, stream), "]"));
-      }
+      if (!pool) throw;
+      throw Error(detail::concat(e.what(), " [", capture_miss_note(size, stream), "]"));
     }
     if (!p) {  // give back everything cached that nobody uses, then try once more
       release_cached_locked();
