@@ -19,7 +19,8 @@
 #      collective that did not complete; no temporary checkpoint file is left; the newest
 #      checkpoint (the work dir's `latest`) resumes on one GPU and trains 4 more iterations.
 # Environment: ITERS (300), REPEAT (250: the 4 sample images listed 250 times = 1000 images),
-# WORKERS (loader threads per process, 6), TIMEOUT_S (30), OUT (work dirs and logs), NGPU
+# WORKERS (loader threads per process, 6), TIMEOUT_S (60; the first iterations time cuDNN
+# algorithms and capture graphs, slower on a busy host: 30 s was hit there on 2026-12-01), OUT (work dirs and logs), NGPU
 # (world size; default every visible GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -34,7 +35,7 @@ fi
 ITERS=${ITERS:-300}
 REPEAT=${REPEAT:-250}
 WORKERS=${WORKERS:-6}
-TIMEOUT_S=${TIMEOUT_S:-30}
+TIMEOUT_S=${TIMEOUT_S:-60}
 OUT=${OUT:-$(mktemp -d /tmp/ampkit_seed.XXXXXX)}
 CFG=configs/dekr_hrnet-w32_coco-512x512.toml
 mkdir -p "$OUT/data"
