@@ -19,9 +19,15 @@
 #                    case's place in the sorted list, printed first)
 #   SANITIZE_CASES   with SANITIZE_SPLIT: a regex; only the cases whose names match run;
 #                    SANITIZE_SKIP_CASES: a regex of cases left out
-#   SANITIZE_RACECHECK_KERNELS  a --kernel-name filter for racecheck runs (kns=ampkit: only ampkit's
-#                    kernels instrumented; not yet tried on the H200: excluding nvjet with
-#                    --kernel-name-exclude made the tool fail in 4 of 7 cases, reliability.md s. 4)
+#   SANITIZE_RACECHECK_KERNELS  a --kernel-name filter for racecheck runs. Do not use it with the
+#                    CUDA 13.0 tool: kns=ampkit (only ampkit's kernels instrumented) made it fail
+#                    ("Internal Sanitizer Error: failed to handle a hardware exception", then a
+#                    cuBLAS launch failure) on the H200 on 2026-12-01, as --kernel-name-exclude
+#                    kns=nvjet had in 4 of 7 cases before (reliability.md s. 4)
+#   SANITIZE_RACECHECK_ENV  VAR=value words added to the environment of racecheck runs only, e.g.
+#                    AMPKIT_CUDNN_BENCHMARK=0: cuDNN's heuristic picks instead of timing every
+#                    library candidate under the tool (the same ampkit kernels run; the sixth run
+#                    cut most models / train cases at 361-379 s in benchmark mode)
 #   SANITIZE_RACECHECK_JOBS  at most this many racecheck runs at once (default SANITIZE_JOBS):
 #                    racecheck's host-side state is the largest (host_memory.log samples it)
 #   SANITIZE_TIMING_REPS  AMPKIT_TIMING_REPS for the runs (default 1: benchmark mode's timing
@@ -127,6 +133,8 @@ run_one() {
   # shellcheck disable=SC2086
   local envs=("AMPKIT_SANITIZER_TRACE=$trace" "AMPKIT_TIMING_REPS=${SANITIZE_TIMING_REPS:-1}")
   [ -n "$gpu" ] && envs+=("CUDA_VISIBLE_DEVICES=$gpu")
+  # shellcheck disable=SC2206
+  [ "$t" = racecheck ] && envs+=(${SANITIZE_RACECHECK_ENV:-})
   env "${envs[@]}" "${to[@]}" "$cs" --tool "$t" "${extra[@]}" --error-exitcode 99 --print-limit "$limit" $cmd >"$log" 2>&1
   rc=$?
   secs=$(( $(date +%s) - t0 ))

@@ -1,5 +1,6 @@
 /// @brief Process-wide switches read from environment variables (AMPKIT_CONV_GEMM,
-/// AMPKIT_CUDNN_GRAPH_API, AMPKIT_DEFORM_CONV_ALGO, AMPKIT_BN_FLAT_PACKS, AMPKIT_CONV_FORCE_CUDNN):
+/// AMPKIT_CUDNN_GRAPH_API, AMPKIT_CUDNN_BENCHMARK, AMPKIT_DEFORM_CONV_ALGO, AMPKIT_BN_FLAT_PACKS,
+/// AMPKIT_CONV_FORCE_CUDNN):
 /// one parser, so that a misspelt value stops the run with one message instead of silently
 /// leaving the default in place (a benchmark run with `AMPKIT_CONV_GEMM=off` would otherwise
 /// measure the GEMM path while its author believes it is off).

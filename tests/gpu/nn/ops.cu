@@ -337,17 +337,6 @@ TEST_SUITE("gpu") {
       const TensorView<const T> bv = c.bias ? bd.cview() : TensorView<const T>{};
       for (const bool force_cudnn : {false, true}) {
         SwitchGuard sw(cuda::conv_force_cudnn(), force_cudnn);
-        // The repeat below is compared bit for bit. The direct kernels are deterministic by
-        // construction; cuDNN only under randomness.deterministic: without it benchmark mode may
-        // time a nondeterministic backward algorithm fastest (it did under compute-sanitizer on
-        // the H200, 2026-12-01: dL_dx / dL_dw of the fp32 cases differed between the two runs).
-        const CudnnOptions saved_opt = g.cudnn_options();
-        g.set_cudnn_options(CudnnOptions{saved_opt.benchmark, true});
-        struct Restore {
-          Cuda& ctx;
-          CudnnOptions opt;
-          ~Restore() { ctx.set_cudnn_options(opt); }
-        } restore{g, saved_opt};
         const std::string path = conv2d_path_name<T>(g, c.x, ws, c.p);
         CAPTURE(path);
         CHECK(path == (force_cudnn ? "cudnn" : "direct-grouped"));
@@ -366,8 +355,15 @@ TEST_SUITE("gpu") {
             continue;
           }
           CHECK(std::memcmp(y_first.data(), y_d.data(), y_d.numel() * sizeof(T)) == 0);
-          CHECK(std::memcmp(dx_first.data(), dx_d.data(), dx_d.numel() * sizeof(T)) == 0);
-          CHECK(std::memcmp(dw_first.data(), dw_d.data(), dw_d.numel() * sizeof(T)) == 0);
+          // The direct kernels' backward is deterministic by construction. cuDNN's is not under
+          // the default options: benchmark mode may time a nondeterministic algorithm fastest (it
+          // did for the fp32 cases under compute-sanitizer on the H200, 2026-12-01), and
+          // randomness.deterministic cannot be forced here (cuDNN has no deterministic fp16
+          // depthwise dgrad). The conv2d cuda == host test covers cuDNN under deterministic.
+          if (!force_cudnn) {
+            CHECK(std::memcmp(dx_first.data(), dx_d.data(), dx_d.numel() * sizeof(T)) == 0);
+            CHECK(std::memcmp(dw_first.data(), dw_d.data(), dw_d.numel() * sizeof(T)) == 0);
+          }
         }
         // Same tolerances as the cuDNN test above (fp32 sums in another order, one rounding to T;
         // the fp32 extra covers cuDNN's FFT/Winograd when the switch forces it).

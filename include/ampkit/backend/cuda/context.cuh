@@ -10,12 +10,14 @@
 #include <array>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <span>
 
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/device.cuh"
 #include "ampkit/backend/cuda/memory.cuh"
 #include "ampkit/backend/cuda/sanitizer_marks.cuh"
+#include "ampkit/core/env_choice.hpp"
 #include "ampkit/core/tensor.hpp"
 
 namespace ampkit {
@@ -46,6 +48,25 @@ struct CudnnOptions {
 };
 
 namespace cuda {
+
+/// Benchmark mode as the environment sets it for every context (AMPKIT_CUDNN_BENCHMARK=1 | 0;
+/// read once), empty when unset. Set, it wins over CudnnOptions::benchmark from every source (the
+/// default, the config's runtime.cudnn_benchmark, set_cudnn_options), as AMPKIT_CUDNN_GRAPH_API
+/// does for graph_api. Meant for tools: under compute-sanitizer's racecheck, benchmark mode's
+/// timing of every cuDNN / cuBLASLt candidate makes the run 5-10x longer while adding no ampkit
+/// kernel (tools/sanitize_gpu.sh, SANITIZE_RACECHECK_ENV).
+inline std::optional<bool> cudnn_benchmark_env() {
+  static const std::optional<bool> on = env_choice<std::optional<bool>>(
+      "AMPKIT_CUDNN_BENCHMARK", {{"1", true}, {"0", false}}, std::nullopt,
+      "CudnnOptions::benchmark: true by default, runtime.cudnn_benchmark in a config");
+  return on;
+}
+
+/// `o` with the environment's overrides applied (cudnn_benchmark_env).
+inline CudnnOptions with_cudnn_env(CudnnOptions o) {
+  o.benchmark = cudnn_benchmark_env().value_or(o.benchmark);
+  return o;
+}
 
 /// SyncBatchNorm's cross-rank exchange (installed on a context with Cuda::set_batch_norm_sync;
 /// the NCCL implementation is dist::NcclBatchNormSync in backend/cuda/dist/batch_norm_sync.cuh).
@@ -131,6 +152,7 @@ class Cuda {
     AMPKIT_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
     AMPKIT_CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
     alloc_ = std::make_shared<cuda::DeviceAllocator>();
+    cudnn_options_ = cuda::with_cudnn_env(cudnn_options_);
   }
   Cuda(const Cuda&) = delete;
   Cuda& operator=(const Cuda&) = delete;
@@ -154,7 +176,8 @@ class Cuda {
   /// Algorithm choice for the convolutions run on this context from now on (shapes already planned
   /// under other options keep their plans: the options are part of the plan cache's key).
   const CudnnOptions& cudnn_options() const { return cudnn_options_; }
-  void set_cudnn_options(CudnnOptions o) { cudnn_options_ = o; }
+  /// (AMPKIT_CUDNN_BENCHMARK, when set, still decides `benchmark`: cuda::cudnn_benchmark_env.)
+  void set_cudnn_options(CudnnOptions o) { cudnn_options_ = cuda::with_cudnn_env(o); }
   /// SyncBatchNorm: null (the default) normalises each BatchNorm with this process's batch;
   /// installed, with the global batch of all ranks (cuda::BatchNormSync).
   void set_batch_norm_sync(std::shared_ptr<cuda::BatchNormSync> s) { bn_sync_ = std::move(s); }
