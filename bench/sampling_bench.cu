@@ -3,9 +3,10 @@
 // the neck's resize+concat (4 branches -> 480 ch at 128x128) forward+backward, and HRNet's
 // nearest upsampling x2/x4/x8 forward+backward. Prints one JSON object (median ms over timed
 // iterations, CUDA events) for bench/torch_sampling_bench.py to set beside PyTorch's numbers.
-// The deformable conv is timed on both algorithms (rows suffixed _im2col / _fused) and on the
-// default one (unsuffixed); "checks" holds the fused-vs-im2col max relative difference of every
-// output at the full DEKR shape. AMPKIT_DEFORM_CONV_ALGO=im2col|fused|auto sets the default.
+// The deformable conv is timed on every algorithm (rows suffixed _im2col / _fused, and _mma for
+// fp16/bf16 on compute capability 8.0+) and on the default one (unsuffixed); "checks" holds each
+// one's max relative difference from im2col for every output at the full DEKR shape.
+// AMPKIT_DEFORM_CONV_ALGO=im2col|fused|mma|auto sets the default.
 //
 //   ./build/bench/sampling_bench [--batch 32] [--iters 20] [--dtype fp16|bf16|fp32] > ampkit.json
 #include <cuda_runtime.h>
@@ -18,6 +19,7 @@
 #include <ctime>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ampkit/backend/cuda/affine_offsets.cuh"
@@ -110,21 +112,28 @@ void run(int batch, int iters, const char* dtype, int argc, char** argv) {
     };
     algo = s::DeformConvAlgo::kIm2col;
     const auto ref = snapshot();
-    algo = s::DeformConvAlgo::kFused;
-    const auto got = snapshot();
+    // The tensor-core kernels where they apply (fp16/bf16, compute capability 8.0+).
+    std::vector<std::pair<s::DeformConvAlgo, const char*>> algos{{s::DeformConvAlgo::kIm2col, "im2col"},
+                                                                 {s::DeformConvAlgo::kFused, "fused"}};
+    if (!std::is_same_v<T, float> && ctx.device().cc_major >= 8) algos.emplace_back(s::DeformConvAlgo::kMma, "mma");
     const char* names[4] = {"y", "dL_dx", "dL_doffsets", "dL_dw"};
-    for (int i = 0; i < 4; ++i) {
-      double md = 0, mr = 0;
-      auto a = ref[i].span();
-      auto b = got[i].span();
-      for (std::size_t e = 0; e < a.size(); ++e) {
-        const double va = static_cast<float>(a[e]), vb = static_cast<float>(b[e]);
-        md = std::max(md, std::abs(va - vb));
-        mr = std::max(mr, std::abs(va));
+    for (std::size_t ai = 1; ai < algos.size(); ++ai) {
+      algo = algos[ai].first;
+      const auto got = snapshot();
+      for (int i = 0; i < 4; ++i) {
+        double md = 0, mr = 0;
+        auto a = ref[i].span();
+        auto b = got[i].span();
+        for (std::size_t e = 0; e < a.size(); ++e) {
+          const double va = static_cast<float>(a[e]), vb = static_cast<float>(b[e]);
+          md = std::max(md, std::abs(va - vb));
+          mr = std::max(mr, std::abs(va));
+        }
+        checks.emplace_back(std::string("deform_") + algos[ai].second + "_vs_im2col_" + names[i],
+                            md / std::max(mr, 1e-30));
       }
-      checks.emplace_back(std::string("deform_fused_vs_im2col_") + names[i], md / std::max(mr, 1e-30));
     }
-    for (auto [a, name] : {std::pair{s::DeformConvAlgo::kIm2col, "im2col"}, {s::DeformConvAlgo::kFused, "fused"}}) {
+    for (auto [a, name] : algos) {
       algo = a;
       rows.emplace_back(std::string("deform_conv2d_fwd_") + name, time_ms(ctx, iters, fwd));
       rows.emplace_back(std::string("deform_conv2d_fwd_bwd_") + name, time_ms(ctx, iters, [&] { fwd(); bwd(); }));
@@ -178,12 +187,12 @@ void run(int batch, int iters, const char* dtype, int argc, char** argv) {
   std::printf("}, \"checks\": {");
   for (std::size_t i = 0; i < checks.size(); ++i)
     std::printf("%s\"%s\": %.3e", i ? ", " : "", checks[i].first.c_str(), checks[i].second);
-  std::printf("}, \"deform_conv_algo_default\": \"%s\"}\n",
-              cuda::sampling::use_fused({batch, 128, 128, 255}, 255, [] {
-                DeformConv2dParams q;
-                q.groups = q.offset_groups = 17;
-                return q;
-              }()) ? "fused" : "im2col");
+  DeformConv2dParams q;
+  q.groups = q.offset_groups = 17;
+  const char* default_name = cuda::sampling::use_mma<T>(ctx, {batch, 128, 128, 255}, 255, q)   ? "mma"
+                             : cuda::sampling::use_fused({batch, 128, 128, 255}, 255, q) ? "fused"
+                                                                                          : "im2col";
+  std::printf("}, \"deform_conv_algo_default\": \"%s\"}\n", default_name);
 }
 
 }  // namespace

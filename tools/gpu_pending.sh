@@ -44,6 +44,12 @@
 #             eval, with initcheck of nn c22/c23 and models c12 and memcheck + initcheck of the
 #             grouped-conv test after its fix. SANREST_TIMEOUT caps each run (default 480 s);
 #             results, classifications and the tails of failed or cut runs in sanrest.tgz
+#   mma       the tensor-core deformable conv (DeformConvAlgo::kMma, opt-in): test_gpu_nn_sampling's
+#             deform cases (CUDA vs host on every algorithm), bench/sampling_bench fp16 and bf16
+#             (im2col / fused / mma rows, each one's difference from im2col at the DEKR-W32 shape),
+#             and the whole step (ampkit_dekr_step fp16 b32 and b2, graph) with
+#             AMPKIT_DEFORM_CONV_ALGO=fused vs mma in the same call (issue 10). Build with
+#             BUILD_TARGETS='test_gpu_nn_sampling|sampling_bench|ampkit_dekr_step'
 #   ops       bench/ampkit_ops_bench and bench/torch_ops_bench.py side by side (fp16, batch 32,
 #             DEKR-W32 shapes; OPS_ONLY narrows both to rows containing a substring): issue 3
 # "all" is the first six (about 8 minutes); name the others. Every part needs `build` first, in
@@ -266,6 +272,32 @@ if want sanrest; then
   sort -V /tmp/sanrest/*/results.txt | awk '{print $1, $2, $3, $4, $(NF-1), $NF}' | tee -a "$S"
   for f in $(grep -hE ' (FAILED|TIMEOUT) rc=' /tmp/sanrest/*/results.txt | awk '{print $(NF-2)}'); do tail -c 30000 "$f" > "$f.tail"; done
   (cd /tmp/sanrest && tar czf "$OUT/sanrest.tgz" --exclude='*.safetensors' */results.txt */*.classified */*.tail */host_memory.log 2>/dev/null)
+fi
+if want mma; then
+  t0=$SECONDS
+  timeout 150 "$B/tests/gpu/nn_sampling/test_gpu_nn_sampling" '-tc=deform*' > "$OUT/mma_tests.log" 2>&1
+  log "deform_conv2d tests (im2col, fused, mma vs host): rc=$? $(grep -E 'test cases:' "$OUT/mma_tests.log")"
+  grep -E "ERROR|FAILED|mma \(tensor" "$OUT/mma_tests.log" | head -12 | tee -a "$S"
+  sb=$(find "$B/bench" -type f -name sampling_bench -executable | head -1)
+  for dt in fp16 bf16; do
+    timeout 120 "$sb" --dtype $dt --batch 32 --iters 20 > "$OUT/mma_sampling_$dt.json" 2> "$OUT/mma_sampling_$dt.log"
+    echo "sampling_bench $dt: rc=$?" | tee -a "$S"
+    python3 - "$OUT/mma_sampling_$dt.json" <<'PY' 2>&1 | tee -a "$S"
+import json, sys
+d = json.load(open(sys.argv[1]))
+for k, v in d.items():
+    if isinstance(v, dict):
+        for r, x in v.items():
+            if "deform" in r: print(f"  {r:40s} {x}")
+PY
+  done
+  for a in fused mma; do
+    AMPKIT_DEFORM_CONV_ALGO=$a timeout 150 "$B/bench/ampkit_dekr_step" --variants fp16:32,fp16:2 --graph --steps 20 \
+      > "$OUT/mma_step_$a.json" 2> "$OUT/mma_step_$a.log"
+    echo "dekr step, deform conv $a: rc=$?" | tee -a "$S"
+    grep -E "^# +fp16" "$OUT/mma_step_$a.log" | tee -a "$S"
+  done
+  log "tensor-core deformable conv: in $((SECONDS - t0)) s"
 fi
 if want ops; then
   t0=$SECONDS

@@ -179,7 +179,9 @@ TEST_CASE_TEMPLATE("concat and resize_concat (DEKR neck): CUDA matches host", T,
 namespace {
 using cuda::sampling::DeformConvAlgo;
 
-const char* algo_name(DeformConvAlgo a) { return a == DeformConvAlgo::kFused ? "fused" : "im2col"; }
+const char* algo_name(DeformConvAlgo a) {
+  return a == DeformConvAlgo::kFused ? "fused" : a == DeformConvAlgo::kMma ? "mma (tensor cores)" : "im2col";
+}
 
 /// One deformable conv, forward + backward, on the host and on CUDA with algorithm `algo`
 /// (workspace budget and fused pixels-per-block set for the call, then restored).
@@ -229,22 +231,34 @@ void deform_case(Shape xs, int k, const DeformConv2dParams& p, float offset_scal
   check_close("deform dw (accumulated)", down(dw_d), dw_h, double(ys.n * ys.h * ys.w));
 }
 
-/// The same case on both algorithms (the fused one only where it applies).
+/// The same case on every algorithm that applies: im2col, fused, and for fp16/bf16 with at most
+/// 16 channels and filters per group the tensor-core kernels (same tolerances as im2col, which
+/// also rounds the samples to T before the product).
 template <class T>
 void deform_both(Shape xs, int k, const DeformConv2dParams& p, float offset_scale, std::size_t workspace_bytes,
                  int pixels_per_block = 4096) {
   deform_case<T>(xs, k, p, offset_scale, workspace_bytes, DeformConvAlgo::kIm2col);
   REQUIRE(cuda::sampling::deform_fused_supported(xs, k, p));
   deform_case<T>(xs, k, p, offset_scale, workspace_bytes, DeformConvAlgo::kFused, pixels_per_block);
+  if constexpr (!std::is_same_v<T, float>)
+    if (cuda::sampling::deform_mma_supported(xs, k, p))
+      deform_case<T>(xs, k, p, offset_scale, workspace_bytes, DeformConvAlgo::kMma, pixels_per_block);
 }
 }  // namespace
 
-TEST_CASE_TEMPLATE("deform_conv2d: CUDA matches host (im2col and fused)", T, float, ampkit::half, ampkit::bfloat16) {
+TEST_CASE_TEMPLATE("deform_conv2d: CUDA matches host (im2col, fused, tensor cores)", T, float, ampkit::half, ampkit::bfloat16) {
   DeformConv2dParams dekr;
   dekr.groups = dekr.offset_groups = 17;
   SUBCASE("DEKR: 255 channels, groups 17, 3x3 pad 1, one chunk") { deform_both<T>({2, 12, 10, 255}, 255, dekr, 2.f, 768u << 20); }
   SUBCASE("DEKR, fused with 7-pixel blocks (many blocks, partial tiles, many dW partials)") {
     deform_case<T>({2, 12, 10, 255}, 255, dekr, 2.f, 768u << 20, DeformConvAlgo::kFused, 7);
+    // tensor cores: every 16-pixel tile partial (7 live rows), blocks with one busy warp
+    if constexpr (!std::is_same_v<T, float>)
+      deform_case<T>({2, 12, 10, 255}, 255, dekr, 2.f, 768u << 20, DeformConvAlgo::kMma, 7);
+  }
+  SUBCASE("DEKR, tensor cores over 3 chunks of 1 image and 100-pixel blocks (tiles across images)") {
+    if constexpr (!std::is_same_v<T, float>)
+      deform_case<T>({3, 11, 13, 255}, 255, dekr, 3.f, 1, DeformConvAlgo::kMma, 100);
   }
   SUBCASE("DEKR, odd size, offsets up to 8 px (many samples partly or wholly outside)") {
     deform_both<T>({3, 13, 9, 255}, 255, dekr, 8.f, 768u << 20, 37);
@@ -303,6 +317,26 @@ TEST_CASE("deform_conv2d: kAuto picks fused for DEKR; kFused on an unsupported s
     const std::string m = e.what();
     CHECK(m.find("deform_conv2d") != std::string::npos);
     CHECK(m.find("kFused") != std::string::npos);
+  }
+  CHECK(threw);
+  // kMma: at most 16 channels and 16 filters per group (3 groups of 32 channels here)
+  DeformConv2dParams p3;
+  p3.groups = p3.offset_groups = 3;
+  auto x3 = gpu().tensor<ampkit::half>({1, 4, 4, 96});
+  auto off3 = gpu().tensor<ampkit::half>({1, 4, 4, 54});
+  auto w3 = gpu().tensor<ampkit::half>({24, 3, 3, 32});
+  auto y3 = gpu().tensor<ampkit::half>({1, 4, 4, 24});
+  CHECK_FALSE(cuda::sampling::deform_mma_supported({1, 4, 4, 96}, 24, p3));
+  CHECK(cuda::sampling::deform_mma_supported({32, 128, 128, 255}, 255, dekr));
+  algo = DeformConvAlgo::kMma;
+  threw = false;
+  try {
+    deform_conv2d_forward<ampkit::half>(gpu(), x3.cview(), off3.cview(), w3.cview(), y3.view(), p3);
+  } catch (const Error& e) {
+    threw = true;
+    const std::string m = e.what();
+    CHECK(m.find("kMma") != std::string::npos);
+    CHECK(m.find("16 channels") != std::string::npos);
   }
   algo = saved;
   CHECK(threw);

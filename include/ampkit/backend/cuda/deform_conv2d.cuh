@@ -43,6 +43,12 @@
 ///             kernel adds the partials in a fixed order (dL_dw is deterministic).
 /// Samples are never rounded to T in the fused path (the product is in fp32 FMAs).
 ///
+/// Tensor-core path (DeformConvAlgo::kMma, fp16/bf16, at most 16 channels and filters per group,
+/// compute capability 8.0+; opt-in until measured against kFused on the H200): the same two
+/// kernels with the per-group products as mma.sync m16n8k16 on 16-pixel tiles (forward: the
+/// samples of a tile and tap are one A fragment built in registers; backward: dcol = dL_dy·W_t and
+/// dW_t += dL_dyᵀ·col, transposes by movmatrix), scatter and offset gradients as in kFused.
+///
 /// Gradient contract: dL_dx and dL_doffsets are written (=); dL_dw is accumulated (+=).
 #pragma once
 
@@ -51,6 +57,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "ampkit/backend/cuda/check.cuh"
 #include "ampkit/backend/cuda/context.cuh"
@@ -250,6 +257,9 @@ enum class DeformConvAlgo {
   kAuto,    ///< kFused when deform_fused_supported(), otherwise kIm2col
   kFused,   ///< fused sampling + per-group product (no column matrix); an unsupported shape is an error
   kIm2col,  ///< column matrix + cuBLAS batched GEMM; any configuration
+  kMma,     ///< fp16/bf16: the fused kernels with the per-group products on tensor cores (mma.sync,
+            ///< samples rounded to the storage type as in kIm2col); at most 16 channels and 16
+            ///< filters per group, compute capability 8.0+; fp32 storage runs kFused
 };
 
 /// The algorithm every deform_conv2d call uses (process-wide switch). Starts from the environment
@@ -258,7 +268,10 @@ enum class DeformConvAlgo {
 inline DeformConvAlgo& deform_conv_algo() {
   static DeformConvAlgo algo = env_choice(
       "AMPKIT_DEFORM_CONV_ALGO",
-      {{"auto", DeformConvAlgo::kAuto}, {"fused", DeformConvAlgo::kFused}, {"im2col", DeformConvAlgo::kIm2col}},
+      {{"auto", DeformConvAlgo::kAuto},
+       {"fused", DeformConvAlgo::kFused},
+       {"im2col", DeformConvAlgo::kIm2col},
+       {"mma", DeformConvAlgo::kMma}},
       DeformConvAlgo::kAuto, "auto");
   return algo;
 }
@@ -297,6 +310,7 @@ inline bool deform_fused_supported(Shape x, std::int64_t k_out, const DeformConv
 }
 
 /// Whether this call runs the fused path; kFused on an unsupported shape is an error naming it.
+/// (kMma calls with fp32 storage reach here: they run kFused's rules.)
 inline bool use_fused(Shape x, std::int64_t k_out, const DeformConv2dParams& p) {
   const DeformConvAlgo a = deform_conv_algo();
   if (a == DeformConvAlgo::kIm2col) return false;
@@ -306,6 +320,37 @@ inline bool use_fused(Shape x, std::int64_t k_out, const DeformConv2dParams& p) 
                " filters, groups ", p.groups, ", offset_groups ", p.offset_groups, ", kernel ", p.kernel_h, "x",
                p.kernel_w);
   return ok;
+}
+
+/// Dynamic shared memory of the tensor-core forward: per-warp sample points [warps][taps][16]
+/// (float4) + the group's weights [taps][16 filters][kMmaRow] in the storage type.
+inline constexpr int kMmaRow = 24;  // 16 channels + 8 pad: the B-fragment loads hit distinct banks
+inline std::size_t mma_forward_smem(int taps) {
+  return std::size_t(kFusedWarps) * taps * 16 * 16 + std::size_t(taps) * 16 * kMmaRow * 2;
+}
+
+/// True when the tensor-core kernels handle this shape: groups = offset_groups, at most 16 input
+/// channels and 16 filters per group (one m16n8k16 K-step per tap, two n-tiles), shared memory
+/// within kFusedMaxSmem. The storage type and the device are checked by use_mma.
+inline bool deform_mma_supported(Shape x, std::int64_t k_out, const DeformConv2dParams& p) {
+  if (p.offset_groups != p.groups) return false;
+  const std::int64_t cg = x.c / p.groups, kg = k_out / p.groups;
+  return cg >= 1 && kg >= 1 && cg <= 16 && kg <= 16 && mma_forward_smem(p.taps()) <= kFusedMaxSmem;
+}
+
+/// Whether this call runs the tensor-core kernels: DeformConvAlgo::kMma with fp16/bf16 storage.
+/// An unsupported shape or a device below compute capability 8.0 is an error saying what to use.
+template <class T>
+bool use_mma(const Cuda& ctx, Shape x, std::int64_t k_out, const DeformConv2dParams& p) {
+  if (deform_conv_algo() != DeformConvAlgo::kMma || std::is_same_v<T, float>) return false;
+  AMPKIT_CHECK(deform_mma_supported(x, k_out, p), "deform_conv2d: DeformConvAlgo::kMma needs groups == "
+               "offset_groups and at most 16 channels and 16 filters per group; given input ", x, ", ", k_out,
+               " filters, groups ", p.groups, ", offset_groups ", p.offset_groups, ", kernel ", p.kernel_h, "x",
+               p.kernel_w, ". Use AMPKIT_DEFORM_CONV_ALGO=auto (fused or im2col)");
+  AMPKIT_CHECK(ctx.device().cc_major >= 8, "deform_conv2d: DeformConvAlgo::kMma needs compute capability 8.0 "
+               "(mma.sync m16n8k16); this GPU has ", ctx.device().cc_major, ".", ctx.device().cc_minor,
+               ". Use AMPKIT_DEFORM_CONV_ALGO=auto");
+  return true;
 }
 
 /// Geometry of one fused launch (a chunk of whole images).
@@ -567,6 +612,268 @@ __global__ void deform_dw_partials_kernel(const A* __restrict__ part, int chunks
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tensor-core path (DeformConvAlgo::kMma): the fused kernels' structure, with the per-group
+// products as mma.sync.m16n8k16 (fp16/bf16 in, fp32 accumulation). A warp owns a tile of 16
+// output pixels; per tap, the tile's 16 pixels x 16 channels of bilinear samples are the A
+// operand (one K-step), built in registers in the fragment layout:
+//   lane = 4·gid + tig holds rows (pixels) gid and gid + 8, columns (channels) 2·tig, 2·tig + 1,
+//   2·tig + 8, 2·tig + 9, as four registers of two values: {row gid, cols 2tig..}, {row gid + 8,
+//   cols 2tig..}, {row gid, cols 2tig + 8..}, {row gid + 8, cols 2tig + 8..} (PTX ISA, "Matrix
+//   fragments for mma.m16n8k16"). B fragments (16 x 8, k-major pairs): rows 2·tig, +1 and +8, +9,
+//   column gid. C/D (16 x 8, fp32): rows gid / gid + 8, columns 2·tig, +1.
+// The samples are rounded to the storage type to enter the tensor cores (as kIm2col's column
+// matrix is); every product and sum after that is fp32.
+// ---------------------------------------------------------------------------------------------
+
+/// Two floats rounded to T (round to nearest even) and packed, the first in the low half.
+template <class T>
+__device__ __forceinline__ std::uint32_t pack2_rn(float lo, float hi) {
+  if constexpr (std::is_same_v<T, half>) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const std::uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const std::uint32_t*>(&h);
+  }
+}
+
+/// The raw 16 bits of a storage value (0 when `ok` is false), for operands already in T.
+template <class T>
+__device__ __forceinline__ std::uint32_t bits16(const T* p, bool ok) {
+  return ok ? std::uint32_t(*reinterpret_cast<const std::uint16_t*>(p)) : 0u;
+}
+
+/// d += a · b on tensor cores: a 16 x 16 (row), b 16 x 8 (col), d 16 x 8 fp32.
+template <class T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                                          std::uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<T, half>)
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();  // use_mma refuses devices below 8.0; this keeps the fat binary's sm_75 image linkable
+#endif
+}
+
+/// The 8 x 8 transpose of a fragment register across the warp (lane 4·r + q holds row r, columns
+/// 2q, 2q + 1 before and after).
+__device__ __forceinline__ std::uint32_t transpose_8x8(std::uint32_t a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+  std::uint32_t d;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(a));
+  return d;
+#else
+  __trap();
+  return a;
+#endif
+}
+
+/// Tensor-core forward. Grid (groups, pixel chunks), kFusedThreads threads, mma_forward_smem bytes.
+/// Per warp and 16-pixel tile: the tile's sample points for every tap into shared memory, then per
+/// tap one A fragment of samples and two mma (filters 0-7, 8-15) against the group's weights.
+template <class T>
+__global__ void __launch_bounds__(kFusedThreads) deform_mma_forward_kernel(const T* __restrict__ x,
+                                                                          const T* __restrict__ off,
+                                                                          const T* __restrict__ wt,
+                                                                          T* __restrict__ y, FusedGeom g) {
+  extern __shared__ float4 mma_smem[];
+  float4* pts = mma_smem;  // [warps][taps][16 pixels]
+  // bs[t][k][c] = W[grp·kg + k][t][c] (0 beyond kg / cg): the B operand, k-dim = channel c
+  std::uint16_t* bs = reinterpret_cast<std::uint16_t*>(pts + kFusedWarps * g.taps * 16);
+  const int grp = blockIdx.x;
+  for (int e = threadIdx.x; e < g.taps * 16 * kMmaRow; e += blockDim.x) {
+    const int c = e % kMmaRow, k = (e / kMmaRow) % 16, t = e / (kMmaRow * 16);
+    bs[e] = std::uint16_t(bits16(wt + (std::int64_t(grp * g.kg + k) * g.taps + t) * g.cg + c, k < g.kg && c < g.cg));
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
+  float4* wpts = pts + warp * g.taps * 16;
+  const std::int64_t pix_begin = std::int64_t(blockIdx.y) * g.pixels_per_block;
+  const std::int64_t pix_end = ::min(pix_begin + std::int64_t(g.pixels_per_block), g.pixels);
+  const std::int64_t image_pixels = std::int64_t(g.ho) * g.wo, image_elems = std::int64_t(g.h) * g.w * g.c;
+  // A point whose four corners are all outside the image (BilinearPoint's far-away sentinel).
+  const float4 nowhere = make_float4(0.f, 0.f, __int_as_float(-4), __int_as_float(-4));
+  // The loop condition depends on the warp only: all 32 lanes reach every mma and shuffle.
+  for (std::int64_t base = pix_begin + warp * 16; base < pix_end; base += kFusedWarps * 16) {
+    for (int e = lane; e < 16 * g.taps; e += 32) {
+      const int pp = e % 16, t = e / 16;
+      const std::int64_t pix = base + pp;
+      wpts[t * 16 + pp] = pix < pix_end ? fused_sample_point(g, off, pix, grp, t) : nowhere;
+    }
+    __syncwarp();
+    const T* xr[2];  // image base + the group's first channel, rows gid and gid + 8
+    bool live[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const std::int64_t pix = base + gid + 8 * h;
+      live[h] = pix < pix_end;
+      xr[h] = x + (live[h] ? pix / image_pixels : 0) * image_elems + grp * g.cg;
+    }
+    float acc[2][4] = {};
+    for (int t = 0; t < g.taps; ++t) {
+      std::uint32_t a[4];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float4 s = wpts[t * 16 + gid + 8 * h];
+        const int y0 = __float_as_int(s.z), x0 = __float_as_int(s.w);
+        const float ly = s.x, lx = s.y, hy = 1.f - ly, hx = 1.f - lx;
+        float v[4];  // channels 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int c = 2 * tig + (j & 1) + 8 * (j >> 1);
+          v[j] = 0.f;
+          if (c < g.cg) {
+            const Corners q = fused_corners(xr[h] + c, y0, x0, g);
+            // Same terms and order as the host reference's forward sample.
+            v[j] = hy * hx * q.v00 + hy * lx * q.v01 + ly * hx * q.v10 + ly * lx * q.v11;
+          }
+        }
+        a[h] = pack2_rn<T>(v[0], v[1]);
+        a[2 + h] = pack2_rn<T>(v[2], v[3]);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {  // filters 8j .. 8j + 7
+        const std::uint16_t* brow = bs + (t * 16 + 8 * j + gid) * kMmaRow + 2 * tig;
+        mma_16816<T>(acc[j], a, *reinterpret_cast<const std::uint32_t*>(brow),
+                     *reinterpret_cast<const std::uint32_t*>(brow + 8));
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int k = 8 * j + 2 * tig + e;
+          if (live[h] && k < g.kg) store_f(y + (base + gid + 8 * h) * g.k + grp * g.kg + k, acc[j][2 * h + e]);
+        }
+    __syncwarp();  // every lane is done reading wpts before the next tile overwrites it
+  }
+}
+
+/// Tensor-core backward. Grid (groups, taps, pixel chunks), kFusedThreads threads. Per warp and
+/// 16-pixel tile of its tap: dcol = dL_dy · W_t (one mma per 8 channels), the samples and the
+/// scatter into dx32 (fp32 atomics, zeroed by the caller) as in the fused kernel, the offset
+/// gradient reduced over the 4 lanes sharing a pixel, and dW_t += dL_dyᵀ · col on tensor cores
+/// (both operands transposed in registers with movmatrix). Writes dw_part like the fused kernel.
+template <class T>
+__global__ void __launch_bounds__(kFusedThreads) deform_mma_backward_kernel(
+    const T* __restrict__ x, const T* __restrict__ off, const T* __restrict__ wt, const T* __restrict__ dy,
+    float* __restrict__ dx32, T* __restrict__ doff, float* __restrict__ dw_part, FusedGeom g) {
+  __shared__ float red[kFusedWarps][16][17];  // per-warp dW[k][c] for the block reduction
+  const int grp = blockIdx.x, t = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
+  // B fragments of W_t (k-dim: filter k, column: channel c = 8j + gid), fixed for the block.
+  std::uint32_t bw[2][2];
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int k = 2 * tig + 8 * r, c = 8 * j + gid;
+      const T* p = wt + (std::int64_t(grp * g.kg + k) * g.taps + t) * g.cg + c;
+      bw[j][r] = bits16(p, k < g.kg && c < g.cg) |
+                 (bits16(p + std::int64_t(g.taps) * g.cg, k + 1 < g.kg && c < g.cg) << 16);
+    }
+  float dwacc[2][4] = {};  // dW_t[k][c]: n-tile j holds channels 8j..8j+7
+  const std::int64_t pix_begin = std::int64_t(blockIdx.z) * g.pixels_per_block;
+  const std::int64_t pix_end = ::min(pix_begin + std::int64_t(g.pixels_per_block), g.pixels);
+  const std::int64_t image_pixels = std::int64_t(g.ho) * g.wo, image_elems = std::int64_t(g.h) * g.w * g.c;
+  for (std::int64_t base = pix_begin + warp * 16; base < pix_end; base += kFusedWarps * 16) {
+    std::int64_t pix[2];
+    bool live[2];
+    std::uint32_t ad[4];  // dL_dy of the tile as an A fragment (rows: pixels, k-dim: filters)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      pix[h] = base + gid + 8 * h;
+      live[h] = pix[h] < pix_end;
+      const T* d = dy + (live[h] ? pix[h] : 0) * g.k + grp * g.kg;
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int k = 2 * tig + 8 * q;
+        ad[h + 2 * q] = bits16(d + k, live[h] && k < g.kg) | (bits16(d + k + 1, live[h] && k + 1 < g.kg) << 16);
+      }
+    }
+    float dcol[2][4] = {};  // [j][2h + e]: pixel row h, channel 8j + 2·tig + e
+    mma_16816<T>(dcol[0], ad, bw[0][0], bw[0][1]);
+    mma_16816<T>(dcol[1], ad, bw[1][0], bw[1][1]);
+    std::uint32_t as[4];  // the samples (col), rounded to T, in the same A layout
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float v[4] = {0.f, 0.f, 0.f, 0.f}, g_dy = 0.f, g_dx = 0.f;
+      if (live[h]) {
+        const float4 s = fused_sample_point(g, off, pix[h], grp, t);
+        const int y0 = __float_as_int(s.z), x0 = __float_as_int(s.w);
+        const float ly = s.x, lx = s.y, hy = 1.f - ly, hx = 1.f - lx;
+        const std::int64_t img = pix[h] / image_pixels;
+        const bool ya = unsigned(y0) < unsigned(g.h), yb = unsigned(y0 + 1) < unsigned(g.h);
+        const bool xa = unsigned(x0) < unsigned(g.w), xb = unsigned(x0 + 1) < unsigned(g.w);
+        const std::int64_t p = (std::int64_t(y0) * g.w + x0) * g.c, down = std::int64_t(g.w) * g.c;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int c = 2 * tig + (j & 1) + 8 * (j >> 1);
+          if (c >= g.cg) continue;
+          const Corners q = fused_corners(x + img * image_elems + grp * g.cg + c, y0, x0, g);
+          v[j] = hy * hx * q.v00 + hy * lx * q.v01 + ly * hx * q.v10 + ly * lx * q.v11;
+          const float dc = dcol[j >> 1][2 * h + (j & 1)];
+          g_dy += dc * (hx * (q.v10 - q.v00) + lx * (q.v11 - q.v01));
+          g_dx += dc * (hy * (q.v01 - q.v00) + ly * (q.v11 - q.v10));
+          float* d = dx32 + img * image_elems + grp * g.cg + c;
+          if (ya && xa) atomicAdd(d + p, hy * hx * dc);
+          if (ya && xb) atomicAdd(d + p + g.c, hy * lx * dc);
+          if (yb && xa) atomicAdd(d + p + down, ly * hx * dc);
+          if (yb && xb) atomicAdd(d + p + down + g.c, ly * lx * dc);
+        }
+      }
+      // Offset gradient of (pixel, group, tap): the sum over the 4 lanes holding the pixel's channels.
+      g_dy += __shfl_xor_sync(0xffffffffu, g_dy, 1);
+      g_dy += __shfl_xor_sync(0xffffffffu, g_dy, 2);
+      g_dx += __shfl_xor_sync(0xffffffffu, g_dx, 1);
+      g_dx += __shfl_xor_sync(0xffffffffu, g_dx, 2);
+      if (live[h] && tig == 0) {
+        T* o = doff + pix[h] * (2 * g.groups * g.taps) + (grp * g.taps + t) * 2;
+        store_f(o, g_dy);
+        store_f(o + 1, g_dx);
+      }
+      as[h] = pack2_rn<T>(v[0], v[1]);
+      as[2 + h] = pack2_rn<T>(v[2], v[3]);
+    }
+    // dW_t[k][c] += Σ_pixels dL_dy[pixel][k] · col[pixel][c]: A = dL_dyᵀ (rows k, k-dim pixels),
+    // B = col (k-dim pixels, columns c). Transposing the 16 x 16 dL_dy swaps its off-diagonal
+    // 8 x 8 blocks (registers 1 and 2); col's blocks become B's two registers per n-tile.
+    const std::uint32_t adt[4] = {transpose_8x8(ad[0]), transpose_8x8(ad[2]), transpose_8x8(ad[1]),
+                                  transpose_8x8(ad[3])};
+    mma_16816<T>(dwacc[0], adt, transpose_8x8(as[0]), transpose_8x8(as[1]));
+    mma_16816<T>(dwacc[1], adt, transpose_8x8(as[2]), transpose_8x8(as[3]));
+  }
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) red[warp][gid + 8 * h][8 * j + 2 * tig + e] = dwacc[j][2 * h + e];
+  __syncthreads();
+  for (int e = threadIdx.x; e < 16 * 16; e += blockDim.x) {
+    const int k = e / 16, c = e % 16;
+    if (k < g.kg && c < g.cg) {
+      float sum = 0.f;
+#pragma unroll
+      for (int w = 0; w < kFusedWarps; ++w) sum += red[w][k][c];  // fixed order: deterministic
+      dw_part[((std::int64_t(blockIdx.z) * g.k + grp * g.kg + k) * g.taps + t) * g.cg + c] = sum;
+    }
+  }
+}
+
 template <class T, int P>
 void fused_forward_launch(Cuda& ctx, const T* x, const T* off, const T* w, T* y, const FusedGeom& g,
                           std::int64_t blocks) {
@@ -589,10 +896,24 @@ void fused_backward_launch(Cuda& ctx, const T* x, const T* off, const T* w, cons
 }
 
 template <class T>
+void mma_forward_launch(Cuda& ctx, const T* x, const T* off, const T* w, T* y, const FusedGeom& g,
+                        std::int64_t blocks) {
+  const std::size_t smem = mma_forward_smem(g.taps);
+  if (smem > 48 * 1024)
+    AMPKIT_CUDA_CHECK(cudaFuncSetAttribute(deform_mma_forward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           int(smem)));
+  deform_mma_forward_kernel<T><<<dim3(unsigned(g.groups), unsigned(blocks)), kFusedThreads, smem, ctx.stream()>>>(
+      x, off, w, y, g);
+  AMPKIT_CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
 void fused_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> off, TensorView<const T> w, TensorView<T> y,
-                   const DeformConv2dParams& p) {
+                   const DeformConv2dParams& p, bool mma = false) {
   std::int64_t blocks = 0;
   const FusedGeom g = make_fused_geom(x.shape, y.shape, p, x.shape.n, blocks);
+  if constexpr (!std::is_same_v<T, float>)
+    if (mma) return mma_forward_launch<T>(ctx, x.data, off.data, w.data, y.data, g, blocks);
   switch (fused_lanes(g.cg, g.kg)) {
     case 8: fused_forward_launch<T, 8>(ctx, x.data, off.data, w.data, y.data, g, blocks); break;
     case 16: fused_forward_launch<T, 16>(ctx, x.data, off.data, w.data, y.data, g, blocks); break;
@@ -600,10 +921,11 @@ void fused_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> off, Te
   }
 }
 
+/// The fused backward (mma: the tensor-core kernel; same scratch, partials and conversions).
 template <class T>
 void fused_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> off, TensorView<const T> w,
                     TensorView<const T> dy, TensorView<T> dx, TensorView<T> doff, TensorView<T> dw,
-                    const DeformConv2dParams& p) {
+                    const DeformConv2dParams& p, bool mma = false) {
   constexpr bool kDirect = std::is_same_v<T, float>;  // fp32 storage: atomics straight into dL_dx
   const std::int64_t pix_in = x.shape.h * x.shape.w * x.shape.c, pix_out = dy.shape.h * dy.shape.w;
   // Images per launch: the fp32 dx scratch stays within the workspace budget (DEKR batch 32: 535 MB, one launch).
@@ -639,7 +961,16 @@ void fused_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> off, T
     float* dxc = kDirect ? dx32 + n0 * pix_in : dx32;
     if (!kDirect)
       AMPKIT_CUDA_CHECK(cudaMemsetAsync(dx32, 0, static_cast<std::size_t>(nb * pix_in) * sizeof(float), ctx.stream()));
-    switch (lanes) {
+    bool launched = false;
+    if constexpr (!std::is_same_v<T, float>)
+      if (mma) {
+        deform_mma_backward_kernel<T>
+            <<<dim3(unsigned(g.groups), unsigned(g.taps), unsigned(blocks)), kFusedThreads, 0, ctx.stream()>>>(
+                xc, oc, w.data, dyc, dxc, doffc, part, g);
+        AMPKIT_CUDA_CHECK_LAUNCH();
+        launched = true;
+      }
+    if (!launched) switch (lanes) {
       case 8: fused_backward_launch<T, 8>(ctx, xc, oc, w.data, dyc, dxc, doffc, part, g, blocks); break;
       case 16: fused_backward_launch<T, 16>(ctx, xc, oc, w.data, dyc, dxc, doffc, part, g, blocks); break;
       default: fused_backward_launch<T, 32>(ctx, xc, oc, w.data, dyc, dxc, doffc, part, g, blocks); break;
@@ -666,6 +997,7 @@ void deform_conv2d_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T>
   namespace s = cuda::sampling;
   check_deform_conv2d("deform_conv2d", x, offsets, weight, y, p);
   if (y.numel() == 0) return;
+  if (s::use_mma<T>(ctx, x.shape, y.shape.c, p)) return s::fused_forward<T>(ctx, x, offsets, weight, y, p, true);
   if (s::use_fused(x.shape, y.shape.c, p)) return s::fused_forward<T>(ctx, x, offsets, weight, y, p);
   const std::int64_t k = y.shape.c, pix_in = x.shape.h * x.shape.w * x.shape.c, pix_out = y.shape.h * y.shape.w;
   const std::int64_t ld_col = s::make_geom(x.shape, y.shape, p, 1).ld_col();
@@ -695,6 +1027,8 @@ void deform_conv2d_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T
   check_shape("deform_conv2d", "dL_doffsets", dL_doffsets, offsets.shape);
   check_shape("deform_conv2d", "dL_dw", dL_dw, weight.shape);
   if (x.numel() == 0) return;
+  if (s::use_mma<T>(ctx, x.shape, dL_dy.shape.c, p))
+    return s::fused_backward<T>(ctx, x, offsets, weight, dL_dy, dL_dx, dL_doffsets, dL_dw, p, true);
   if (s::use_fused(x.shape, dL_dy.shape.c, p))
     return s::fused_backward<T>(ctx, x, offsets, weight, dL_dy, dL_dx, dL_doffsets, dL_dw, p);
   const std::int64_t k = dL_dy.shape.c, pix_in = x.shape.h * x.shape.w * x.shape.c,
