@@ -297,49 +297,45 @@ TEST_CASE_TEMPLATE("deform_conv2d: CUDA matches host (im2col, fused, tensor core
   }
 }
 
-TEST_CASE("deform_conv2d: kAuto picks fused for DEKR; kFused on an unsupported shape is a clear error") {
+TEST_CASE("deform_conv2d: kAuto picks fused for DEKR; kFused / kMma on an unsupported shape is a clear error") {
   DeformConv2dParams dekr;
   dekr.groups = dekr.offset_groups = 17;
   CHECK(cuda::sampling::deform_fused_supported({32, 128, 128, 255}, 255, dekr));
-  DeformConv2dParams p;  // one group of 40 channels: more than 32 per group
-  auto x = gpu().tensor<ampkit::half>({1, 4, 4, 40});
-  auto off = gpu().tensor<ampkit::half>({1, 4, 4, 18});
-  auto w = gpu().tensor<ampkit::half>({8, 3, 3, 40});
-  auto y = gpu().tensor<ampkit::half>({1, 4, 4, 8});
+  CHECK(cuda::sampling::deform_mma_supported({32, 128, 128, 255}, 255, dekr));
   auto& algo = cuda::sampling::deform_conv_algo();
   const DeformConvAlgo saved = algo;
-  algo = DeformConvAlgo::kFused;
-  bool threw = false;
-  try {
-    deform_conv2d_forward<ampkit::half>(gpu(), x.cview(), off.cview(), w.cview(), y.view(), p);
-  } catch (const Error& e) {
-    threw = true;
-    const std::string m = e.what();
-    CHECK(m.find("deform_conv2d") != std::string::npos);
-    CHECK(m.find("kFused") != std::string::npos);
-  }
-  CHECK(threw);
+  // The message of an fp16 forward of `groups` groups, c input channels and k filters under `a`
+  // ("" when it does not throw).
+  auto message = [&](DeformConvAlgo a, int groups, int c, int k) {
+    DeformConv2dParams p;
+    p.groups = p.offset_groups = groups;
+    auto x = gpu().tensor<ampkit::half>({1, 4, 4, c});
+    auto off = gpu().tensor<ampkit::half>({1, 4, 4, p.offset_channels()});
+    auto w = gpu().tensor<ampkit::half>({k, 3, 3, c / groups});
+    auto y = gpu().tensor<ampkit::half>({1, 4, 4, k});
+    algo = a;
+    std::string m;
+    try {
+      deform_conv2d_forward<ampkit::half>(gpu(), x.cview(), off.cview(), w.cview(), y.view(), p);
+    } catch (const Error& e) {
+      m = e.what();
+    }
+    algo = saved;
+    return m;
+  };
+  // kFused: one group of 40 channels, more than 32 per group
+  const std::string fused = message(DeformConvAlgo::kFused, 1, 40, 8);
+  CHECK(fused.find("deform_conv2d") != std::string::npos);
+  CHECK(fused.find("kFused") != std::string::npos);
   // kMma: at most 16 channels and 16 filters per group (3 groups of 32 channels here)
-  DeformConv2dParams p3;
-  p3.groups = p3.offset_groups = 3;
-  auto x3 = gpu().tensor<ampkit::half>({1, 4, 4, 96});
-  auto off3 = gpu().tensor<ampkit::half>({1, 4, 4, 54});
-  auto w3 = gpu().tensor<ampkit::half>({24, 3, 3, 32});
-  auto y3 = gpu().tensor<ampkit::half>({1, 4, 4, 24});
-  CHECK_FALSE(cuda::sampling::deform_mma_supported({1, 4, 4, 96}, 24, p3));
-  CHECK(cuda::sampling::deform_mma_supported({32, 128, 128, 255}, 255, dekr));
-  algo = DeformConvAlgo::kMma;
-  threw = false;
-  try {
-    deform_conv2d_forward<ampkit::half>(gpu(), x3.cview(), off3.cview(), w3.cview(), y3.view(), p3);
-  } catch (const Error& e) {
-    threw = true;
-    const std::string m = e.what();
-    CHECK(m.find("kMma") != std::string::npos);
-    CHECK(m.find("16 channels") != std::string::npos);
-  }
-  algo = saved;
-  CHECK(threw);
+  CHECK_FALSE(cuda::sampling::deform_mma_supported({1, 4, 4, 96}, 24, [] {
+    DeformConv2dParams p;
+    p.groups = p.offset_groups = 3;
+    return p;
+  }()));
+  const std::string mma = message(DeformConvAlgo::kMma, 3, 96, 24);
+  CHECK(mma.find("kMma") != std::string::npos);
+  CHECK(mma.find("16 channels") != std::string::npos);
 }
 
 TEST_CASE_TEMPLATE("affine_offsets: CUDA matches host", T, float, ampkit::half, ampkit::bfloat16) {
