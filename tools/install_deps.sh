@@ -2,7 +2,7 @@
 # Install what ampkit's build, tests and demo need and is missing: Debian packages with apt, Python
 # test peers with pip (into the `python3` first on PATH, or $PYTHON). Shared by tools/test.sh and
 # tools/demo.sh. Environment: PYTHON (default python3), AMPKIT_PIP_PEERS (default "numpy pycocotools
-# tensorboard"; empty: skip pip). Prints what it installs; silent when nothing is missing.
+# tensorboard safetensors"; empty: skip pip). Prints what it installs; silent when nothing is missing.
 set -euo pipefail
 log() { printf '\n== %s\n' "$*"; }
 
@@ -18,7 +18,7 @@ if ((${#missing[@]})); then
 fi
 
 PY=${PYTHON:-python3}
-peers=${AMPKIT_PIP_PEERS-numpy pycocotools tensorboard}
+peers=${AMPKIT_PIP_PEERS-numpy pycocotools tensorboard safetensors}
 need=()
 for m in $peers; do "$PY" -c "import $m" 2>/dev/null || need+=("$m"); done
 if ((${#need[@]})); then
