@@ -767,8 +767,10 @@ __global__ void __launch_bounds__(kFusedThreads) deform_mma_forward_kernel(const
 /// scatter into dx32 (fp32 atomics, zeroed by the caller) as in the fused kernel, the offset
 /// gradient reduced over the 4 lanes sharing a pixel, and dW_t += dL_dyᵀ · col on tensor cores
 /// (both operands transposed in registers with movmatrix). Writes dw_part like the fused kernel.
+/// Three blocks per SM (80 registers, 32 bytes spilled per thread; 91 uncapped would allow two):
+/// the kernel mostly waits on its gathers and atomics, so resident warps matter more.
 template <class T>
-__global__ void __launch_bounds__(kFusedThreads) deform_mma_backward_kernel(
+__global__ void __launch_bounds__(kFusedThreads, 3) deform_mma_backward_kernel(
     const T* __restrict__ x, const T* __restrict__ off, const T* __restrict__ wt, const T* __restrict__ dy,
     float* __restrict__ dx32, T* __restrict__ doff, float* __restrict__ dw_part, FusedGeom g) {
   __shared__ float red[kFusedWarps][16][17];  // per-warp dW[k][c] for the block reduction
