@@ -38,9 +38,12 @@
 #             their time goes (issue 10; build with BUILD_TARGETS='sampling_bench' first)
 #   sanrest   what the sixth sanitizer run (2026-12-01, reliability.md s. 4) left unfinished, as two
 #             calls: racecheck on cuDNN's heuristic picks (SANITIZE_RACECHECK_ENV=
-#             AMPKIT_CUDNN_BENCHMARK=0), SANREST_JOBS (6) at once over both GPUs, on the cases that
-#             were cut or never started. SANREST_SET=a: models and train cases and the training step
-#             at 128x128; SANREST_SET=b: nn (1x1 GEMM, graph-API, grouped, elementwise fp32) and
+#             AMPKIT_CUDNN_BENCHMARK=0), SANREST_JOBS (8) at once over both GPUs, on the cases that
+#             were cut or never started (racecheck's host memory grows ~1 GB per 15 s per models
+#             run: watch host_memory.log). SANREST_SET=a: models cases 1, 3, 4, 8-10, 12, 14 (the
+#             W32 512 report-only case: SANREST_W32 overrides its pattern, e.g. '^$' to leave it
+#             out), train cases, the training step at 128x128; SANREST_SET=b: nn (1x1 GEMM,
+#             graph-API, grouped, elementwise fp32) and
 #             eval, with initcheck of nn c22/c23 and models c12 and memcheck + initcheck of the
 #             grouped-conv test after its fix. SANREST_TIMEOUT caps each run (default 480 s);
 #             results, classifications and the tails of failed or cut runs in sanrest.tgz
@@ -247,13 +250,13 @@ if want sanrest; then
   rt=${SANREST_TIMEOUT:-480}
   rm -rf /tmp/sanrest
   common=(SANITIZE_CLASSIFY=1 SANITIZE_RUN_TIMEOUT=$rt SANITIZE_TRAIN=0 "SANITIZE_SPLIT=test_gpu_(models|nn|train)\$"
-          SANITIZE_JOBS=${SANREST_JOBS:-6} SANITIZE_GPUS=0,1)
+          SANITIZE_JOBS=${SANREST_JOBS:-8} SANITIZE_GPUS=0,1)
   # racecheck on cuDNN's heuristic picks (the same ampkit kernels, no library candidates timed)
   rc=(SANITIZE_TOOLS=racecheck SANITIZE_RACECHECK_ENV=AMPKIT_CUDNN_BENCHMARK=0 SANITIZE_OUT=/tmp/sanrest/rc)
   if [ "${SANREST_SET:-a}" = a ]; then
     # models and train cases cut or never started, and the training step at 128x128
     env "${common[@]}" "${rc[@]}" "SANITIZE_FILTER=test_gpu_(models|train)\$" \
-      "SANITIZE_CASES=CUDA vs host|as one CUDA graph|recompute_bn_outputs on vs off|W32 head widths: recompute_bn|W32 head widths: recompute_conv.*fp16|W32 512x512|HRNet tiny .no deformable conv.: recompute_bn.*fp16|trainer graph mode|run_training" \
+      "SANITIZE_CASES=CUDA vs host.*fp16|as one CUDA graph|on vs off on CUDA .one step.*fp16|W32 head widths: recompute_bn|W32 head widths: recompute_conv.*fp16|${SANREST_W32:-W32 512x512 batch 2: one training step.*fp16}|HRNet tiny .no deformable conv.: recompute_bn.*fp16|trainer graph mode|run_training" \
       timeout $((rt + 30)) bash tools/sanitize_gpu.sh "$B" > /tmp/sanrest_rc.log 2>&1 &
     env SANITIZE_CLASSIFY=1 SANITIZE_RUN_TIMEOUT=$rt SANITIZE_FILTER='^$' SANITIZE_TOOLS=racecheck SANITIZE_GPUS=1 \
       SANITIZE_OUT=/tmp/sanrest/step SANITIZE_TRAIN_ARGS="train configs/demo_gpu.toml --amp --device cuda --work-dir /tmp/sanrest/step/run_@TOOL@ --cfg-options train_cfg.max_epochs=1 train_cfg.batch_size=2 train_cfg.num_workers=1 train_cfg.val_interval=0 codec.input_size=[128,128] codec.heatmap_size=[32,32] runtime.cudnn_benchmark=false" \
