@@ -900,13 +900,30 @@ void fused_backward_launch(Cuda& ctx, const T* x, const T* off, const T* w, cons
 template <class T>
 void mma_forward_launch(Cuda& ctx, const T* x, const T* off, const T* w, T* y, const FusedGeom& g,
                         std::int64_t blocks) {
-  const std::size_t smem = mma_forward_smem(g.taps);
-  if (smem > 48 * 1024)
-    AMPKIT_CUDA_CHECK(cudaFuncSetAttribute(deform_mma_forward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           int(smem)));
-  deform_mma_forward_kernel<T><<<dim3(unsigned(g.groups), unsigned(blocks)), kFusedThreads, smem, ctx.stream()>>>(
-      x, off, w, y, g);
-  AMPKIT_CUDA_CHECK_LAUNCH();
+  if constexpr (std::is_same_v<T, float>) {
+    AMPKIT_FAIL("deform_conv2d: the tensor-core kernels take fp16/bf16 storage (use_mma excludes fp32)");
+  } else {
+    const std::size_t smem = mma_forward_smem(g.taps);
+    if (smem > 48 * 1024)
+      AMPKIT_CUDA_CHECK(cudaFuncSetAttribute(deform_mma_forward_kernel<T>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    deform_mma_forward_kernel<T><<<dim3(unsigned(g.groups), unsigned(blocks)), kFusedThreads, smem, ctx.stream()>>>(
+        x, off, w, y, g);
+    AMPKIT_CUDA_CHECK_LAUNCH();
+  }
+}
+
+template <class T>
+void mma_backward_launch(Cuda& ctx, const T* x, const T* off, const T* w, const T* dy, float* dx32, T* doff,
+                         float* part, const FusedGeom& g, std::int64_t blocks) {
+  if constexpr (std::is_same_v<T, float>) {
+    AMPKIT_FAIL("deform_conv2d: the tensor-core kernels take fp16/bf16 storage (use_mma excludes fp32)");
+  } else {
+    deform_mma_backward_kernel<T>
+        <<<dim3(unsigned(g.groups), unsigned(g.taps), unsigned(blocks)), kFusedThreads, 0, ctx.stream()>>>(
+            x, off, w, dy, dx32, doff, part, g);
+    AMPKIT_CUDA_CHECK_LAUNCH();
+  }
 }
 
 template <class T>
@@ -914,8 +931,7 @@ void fused_forward(Cuda& ctx, TensorView<const T> x, TensorView<const T> off, Te
                    const DeformConv2dParams& p, bool mma = false) {
   std::int64_t blocks = 0;
   const FusedGeom g = make_fused_geom(x.shape, y.shape, p, x.shape.n, blocks);
-  if constexpr (!std::is_same_v<T, float>)
-    if (mma) return mma_forward_launch<T>(ctx, x.data, off.data, w.data, y.data, g, blocks);
+  if (mma) return mma_forward_launch<T>(ctx, x.data, off.data, w.data, y.data, g, blocks);
   switch (fused_lanes(g.cg, g.kg)) {
     case 8: fused_forward_launch<T, 8>(ctx, x.data, off.data, w.data, y.data, g, blocks); break;
     case 16: fused_forward_launch<T, 16>(ctx, x.data, off.data, w.data, y.data, g, blocks); break;
@@ -963,16 +979,8 @@ void fused_backward(Cuda& ctx, TensorView<const T> x, TensorView<const T> off, T
     float* dxc = kDirect ? dx32 + n0 * pix_in : dx32;
     if (!kDirect)
       AMPKIT_CUDA_CHECK(cudaMemsetAsync(dx32, 0, static_cast<std::size_t>(nb * pix_in) * sizeof(float), ctx.stream()));
-    bool launched = false;
-    if constexpr (!std::is_same_v<T, float>)
-      if (mma) {
-        deform_mma_backward_kernel<T>
-            <<<dim3(unsigned(g.groups), unsigned(g.taps), unsigned(blocks)), kFusedThreads, 0, ctx.stream()>>>(
-                xc, oc, w.data, dyc, dxc, doffc, part, g);
-        AMPKIT_CUDA_CHECK_LAUNCH();
-        launched = true;
-      }
-    if (!launched) switch (lanes) {
+    if (mma) mma_backward_launch<T>(ctx, xc, oc, w.data, dyc, dxc, doffc, part, g, blocks);
+    else switch (lanes) {
       case 8: fused_backward_launch<T, 8>(ctx, xc, oc, w.data, dyc, dxc, doffc, part, g, blocks); break;
       case 16: fused_backward_launch<T, 16>(ctx, xc, oc, w.data, dyc, dxc, doffc, part, g, blocks); break;
       default: fused_backward_launch<T, 32>(ctx, xc, oc, w.data, dyc, dxc, doffc, part, g, blocks); break;
