@@ -46,7 +46,8 @@
 #             graph-API, grouped, elementwise fp32) and
 #             eval, with initcheck of nn c22/c23 and models c12 and memcheck + initcheck of the
 #             grouped-conv test after its fix. SANREST_TIMEOUT caps each run (default 480 s);
-#             results, classifications and the tails of failed or cut runs in sanrest.tgz
+#             results, classifications and the tails of failed or cut runs in sanrest.tgz;
+#             SANREST_GPUS (default 0,1; 0 on a one-GPU machine)
 #   mma       the tensor-core deformable conv (DeformConvAlgo::kMma, opt-in): test_gpu_nn_sampling's
 #             deform cases (CUDA vs host on every algorithm), bench/sampling_bench fp16 and bf16
 #             (im2col / fused / mma rows, each one's difference from im2col at the DEKR-W32 shape),
@@ -250,7 +251,7 @@ if want sanrest; then
   rt=${SANREST_TIMEOUT:-480}
   rm -rf /tmp/sanrest
   common=(SANITIZE_CLASSIFY=1 SANITIZE_RUN_TIMEOUT=$rt SANITIZE_TRAIN=0 "SANITIZE_SPLIT=test_gpu_(models|nn|train)\$"
-          SANITIZE_JOBS=${SANREST_JOBS:-8} SANITIZE_GPUS=0,1)
+          SANITIZE_JOBS=${SANREST_JOBS:-8} SANITIZE_GPUS=${SANREST_GPUS:-0,1})
   # racecheck on cuDNN's heuristic picks (the same ampkit kernels, no library candidates timed)
   rc=(SANITIZE_TOOLS=racecheck SANITIZE_RACECHECK_ENV=AMPKIT_CUDNN_BENCHMARK=0 SANITIZE_OUT=/tmp/sanrest/rc)
   if [ "${SANREST_SET:-a}" = a ]; then
@@ -258,7 +259,7 @@ if want sanrest; then
     env "${common[@]}" "${rc[@]}" "SANITIZE_FILTER=test_gpu_(models|train)\$" \
       "SANITIZE_CASES=CUDA vs host.*fp16|as one CUDA graph|on vs off on CUDA .one step.*fp16|W32 head widths: recompute_bn|W32 head widths: recompute_conv.*fp16|${SANREST_W32:-W32 512x512 batch 2: one training step.*fp16}|HRNet tiny .no deformable conv.: recompute_bn.*fp16|trainer graph mode|run_training" \
       timeout $((rt + 30)) bash tools/sanitize_gpu.sh "$B" > /tmp/sanrest_rc.log 2>&1 &
-    env SANITIZE_CLASSIFY=1 SANITIZE_RUN_TIMEOUT=$rt SANITIZE_FILTER='^$' SANITIZE_TOOLS=racecheck SANITIZE_GPUS=1 \
+    env SANITIZE_CLASSIFY=1 SANITIZE_RUN_TIMEOUT=$rt SANITIZE_FILTER='^$' SANITIZE_TOOLS=racecheck SANITIZE_GPUS=${SANREST_GPUS##*,} \
       SANITIZE_OUT=/tmp/sanrest/step SANITIZE_TRAIN_ARGS="train configs/demo_gpu.toml --amp --device cuda --work-dir /tmp/sanrest/step/run_@TOOL@ --cfg-options train_cfg.max_epochs=1 train_cfg.batch_size=2 train_cfg.num_workers=1 train_cfg.val_interval=0 codec.input_size=[128,128] codec.heatmap_size=[32,32] runtime.cudnn_benchmark=false" \
       timeout $((rt + 30)) bash tools/sanitize_gpu.sh "$B" > /tmp/sanrest_step.log 2>&1 &
   else
