@@ -44,10 +44,12 @@
 /// Samples are never rounded to T in the fused path (the product is in fp32 FMAs).
 ///
 /// Tensor-core path (DeformConvAlgo::kMma, fp16/bf16, at most 16 channels and filters per group,
-/// compute capability 8.0+; opt-in until measured against kFused on the H200): the same two
-/// kernels with the per-group products as mma.sync m16n8k16 on 16-pixel tiles (forward: the
-/// samples of a tile and tap are one A fragment built in registers; backward: dcol = dL_dy·W_t and
-/// dW_t += dL_dyᵀ·col, transposes by movmatrix), scatter and offset gradients as in kFused.
+/// compute capability 8.0+; opt-in: its first H200 run had a faster forward and a slower
+/// backward than kFused, bench/results/gpu_h200_20261201_0241.md): the same two kernels with the
+/// per-group products as mma.sync m16n8k16 on 16-pixel tiles (forward: the samples of a tile and
+/// tap are one A fragment built in registers; backward: dcol = dL_dy·W_t staged in shared memory,
+/// sampling, scatter and offset gradients in kFused's layout, dW_t += dL_dyᵀ·col with the
+/// samples read back from shared memory as B fragments).
 ///
 /// Gradient contract: dL_dx and dL_doffsets are written (=); dL_dw is accumulated (+=).
 #pragma once
@@ -763,100 +765,120 @@ __global__ void __launch_bounds__(kFusedThreads) deform_mma_forward_kernel(const
 }
 
 /// Tensor-core backward. Grid (groups, taps, pixel chunks), kFusedThreads threads. Per warp and
-/// 16-pixel tile of its tap: dcol = dL_dy · W_t (one mma per 8 channels), the samples and the
-/// scatter into dx32 (fp32 atomics, zeroed by the caller) as in the fused kernel, the offset
-/// gradient reduced over the 4 lanes sharing a pixel, and dW_t += dL_dyᵀ · col on tensor cores
-/// (both operands transposed in registers with movmatrix). Writes dw_part like the fused kernel.
-/// Three blocks per SM (80 registers, 32 bytes spilled per thread; 91 uncapped would allow two):
-/// the kernel mostly waits on its gathers and atomics, so resident warps matter more.
+/// 16-pixel tile of its tap:
+///   1. dcol = dL_dy · W_t on tensor cores (two mma, fp32 accumulators), staged in shared memory;
+///   2. sampling, scatter and offset gradients in kFused's layout (16 lanes = one pixel's
+///      channels, two pixels per pass, eight passes): each atomic instruction covers one pixel's
+///      contiguous channels, and the offset gradient is a 16-lane shuffle sum. The first GPU
+///      version did this step in the mma fragment layout (lane: channels 2·tig, +1, +8, +9 of
+///      two pixels), whose gathers and atomics each span 8 pixels: its backward measured 28.7 ms
+///      against kFused's 20.2 (bench/results/gpu_h200_20261201_0241.md);
+///   3. the samples, rounded to T, staged transposed (channel rows, pixel pairs contiguous) and
+///      read back as B fragments: dW_t += dL_dyᵀ · col in two mma, A = dL_dy's fragment
+///      transposed by movmatrix.
+/// Writes dw_part like the fused kernel. Three blocks per SM, as kFused's backward.
 template <class T>
 __global__ void __launch_bounds__(kFusedThreads, 3) deform_mma_backward_kernel(
     const T* __restrict__ x, const T* __restrict__ off, const T* __restrict__ wt, const T* __restrict__ dy,
     float* __restrict__ dx32, T* __restrict__ doff, float* __restrict__ dw_part, FusedGeom g) {
-  __shared__ float red[kFusedWarps][16][17];  // per-warp dW[k][c] for the block reduction
+  __shared__ float red[kFusedWarps][16][17];   // per-warp dW[k][c] for the block reduction
+  __shared__ float dcs[kFusedWarps][16][17];   // the tile's dcol [pixel][channel] (17: no bank conflicts)
+  __shared__ __align__(16) std::uint16_t cst[kFusedWarps][16][kMmaRow];  // samples [channel][pixel], T bits
   const int grp = blockIdx.x, t = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
+  const int u = lane / 16, c = lane % 16;  // the sampling layout: pixel 2·pass + u, channel c
   // B fragments of W_t (k-dim: filter k, column: channel c = 8j + gid), fixed for the block.
   std::uint32_t bw[2][2];
 #pragma unroll
   for (int j = 0; j < 2; ++j)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int k = 2 * tig + 8 * r, c = 8 * j + gid;
-      const T* p = wt + (std::int64_t(grp * g.kg + k) * g.taps + t) * g.cg + c;
-      bw[j][r] = bits16(p, k < g.kg && c < g.cg) |
-                 (bits16(p + std::int64_t(g.taps) * g.cg, k + 1 < g.kg && c < g.cg) << 16);
+      const int k = 2 * tig + 8 * r, cc = 8 * j + gid;
+      const T* p = wt + (std::int64_t(grp * g.kg + k) * g.taps + t) * g.cg + cc;
+      bw[j][r] = bits16(p, k < g.kg && cc < g.cg) |
+                 (bits16(p + std::int64_t(g.taps) * g.cg, k + 1 < g.kg && cc < g.cg) << 16);
     }
   float dwacc[2][4] = {};  // dW_t[k][c]: n-tile j holds channels 8j..8j+7
   const std::int64_t pix_begin = std::int64_t(blockIdx.z) * g.pixels_per_block;
   const std::int64_t pix_end = ::min(pix_begin + std::int64_t(g.pixels_per_block), g.pixels);
   const std::int64_t image_pixels = std::int64_t(g.ho) * g.wo, image_elems = std::int64_t(g.h) * g.w * g.c;
+  const bool chan = c < g.cg;
+  const int ch = grp * g.cg + c;
   for (std::int64_t base = pix_begin + warp * 16; base < pix_end; base += kFusedWarps * 16) {
-    std::int64_t pix[2];
-    bool live[2];
     std::uint32_t ad[4];  // dL_dy of the tile as an A fragment (rows: pixels, k-dim: filters)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      pix[h] = base + gid + 8 * h;
-      live[h] = pix[h] < pix_end;
-      const T* d = dy + (live[h] ? pix[h] : 0) * g.k + grp * g.kg;
+      const std::int64_t pix = base + gid + 8 * h;
+      const bool live = pix < pix_end;
+      const T* d = dy + (live ? pix : 0) * g.k + grp * g.kg;
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
         const int k = 2 * tig + 8 * q;
-        ad[h + 2 * q] = bits16(d + k, live[h] && k < g.kg) | (bits16(d + k + 1, live[h] && k + 1 < g.kg) << 16);
+        ad[h + 2 * q] = bits16(d + k, live && k < g.kg) | (bits16(d + k + 1, live && k + 1 < g.kg) << 16);
       }
     }
-    float dcol[2][4] = {};  // [j][2h + e]: pixel row h, channel 8j + 2·tig + e
-    mma_16816<T>(dcol[0], ad, bw[0][0], bw[0][1]);
-    mma_16816<T>(dcol[1], ad, bw[1][0], bw[1][1]);
-    std::uint32_t as[4];  // the samples (col), rounded to T, in the same A layout
+    {
+      float dcol[2][4] = {};  // [j][2h + e]: pixel gid + 8h, channel 8j + 2·tig + e
+      mma_16816<T>(dcol[0], ad, bw[0][0], bw[0][1]);
+      mma_16816<T>(dcol[1], ad, bw[1][0], bw[1][1]);
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float v[4] = {0.f, 0.f, 0.f, 0.f}, g_dy = 0.f, g_dx = 0.f;
-      if (live[h]) {
-        const float4 s = fused_sample_point(g, off, pix[h], grp, t);
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) dcs[warp][gid + 8 * h][8 * j + 2 * tig + e] = dcol[j][2 * h + e];
+    }
+    __syncwarp();
+#pragma unroll 2
+    for (int pass = 0; pass < 8; ++pass) {
+      const int r = 2 * pass + u;
+      const std::int64_t pix = base + r;
+      const bool active = pix < pix_end;
+      float col = 0.f, g_dy = 0.f, g_dx = 0.f;
+      if (active && chan) {
+        const float dc = dcs[warp][r][c];
+        const float4 s = fused_sample_point(g, off, pix, grp, t);
         const int y0 = __float_as_int(s.z), x0 = __float_as_int(s.w);
         const float ly = s.x, lx = s.y, hy = 1.f - ly, hx = 1.f - lx;
-        const std::int64_t img = pix[h] / image_pixels;
+        const std::int64_t img = pix / image_pixels;
+        const Corners q = fused_corners(x + img * image_elems + ch, y0, x0, g);
+        col = hy * hx * q.v00 + hy * lx * q.v01 + ly * hx * q.v10 + ly * lx * q.v11;
+        g_dy = dc * (hx * (q.v10 - q.v00) + lx * (q.v11 - q.v01));
+        g_dx = dc * (hy * (q.v01 - q.v00) + ly * (q.v11 - q.v10));
         const bool ya = unsigned(y0) < unsigned(g.h), yb = unsigned(y0 + 1) < unsigned(g.h);
         const bool xa = unsigned(x0) < unsigned(g.w), xb = unsigned(x0 + 1) < unsigned(g.w);
+        float* d = dx32 + img * image_elems + ch;
         const std::int64_t p = (std::int64_t(y0) * g.w + x0) * g.c, down = std::int64_t(g.w) * g.c;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int c = 2 * tig + (j & 1) + 8 * (j >> 1);
-          if (c >= g.cg) continue;
-          const Corners q = fused_corners(x + img * image_elems + grp * g.cg + c, y0, x0, g);
-          v[j] = hy * hx * q.v00 + hy * lx * q.v01 + ly * hx * q.v10 + ly * lx * q.v11;
-          const float dc = dcol[j >> 1][2 * h + (j & 1)];
-          g_dy += dc * (hx * (q.v10 - q.v00) + lx * (q.v11 - q.v01));
-          g_dx += dc * (hy * (q.v01 - q.v00) + ly * (q.v11 - q.v10));
-          float* d = dx32 + img * image_elems + grp * g.cg + c;
-          if (ya && xa) atomicAdd(d + p, hy * hx * dc);
-          if (ya && xb) atomicAdd(d + p + g.c, hy * lx * dc);
-          if (yb && xa) atomicAdd(d + p + down, ly * hx * dc);
-          if (yb && xb) atomicAdd(d + p + down + g.c, ly * lx * dc);
-        }
+        if (ya && xa) atomicAdd(d + p, hy * hx * dc);
+        if (ya && xb) atomicAdd(d + p + g.c, hy * lx * dc);
+        if (yb && xa) atomicAdd(d + p + down, ly * hx * dc);
+        if (yb && xb) atomicAdd(d + p + down + g.c, ly * lx * dc);
       }
-      // Offset gradient of (pixel, group, tap): the sum over the 4 lanes holding the pixel's channels.
-      g_dy += __shfl_xor_sync(0xffffffffu, g_dy, 1);
-      g_dy += __shfl_xor_sync(0xffffffffu, g_dy, 2);
-      g_dx += __shfl_xor_sync(0xffffffffu, g_dx, 1);
-      g_dx += __shfl_xor_sync(0xffffffffu, g_dx, 2);
-      if (live[h] && tig == 0) {
-        T* o = doff + pix[h] * (2 * g.groups * g.taps) + (grp * g.taps + t) * 2;
+      // Offset gradient of (pixel, group, tap): the sum over the pixel's 16 lanes.
+#pragma unroll
+      for (int sft = 8; sft > 0; sft /= 2) {
+        g_dy += __shfl_xor_sync(0xffffffffu, g_dy, sft);
+        g_dx += __shfl_xor_sync(0xffffffffu, g_dx, sft);
+      }
+      if (active && c == 0) {
+        T* o = doff + pix * (2 * g.groups * g.taps) + (grp * g.taps + t) * 2;
         store_f(o, g_dy);
         store_f(o + 1, g_dx);
       }
-      as[h] = pack2_rn<T>(v[0], v[1]);
-      as[2 + h] = pack2_rn<T>(v[2], v[3]);
+      cst[warp][c][r] = std::uint16_t(pack2_rn<T>(col, 0.f) & 0xffffu);  // 0 for idle pixels / channels
     }
-    // dW_t[k][c] += Σ_pixels dL_dy[pixel][k] · col[pixel][c]: A = dL_dyᵀ (rows k, k-dim pixels),
-    // B = col (k-dim pixels, columns c). Transposing the 16 x 16 dL_dy swaps its off-diagonal
-    // 8 x 8 blocks (registers 1 and 2); col's blocks become B's two registers per n-tile.
+    __syncwarp();
+    // dW_t[k][c] += Σ_pixels dL_dy[pixel][k] · col[pixel][c]: A = dL_dyᵀ (rows k, k-dim pixels;
+    // the 16 x 16 transpose swaps the off-diagonal 8 x 8 blocks), B = col (k-dim pixels 2·tig, +1
+    // and +8, +9; column channel 8j + gid), pixel pairs read as one word from the transposed stage.
     const std::uint32_t adt[4] = {transpose_8x8(ad[0]), transpose_8x8(ad[2]), transpose_8x8(ad[1]),
                                   transpose_8x8(ad[3])};
-    mma_16816<T>(dwacc[0], adt, transpose_8x8(as[0]), transpose_8x8(as[1]));
-    mma_16816<T>(dwacc[1], adt, transpose_8x8(as[2]), transpose_8x8(as[3]));
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const std::uint32_t* row = reinterpret_cast<const std::uint32_t*>(&cst[warp][8 * j + gid][0]);
+      mma_16816<T>(dwacc[j], adt, row[tig], row[tig + 4]);
+    }
+    __syncwarp();  // dcs and cst are rewritten by the next tile
   }
 #pragma unroll
   for (int j = 0; j < 2; ++j)
@@ -866,12 +888,12 @@ __global__ void __launch_bounds__(kFusedThreads, 3) deform_mma_backward_kernel(
       for (int e = 0; e < 2; ++e) red[warp][gid + 8 * h][8 * j + 2 * tig + e] = dwacc[j][2 * h + e];
   __syncthreads();
   for (int e = threadIdx.x; e < 16 * 16; e += blockDim.x) {
-    const int k = e / 16, c = e % 16;
-    if (k < g.kg && c < g.cg) {
+    const int k = e / 16, cc = e % 16;
+    if (k < g.kg && cc < g.cg) {
       float sum = 0.f;
 #pragma unroll
-      for (int w = 0; w < kFusedWarps; ++w) sum += red[w][k][c];  // fixed order: deterministic
-      dw_part[((std::int64_t(blockIdx.z) * g.k + grp * g.kg + k) * g.taps + t) * g.cg + c] = sum;
+      for (int w = 0; w < kFusedWarps; ++w) sum += red[w][k][cc];  // fixed order: deterministic
+      dw_part[((std::int64_t(blockIdx.z) * g.k + grp * g.kg + k) * g.taps + t) * g.cg + cc] = sum;
     }
   }
 }
