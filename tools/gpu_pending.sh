@@ -48,6 +48,17 @@
 #             grouped-conv test after its fix. SANREST_TIMEOUT caps each run (default 480 s);
 #             results, classifications and the tails of failed or cut runs in sanrest.tgz;
 #             SANREST_GPUS (default 0,1; 0 on a one-GPU machine)
+#   sanbg     the sanitizer runs that do not fit one device call (racecheck of the models and
+#             train cases left unfinished, initcheck of nn c22/c23 and models c12, optionally the
+#             training step at 128x128), started in their own process session (setsid): the
+#             device tool leaves such processes running between calls until the machine goes
+#             back. SANBG_JOBS racecheck runs at once (default 3: racecheck's host memory grows
+#             ~1 GB per 15 s per run), SANBG_TIMEOUT per run (default 1500 s), SANBG_GPUS (0),
+#             SANBG_CPUS (taskset list, default all), SANBG_STEP=1 adds the training step.
+#             Collect with `sancollect` in a later call on the same machine
+#   sancollect what the detached runs have so far: finished results, classifications, the tails
+#             of running ones, host memory; sanbg.tgz. SANCOLLECT_WAIT seconds to wait first for
+#             the detached runs to end (default 0)
 #   mma       the tensor-core deformable conv (DeformConvAlgo::kMma, opt-in): test_gpu_nn_sampling's
 #             deform cases (CUDA vs host on every algorithm), bench/sampling_bench fp16 and bf16
 #             (im2col / fused / mma rows, each one's difference from im2col at the DEKR-W32 shape),
@@ -276,6 +287,44 @@ if want sanrest; then
   sort -V /tmp/sanrest/*/results.txt | awk '{print $1, $2, $3, $4, $(NF-1), $NF}' | tee -a "$S"
   for f in $(grep -hE ' (FAILED|TIMEOUT) rc=' /tmp/sanrest/*/results.txt | awk '{print $(NF-2)}'); do tail -c 30000 "$f" > "$f.tail"; done
   (cd /tmp/sanrest && tar czf "$OUT/sanrest.tgz" --exclude='*.safetensors' */results.txt */*.classified */*.tail */host_memory.log 2>/dev/null)
+fi
+if want sanbg; then
+  rm -rf /tmp/sanbg; mkdir -p /tmp/sanbg
+  bg=(SANITIZE_CLASSIFY=1 SANITIZE_RUN_TIMEOUT=${SANBG_TIMEOUT:-1500} SANITIZE_TRAIN=0 "SANITIZE_SPLIT=test_gpu_(models|nn|train)\$"
+      SANITIZE_GPUS=${SANBG_GPUS:-0})
+  cpus=${SANBG_CPUS:-0-$(($(nproc) - 1))}
+  # The sixth and seventh runs' unfinished racecheck cases (models c3, c4, c8-c10, c12-c14; train c1, c2)
+  env "${bg[@]}" SANITIZE_JOBS=${SANBG_JOBS:-3} SANITIZE_TOOLS=racecheck SANITIZE_RACECHECK_ENV=AMPKIT_CUDNN_BENCHMARK=0 \
+    SANITIZE_OUT=/tmp/sanbg/rc "SANITIZE_FILTER=test_gpu_(models|train)\$" \
+    "SANITIZE_CASES=CUDA vs host.*fp16|as one CUDA graph|on vs off on CUDA .one step.*fp16|W32 head widths: recompute_bn|W32 head widths: recompute_conv.*fp16|W32 512x512 batch 2: one training step|HRNet tiny .no deformable conv.: recompute_bn.*fp16|trainer graph mode|run_training" \
+    setsid nohup taskset -c "$cpus" bash tools/sanitize_gpu.sh "$B" > /tmp/sanbg/rc.log 2>&1 < /dev/null &
+  # initcheck left unfinished: the graph-API engine cases and the W32 512 step (report only)
+  env "${bg[@]}" SANITIZE_JOBS=3 SANITIZE_TOOLS=initcheck SANITIZE_OUT=/tmp/sanbg/ic "SANITIZE_FILTER=test_gpu_(models|nn)\$" \
+    "SANITIZE_CASES=graph-API engines|W32 512x512 batch 2: one training step.*fp16" \
+    setsid nohup taskset -c "$cpus" bash tools/sanitize_gpu.sh "$B" > /tmp/sanbg/ic.log 2>&1 < /dev/null &
+  if [ "${SANBG_STEP:-0}" = 1 ]; then
+    env SANITIZE_CLASSIFY=1 SANITIZE_RUN_TIMEOUT=${SANBG_TIMEOUT:-1500} SANITIZE_FILTER='^$' SANITIZE_TOOLS=racecheck \
+      SANITIZE_RACECHECK_ENV=AMPKIT_CUDNN_BENCHMARK=0 SANITIZE_GPUS=${SANBG_GPUS:-0} SANITIZE_OUT=/tmp/sanbg/step \
+      SANITIZE_TRAIN_ARGS="train configs/demo_gpu.toml --amp --device cuda --work-dir /tmp/sanbg/step/run_@TOOL@ --cfg-options train_cfg.max_epochs=1 train_cfg.batch_size=2 train_cfg.num_workers=1 train_cfg.val_interval=0 codec.input_size=[128,128] codec.heatmap_size=[32,32] runtime.cudnn_benchmark=false" \
+      setsid nohup taskset -c "$cpus" bash tools/sanitize_gpu.sh "$B" > /tmp/sanbg/step.log 2>&1 < /dev/null &
+  fi
+  sleep 5
+  log "sanitizer runs started detached (racecheck ${SANBG_JOBS:-3} at once, initcheck 3, step ${SANBG_STEP:-0}): $(pgrep -fc compute-sanitizer) tool processes"
+fi
+if want sancollect; then
+  w=${SANCOLLECT_WAIT:-0}
+  while ((w > 0)) && pgrep -f 'tools/sanitize_gpu.sh' > /dev/null; do sleep 10; w=$((w - 10)); done
+  running=$(pgrep -f 'tools/sanitize_gpu.sh' > /dev/null && echo yes || echo no)
+  log "detached sanitizer runs: still running: $running; $(pgrep -fc compute-sanitizer) tool processes"
+  sort -V /tmp/sanbg/*/results.txt 2>/dev/null | awk '{print $1, $2, $3, $4, $(NF-1), $NF}' | tee -a "$S"
+  for d in /tmp/sanbg/*/; do tail -n 2 "$d/host_memory.log" 2>/dev/null | cut -c1-200; done | tee -a "$S"
+  # Runs without a result line yet: the tail of their log (in progress or killed).
+  for f in /tmp/sanbg/*/*.log; do
+    case $f in */host_memory.log) continue ;; esac
+    grep -qF "$f" /tmp/sanbg/*/results.txt 2>/dev/null || tail -c 20000 "$f" > "$f.tail"
+  done
+  for f in $(grep -hE ' (FAILED|TIMEOUT) rc=' /tmp/sanbg/*/results.txt 2>/dev/null | awk '{print $(NF-2)}'); do tail -c 20000 "$f" > "$f.tail"; done
+  (cd /tmp/sanbg && tar czf "$OUT/sanbg.tgz" --exclude='*.safetensors' *.log */results.txt */*.classified */*.tail */host_memory.log 2>/dev/null)
 fi
 if want mma; then
   t0=$SECONDS
