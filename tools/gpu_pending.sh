@@ -54,7 +54,8 @@
 #             device tool leaves such processes running between calls until the machine goes
 #             back. SANBG_JOBS racecheck runs at once (default 3: racecheck's host memory grows
 #             ~1 GB per 15 s per run), SANBG_TIMEOUT per run (default 1500 s), SANBG_GPUS (0),
-#             SANBG_CPUS (taskset list, default all), SANBG_STEP=1 adds the training step.
+#             SANBG_CPUS (taskset list, default all), SANBG_STEP=1 adds the training step
+#             (SANBG_STEP_SIZE: its input side, default 128; heatmap a quarter of it).
 #             Collect with `sancollect` in a later call on the same machine
 #   sancollect what the detached runs have so far: finished results, classifications, the tails
 #             of running ones, host memory; sanbg.tgz. SANCOLLECT_WAIT seconds to wait first for
@@ -303,9 +304,10 @@ if want sanbg; then
     "SANITIZE_CASES=graph-API engines|W32 512x512 batch 2: one training step.*fp16" \
     setsid nohup taskset -c "$cpus" bash tools/sanitize_gpu.sh "$B" > /tmp/sanbg/ic.log 2>&1 < /dev/null &
   if [ "${SANBG_STEP:-0}" = 1 ]; then
+    sz=${SANBG_STEP_SIZE:-128}
     env SANITIZE_CLASSIFY=1 SANITIZE_RUN_TIMEOUT=${SANBG_TIMEOUT:-1500} SANITIZE_FILTER='^$' SANITIZE_TOOLS=racecheck \
       SANITIZE_RACECHECK_ENV=AMPKIT_CUDNN_BENCHMARK=0 SANITIZE_GPUS=${SANBG_GPUS:-0} SANITIZE_OUT=/tmp/sanbg/step \
-      SANITIZE_TRAIN_ARGS="train configs/demo_gpu.toml --amp --device cuda --work-dir /tmp/sanbg/step/run_@TOOL@ --cfg-options train_cfg.max_epochs=1 train_cfg.batch_size=2 train_cfg.num_workers=1 train_cfg.val_interval=0 codec.input_size=[128,128] codec.heatmap_size=[32,32] runtime.cudnn_benchmark=false" \
+      SANITIZE_TRAIN_ARGS="train configs/demo_gpu.toml --amp --device cuda --work-dir /tmp/sanbg/step/run_@TOOL@ --cfg-options train_cfg.max_epochs=1 train_cfg.batch_size=2 train_cfg.num_workers=1 train_cfg.val_interval=0 codec.input_size=[$sz,$sz] codec.heatmap_size=[$((sz / 4)),$((sz / 4))] runtime.cudnn_benchmark=false" \
       setsid nohup taskset -c "$cpus" bash tools/sanitize_gpu.sh "$B" > /tmp/sanbg/step.log 2>&1 < /dev/null &
   fi
   sleep 5
