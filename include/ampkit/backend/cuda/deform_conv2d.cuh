@@ -768,7 +768,8 @@ __global__ void __launch_bounds__(kFusedThreads) deform_mma_forward_kernel(const
 /// 16-pixel tile of its tap:
 ///   1. dcol = dL_dy · W_t on tensor cores (two mma, fp32 accumulators), staged in shared memory;
 ///   2. sampling, scatter and offset gradients in kFused's layout (16 lanes = one pixel's
-///      channels, two pixels per pass, eight passes): each atomic instruction covers one pixel's
+///      channels, two pixels per pass, eight passes; the tile's 16 sample points computed once
+///      per pixel into shared memory first): each atomic instruction covers one pixel's
 ///      contiguous channels, and the offset gradient is a 16-lane shuffle sum. The first GPU
 ///      version did this step in the mma fragment layout (lane: channels 2·tig, +1, +8, +9 of
 ///      two pixels), whose gathers and atomics each span 8 pixels: its backward measured 28.7 ms
@@ -784,6 +785,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3) deform_mma_backward_kernel(
   __shared__ float red[kFusedWarps][16][17];   // per-warp dW[k][c] for the block reduction
   __shared__ float dcs[kFusedWarps][16][17];   // the tile's dcol [pixel][channel] (17: no bank conflicts)
   __shared__ __align__(16) std::uint16_t cst[kFusedWarps][16][kMmaRow];  // samples [channel][pixel], T bits
+  __shared__ float4 pts[kFusedWarps][16];     // the tile's sample points, one per pixel
   const int grp = blockIdx.x, t = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
   const int u = lane / 16, c = lane % 16;  // the sampling layout: pixel 2·pass + u, channel c
@@ -817,6 +819,8 @@ __global__ void __launch_bounds__(kFusedThreads, 3) deform_mma_backward_kernel(
         ad[h + 2 * q] = bits16(d + k, live && k < g.kg) | (bits16(d + k + 1, live && k + 1 < g.kg) << 16);
       }
     }
+    // Each pixel's sample point once (lanes 0-15), not once per channel lane as kFused does.
+    if (lane < 16 && base + lane < pix_end) pts[warp][lane] = fused_sample_point(g, off, base + lane, grp, t);
     {
       float dcol[2][4] = {};  // [j][2h + e]: pixel gid + 8h, channel 8j + 2·tig + e
       mma_16816<T>(dcol[0], ad, bw[0][0], bw[0][1]);
@@ -837,7 +841,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3) deform_mma_backward_kernel(
       float col = 0.f, g_dy = 0.f, g_dx = 0.f;
       if (active && chan) {
         const float dc = dcs[warp][r][c];
-        const float4 s = fused_sample_point(g, off, pix, grp, t);
+        const float4 s = pts[warp][r];
         const int y0 = __float_as_int(s.z), x0 = __float_as_int(s.w);
         const float ly = s.x, lx = s.y, hy = 1.f - ly, hx = 1.f - lx;
         const std::int64_t img = pix / image_pixels;
