@@ -783,7 +783,9 @@ __global__ void __launch_bounds__(kFusedThreads, 3) deform_mma_backward_kernel(
     const T* __restrict__ x, const T* __restrict__ off, const T* __restrict__ wt, const T* __restrict__ dy,
     float* __restrict__ dx32, T* __restrict__ doff, float* __restrict__ dw_part, FusedGeom g) {
   __shared__ float red[kFusedWarps][16][17];   // per-warp dW[k][c] for the block reduction
-  __shared__ float dcs[kFusedWarps][16][17];   // the tile's dcol [pixel][channel] (17: no bank conflicts)
+  // The tile's dcol [pixel][channel]. Pitch 24 with float2 stores: the fragment-layout writes
+  // (rows gid, columns 2·tig) hit distinct banks per half-warp; the sampling reads are 2-way.
+  __shared__ __align__(16) float dcs[kFusedWarps][16][24];
   __shared__ __align__(16) std::uint16_t cst[kFusedWarps][16][kMmaRow];  // samples [channel][pixel], T bits
   __shared__ float4 pts[kFusedWarps][16];     // the tile's sample points, one per pixel
   const int grp = blockIdx.x, t = blockIdx.y;
@@ -829,8 +831,8 @@ __global__ void __launch_bounds__(kFusedThreads, 3) deform_mma_backward_kernel(
       for (int j = 0; j < 2; ++j)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) dcs[warp][gid + 8 * h][8 * j + 2 * tig + e] = dcol[j][2 * h + e];
+          *reinterpret_cast<float2*>(&dcs[warp][gid + 8 * h][8 * j + 2 * tig]) =
+              make_float2(dcol[j][2 * h], dcol[j][2 * h + 1]);
     }
     __syncwarp();
 #pragma unroll 2
