@@ -411,6 +411,29 @@ __device__ __forceinline__ Corners fused_corners(const T* __restrict__ xc, int y
   return r;
 }
 
+/// One channel's part of the backward at one sample point s (fused_sample_point's packing) with
+/// column gradient dc: returns the sample, adds the channel's offset-gradient terms to g_dy / g_dx
+/// and scatters dc into the four corners of dxc (fp32 atomics). xc / dxc: image base + channel.
+/// Shared by the fused and the tensor-core backward, which differ only in where dc comes from.
+template <class T>
+__device__ __forceinline__ float backward_sample_scatter(const T* __restrict__ xc, float* __restrict__ dxc, float4 s,
+                                                         float dc, const FusedGeom& g, float& g_dy, float& g_dx) {
+  const int y0 = __float_as_int(s.z), x0 = __float_as_int(s.w);
+  const float ly = s.x, lx = s.y, hy = 1.f - ly, hx = 1.f - lx;
+  const Corners q = fused_corners(xc, y0, x0, g);
+  const float col = hy * hx * q.v00 + hy * lx * q.v01 + ly * hx * q.v10 + ly * lx * q.v11;
+  g_dy = dc * (hx * (q.v10 - q.v00) + lx * (q.v11 - q.v01));
+  g_dx = dc * (hy * (q.v01 - q.v00) + ly * (q.v11 - q.v10));
+  const bool ya = unsigned(y0) < unsigned(g.h), yb = unsigned(y0 + 1) < unsigned(g.h);
+  const bool xa = unsigned(x0) < unsigned(g.w), xb = unsigned(x0 + 1) < unsigned(g.w);
+  const std::int64_t p = (std::int64_t(y0) * g.w + x0) * g.c, down = std::int64_t(g.w) * g.c;
+  if (ya && xa) atomicAdd(dxc + p, hy * hx * dc);
+  if (ya && xb) atomicAdd(dxc + p + g.c, hy * lx * dc);
+  if (yb && xa) atomicAdd(dxc + p + down, ly * hx * dc);
+  if (yb && xb) atomicAdd(dxc + p + down + g.c, ly * lx * dc);
+  return col;
+}
+
 /// Butterfly reduce-scatter over the N lanes of an aligned lane group, N values per lane: after it
 /// v[0] on lane l holds the group's sum of value (l mod N). Each step halves the values a lane
 /// holds: it keeps the half selected by its lane bit and adds the partner's copy of that half.
@@ -552,21 +575,8 @@ __global__ void __launch_bounds__(kFusedThreads) deform_fused_backward_kernel(
     float col = 0.f, g_dy = 0.f, g_dx = 0.f;
     if (active && c < g.cg) {
       const float4 s = fused_sample_point(g, off, pix, grp, t);
-      const int y0 = __float_as_int(s.z), x0 = __float_as_int(s.w);
-      const float ly = s.x, lx = s.y, hy = 1.f - ly, hx = 1.f - lx;
       const std::int64_t img = pix / image_pixels;
-      const Corners q = fused_corners(x + img * image_elems + ch, y0, x0, g);
-      col = hy * hx * q.v00 + hy * lx * q.v01 + ly * hx * q.v10 + ly * lx * q.v11;
-      g_dy = dcol * (hx * (q.v10 - q.v00) + lx * (q.v11 - q.v01));
-      g_dx = dcol * (hy * (q.v01 - q.v00) + ly * (q.v11 - q.v10));
-      const bool ya = unsigned(y0) < unsigned(g.h), yb = unsigned(y0 + 1) < unsigned(g.h);
-      const bool xa = unsigned(x0) < unsigned(g.w), xb = unsigned(x0 + 1) < unsigned(g.w);
-      float* d = dx32 + img * image_elems + ch;
-      const std::int64_t p = (std::int64_t(y0) * g.w + x0) * g.c, down = std::int64_t(g.w) * g.c;
-      if (ya && xa) atomicAdd(d + p, hy * hx * dcol);
-      if (ya && xb) atomicAdd(d + p + g.c, hy * lx * dcol);
-      if (yb && xa) atomicAdd(d + p + down, ly * hx * dcol);
-      if (yb && xb) atomicAdd(d + p + down + g.c, ly * lx * dcol);
+      col = backward_sample_scatter(x + img * image_elems + ch, dx32 + img * image_elems + ch, s, dcol, g, g_dy, g_dx);
     }
     // Offset gradient of (pixel, group, tap): sum over the pixel's P lanes (aligned lane group).
 #pragma unroll
@@ -842,23 +852,9 @@ __global__ void __launch_bounds__(kFusedThreads, 3) deform_mma_backward_kernel(
       const bool active = pix < pix_end;
       float col = 0.f, g_dy = 0.f, g_dx = 0.f;
       if (active && chan) {
-        const float dc = dcs[warp][r][c];
-        const float4 s = pts[warp][r];
-        const int y0 = __float_as_int(s.z), x0 = __float_as_int(s.w);
-        const float ly = s.x, lx = s.y, hy = 1.f - ly, hx = 1.f - lx;
         const std::int64_t img = pix / image_pixels;
-        const Corners q = fused_corners(x + img * image_elems + ch, y0, x0, g);
-        col = hy * hx * q.v00 + hy * lx * q.v01 + ly * hx * q.v10 + ly * lx * q.v11;
-        g_dy = dc * (hx * (q.v10 - q.v00) + lx * (q.v11 - q.v01));
-        g_dx = dc * (hy * (q.v01 - q.v00) + ly * (q.v11 - q.v10));
-        const bool ya = unsigned(y0) < unsigned(g.h), yb = unsigned(y0 + 1) < unsigned(g.h);
-        const bool xa = unsigned(x0) < unsigned(g.w), xb = unsigned(x0 + 1) < unsigned(g.w);
-        float* d = dx32 + img * image_elems + ch;
-        const std::int64_t p = (std::int64_t(y0) * g.w + x0) * g.c, down = std::int64_t(g.w) * g.c;
-        if (ya && xa) atomicAdd(d + p, hy * hx * dc);
-        if (ya && xb) atomicAdd(d + p + g.c, hy * lx * dc);
-        if (yb && xa) atomicAdd(d + p + down, ly * hx * dc);
-        if (yb && xb) atomicAdd(d + p + down + g.c, ly * lx * dc);
+        col = backward_sample_scatter(x + img * image_elems + ch, dx32 + img * image_elems + ch, pts[warp][r],
+                                      dcs[warp][r][c], g, g_dy, g_dx);
       }
       // Offset gradient of (pixel, group, tap): the sum over the pixel's 16 lanes.
 #pragma unroll
