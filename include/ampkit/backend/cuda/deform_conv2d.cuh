@@ -576,7 +576,8 @@ __global__ void __launch_bounds__(kFusedThreads) deform_fused_backward_kernel(
     if (active && c < g.cg) {
       const float4 s = fused_sample_point(g, off, pix, grp, t);
       const std::int64_t img = pix / image_pixels;
-      col = backward_sample_scatter(x + img * image_elems + ch, dx32 + img * image_elems + ch, s, dcol, g, g_dy, g_dx);
+      col = backward_sample_scatter(x + img * image_elems + ch, dx32 + img * image_elems + ch, s, dcol, g, g_dy,
+                                    g_dx);
     }
     // Offset gradient of (pixel, group, tap): sum over the pixel's P lanes (aligned lane group).
 #pragma unroll
