@@ -159,6 +159,15 @@ class CachingAllocator {
     std::lock_guard lock(mu_);
     auto it = live_.find(p);
     if (it == live_.end()) return;
+    if (defer_depth_ > 0) {
+      // vector growth may throw; the block then stays live until the allocator dies (a leak of
+      // one block beats handing it to a second owner while a side stream still uses it)
+      try {
+        deferred_.push_back(p);
+      } catch (...) {
+      }
+      return;
+    }
     Block b = std::move(it->second);
     live_.erase(it);
     stats_.allocated -= b.size;
@@ -168,6 +177,32 @@ class CachingAllocator {
     if (!b.pool)
       if (const PoolId pool = capturing_pool(b.stream)) adopt(b, pool);
     (b.pool ? pools_.at(b.pool).free : free_).emplace(b.size, std::move(c));
+  }
+
+  // ---- deferred frees (fork-join regions) ---------------------------------------------------------
+  /// From now on until the matching end_deferred_frees(), returned blocks stay out of the cache.
+  /// For work forked from one stream onto side streams (Cuda::fork_branches): every block is
+  /// allocated on the forking stream, so a block another branch's stream returns mid-region must
+  /// not reach the next allocation, which may be another branch running concurrently with the old
+  /// owner's last kernels. At the end (after the join: the forking stream has waited for every
+  /// side stream) the held blocks are returned as usual, in the order they were freed. Nests.
+  void begin_deferred_frees() {
+    std::lock_guard lock(mu_);
+    ++defer_depth_;
+  }
+  void end_deferred_frees() noexcept {
+    std::vector<void*> held;
+    {
+      std::lock_guard lock(mu_);
+      if (defer_depth_ == 0 || --defer_depth_ > 0) return;
+      held.swap(deferred_);
+    }
+    for (void* p : held) deallocate(p);
+  }
+  /// Blocks returned during the current deferred-free region, held until its end.
+  std::size_t deferred_blocks() const {
+    std::lock_guard lock(mu_);
+    return deferred_.size();
   }
 
   // ---- private pools (see the file comment) ------------------------------------------------------
@@ -345,6 +380,8 @@ class CachingAllocator {
   R raw_;
   std::size_t large_granularity_ = kLargeGranularity;
   mutable std::mutex mu_;
+  int defer_depth_ = 0;
+  std::vector<void*> deferred_;  ///< blocks returned while defer_depth_ > 0, in order
   std::multimap<std::size_t, Cached> free_;
   std::unordered_map<void*, Block> live_;
   std::map<std::uint64_t, Pool> pools_;

@@ -161,7 +161,7 @@ class DekrHead {
   template <class U>
   using Tensor = typename Store::template Tensor<U>;
 
-  DekrHead(Store& s, const std::string& prefix, std::int64_t in, const DekrConfig& cfg) {
+  DekrHead(Store& s, const std::string& prefix, std::int64_t in, const DekrConfig& cfg) : store_(&s) {
     const std::string h = prefix + ".heatmap_conv_layers", d = prefix + ".displacement_conv_layers";
     const std::int64_t fh = cfg.heatmap_filters, k = cfg.n_keypoints, fd = k * cfg.displacement_filters_per_kpt;
     heat0_ = nn::ConvBn<P, Backend>(s, h + ".0.conv", h + ".0.bn", {in, fh, 1, 1}, BatchNormEpilogue::kRelu);
@@ -173,40 +173,56 @@ class DekrHead {
     disp3_ = nn::Conv<P, Backend>(s, d + ".3", {fd, 2 * k, 1, 1, 0, k}, true);
   }
 
-  /// x (N,H,W,C_in) -> heatmaps (N,H,W,K+1), displacements (N,H,W,2K).
+  /// x (N,H,W,C_in) -> heatmaps (N,H,W,K+1), displacements (N,H,W,2K). The two branches run
+  /// concurrently where the backend has streams (nn::BranchScope; in order on the first call).
   std::pair<TensorView<const T>, TensorView<const T>> forward(Backend& ctx, TensorView<const T> x, bool training) {
+    nn::BranchScope<Backend, Store> scope(ctx, *store_, 2, forward_calls_++ > 0);
+    scope.enter(0);
     auto hm = heat0_.forward(ctx, x, training);
     hm = heat1_->forward(ctx, hm, training);
     // recompute_bn_outputs: the first ConvModule's output of each branch is read by the next
     // block only (rebuilt before its backward).
     nn::recompute_after_forward(heat0_, *heat1_);
     hm = heat2_.forward(ctx, hm);
+    scope.enter(1);
     auto ds = disp0_.forward(ctx, x, training);
     ds = disp1_->forward(ctx, ds, training);
     nn::recompute_after_forward(disp0_, *disp1_);
     ds = disp2_->forward(ctx, ds, training);
     ds = disp3_.forward(ctx, ds);
+    scope.join();
     return {hm, ds};
   }
 
+  /// In order, the displacement branch first: its backward (two deformable blocks) is the step's
+  /// peak, and run first it does not have the heatmap branch's input gradient (the 480-channel
+  /// neck size) held across it. Run concurrently (on streams, after the first call) that gradient
+  /// is held across part of it: the price of the overlap. The sum at the end is the same either
+  /// way (a + b == b + a in IEEE).
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dheatmaps, TensorView<const T> dL_ddisplacements) {
-    // The displacement branch first: its backward (two deformable blocks) is the step's peak, and
-    // run first it does not have the heatmap branch's input gradient (the 480-channel neck size)
-    // held across it. The sum at the end is the same either way (a + b == b + a in IEEE).
-    auto g = disp3_.backward(ctx, dL_ddisplacements);
-    g = disp2_->backward(ctx, g.cview());
-    nn::rebuild_before_backward(ctx, disp0_, *disp1_);
-    g = disp1_->backward(ctx, g.cview());
-    auto dL_dx = disp0_.backward(ctx, g.cview());
-    g = heat2_.backward(ctx, dL_dheatmaps);
-    nn::rebuild_before_backward(ctx, heat0_, *heat1_);
-    g = heat1_->backward(ctx, g.cview());
-    g = heat0_.backward(ctx, g.cview());
-    nn::accumulate(ctx, dL_dx.view(), g.cview());
+    Tensor<T> dL_dx, g_heat;
+    {
+      nn::BranchScope<Backend, Store> scope(ctx, *store_, 2, backward_calls_++ > 0);
+      scope.enter(0);
+      auto g = disp3_.backward(ctx, dL_ddisplacements);
+      g = disp2_->backward(ctx, g.cview());
+      nn::rebuild_before_backward(ctx, disp0_, *disp1_);
+      g = disp1_->backward(ctx, g.cview());
+      dL_dx = disp0_.backward(ctx, g.cview());
+      scope.enter(1);
+      g_heat = heat2_.backward(ctx, dL_dheatmaps);
+      nn::rebuild_before_backward(ctx, heat0_, *heat1_);
+      g_heat = heat1_->backward(ctx, g_heat.cview());
+      g_heat = heat0_.backward(ctx, g_heat.cview());
+      scope.join();
+    }
+    nn::accumulate(ctx, dL_dx.view(), g_heat.cview());
     return dL_dx;
   }
 
  private:
+  const Store* store_;
+  int forward_calls_ = 0, backward_calls_ = 0;
   nn::ConvBn<P, Backend> heat0_;
   std::optional<nn::BasicBlock<P, Backend>> heat1_;
   nn::Conv<P, Backend> heat2_;

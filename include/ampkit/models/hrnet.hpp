@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "ampkit/nn/branch_scope.hpp"
 #include "ampkit/nn/conv_bn.hpp"
 #include "ampkit/nn/ops/concat.hpp"
 #include "ampkit/nn/ops/elementwise.hpp"
@@ -92,7 +93,7 @@ class HRModule {
   /// @param in_channels  channels of each incoming branch
   HRModule(Store& s, const std::string& prefix, const std::vector<std::int64_t>& in_channels, const HRNetStage& st,
            bool multiscale_output, nn::ConvInit init)
-      : n_branches_(st.n_branches()), channels_(st.channels) {
+      : store_(&s), n_branches_(st.n_branches()), channels_(st.channels) {
     AMPKIT_CHECK(static_cast<int>(in_channels.size()) == n_branches_ &&
                      static_cast<int>(st.n_blocks.size()) == n_branches_,
                  "HRModule '", prefix, "': ", n_branches_, " branches but ", in_channels.size(), " inputs and ",
@@ -136,16 +137,28 @@ class HRModule {
   std::int64_t out_channels(int i) const { return channels_[static_cast<std::size_t>(i)]; }
 
   /// Branch inputs in, fused outputs out (views of tensors this module keeps).
+  /// The branches run concurrently where the backend has streams (nn::BranchScope), and so do the
+  /// fuse layers' outputs (each reads every branch output and writes only its own sum); the first
+  /// call runs them in order, so that benchmark mode times its algorithms on a quiet device.
   std::vector<TensorView<const T>> forward(Backend& ctx, const std::vector<TensorView<const T>>& xs, bool training) {
     AMPKIT_CHECK(static_cast<int>(xs.size()) == n_branches_, "HRModule: ", xs.size(), " inputs, ", n_branches_,
                  " branches");
+    const bool concurrent = forward_calls_++ > 0;
     std::vector<TensorView<const T>> bo(xs);
-    for (int b = 0; b < n_branches_; ++b)
-      for (auto& blk : branches_[b]) bo[b] = blk.forward(ctx, bo[b], training);
+    {
+      Branches scope(ctx, *store_, n_branches_, concurrent);
+      for (int b = 0; b < n_branches_; ++b) {
+        scope.enter(b);
+        for (auto& blk : branches_[b]) bo[b] = blk.forward(ctx, bo[b], training);
+      }
+      scope.join();
+    }
     if (n_branches_ == 1) return bo;
     y_.resize(static_cast<std::size_t>(n_out_));
     std::vector<TensorView<const T>> out;
+    Branches fuse(ctx, *store_, n_out_, concurrent);
     for (int i = 0; i < n_out_; ++i) {
+      fuse.enter(i);
       std::vector<Tensor<T>> temps;  // upsampled terms; freed after the sum
       std::vector<TensorView<const T>> terms;
       for (int j = 0; j < n_branches_; ++j) {
@@ -174,6 +187,7 @@ class HRModule {
       for (int j = 0; j < i; ++j) fuse_[i][j].down.back().release_output();
       out.push_back(y_[i].cview());
     }
+    fuse.join();
     return out;
   }
 
@@ -214,20 +228,29 @@ class HRModule {
         nn::add_into(ctx, dbo[i], std::move(g));  // the identity term, last: g was read above
       }
     }
-    for (int b = 0; b < n_branches_; ++b) {
+    for (int b = 0; b < n_branches_; ++b)
       AMPKIT_CHECK(!nn::is_empty(dbo[b]), "HRModule::backward: branch ", b, " received no gradient");
+    // The branches' backward concurrently, as in forward. (The fuse layers' backward above stays
+    // in order: every output's gradient is added into several branches' dbo.)
+    Branches scope(ctx, *store_, n_branches_, backward_calls_++ > 0);
+    for (int b = 0; b < n_branches_; ++b) {
+      scope.enter(b);
       for (int k = static_cast<int>(branches_[b].size()) - 1; k >= 0; --k)
         dbo[b] = branches_[b][k].backward(ctx, dbo[b].cview());
     }
+    scope.join();
     return dbo;
   }
 
  private:
+  using Branches = nn::BranchScope<Backend, Store>;
   struct FuseLink {
     std::optional<ConvBn> up;  ///< j > i: conv1x1 + BN, then upsample by `scale`
     int scale = 1;
     std::vector<ConvBn> down;  ///< j < i: chain of 3x3 stride-2 conv+BN(+ReLU)
   };
+  const Store* store_ = nullptr;  ///< for BranchScope (gradient-ready notifications held per fork)
+  int forward_calls_ = 0, backward_calls_ = 0;
   int n_branches_ = 0, n_out_ = 0;
   std::vector<std::int64_t> channels_;
   std::vector<std::vector<Block>> branches_;

@@ -327,7 +327,27 @@ class ParameterStore {
     AMPKIT_CHECK(count > 0 && first.index >= 0 && first.index + count <= static_cast<int>(params_.size()),
                  "parameter store: notify_grads_ready(", first.index, ", ", count, ") outside the ", params_.size(),
                  " parameters");
+    if (hold_depth_ > 0) {
+      held_.emplace_back(first, count);
+      return;
+    }
     grad_ready_(first, count);
+  }
+  /// Hold notifications until the matching release_grads_ready (nests). For layers run on branch
+  /// streams (nn::BranchScope): their gradients are final on the compute stream only after the
+  /// join, and an observer acts on the compute stream.
+  void hold_grads_ready() const { ++hold_depth_; }
+  /// Deliver the held notifications, in the order they were made, once the outermost hold ends.
+  void release_grads_ready() const {
+    if (hold_depth_ == 0 || --hold_depth_ > 0) return;
+    std::vector<std::pair<ParamId, int>> q;
+    q.swap(held_);
+    if (grad_ready_)
+      for (const auto& [first, count] : q) grad_ready_(first, count);
+  }
+  /// End a hold without delivering (a backward abandoned by an exception).
+  void drop_held_grads_ready() const noexcept {
+    if (hold_depth_ > 0 && --hold_depth_ == 0) held_.clear();
   }
   std::int64_t n_compute_slots() const { return n_compute_slots_; }
   std::int64_t n_fp32_slots() const { return n_fp32_slots_; }
@@ -365,6 +385,8 @@ class ParameterStore {
   bool recompute_conv_outputs_ = false;
   bool recompute_bn_outputs_ = true;
   GradReadyObserver grad_ready_;
+  mutable int hold_depth_ = 0;
+  mutable std::vector<std::pair<ParamId, int>> held_;  ///< notifications held back, in order
   // mutable: views handed out by const accessors point into them (the store owns the memory,
   // constness of the store guards its layout, not the values).
   mutable Tensor<float> master_;

@@ -564,9 +564,10 @@ void add_running(ak::Cuda& ctx, const ak::nn::ParameterStore<P, ak::Cuda>& st, R
 /// numbers, far from overflow (grads are compared as stored, scaled).
 constexpr float kRecomputeScale = 1024.f;
 
-/// One training forward + DEKR loss + backward of a fresh model (seed 11) on random inputs.
+/// One training forward + DEKR loss + backward of a fresh model (seed 11) on random inputs
+/// (`steps` of them on the same inputs, without an update; the last one is reported).
 template <class P>
-RecomputeRun dekr_one_step(ak::Cuda& ctx, ak::models::DekrConfig cfg, bool recompute) {
+RecomputeRun dekr_one_step(ak::Cuda& ctx, ak::models::DekrConfig cfg, bool recompute, int steps = 1) {
   using T = ak::storage_t<P>;
   constexpr int B = 2, S = 128, hs = S / 4;
   cfg.recompute_conv_outputs = recompute;
@@ -583,6 +584,16 @@ RecomputeRun dekr_one_step(ak::Cuda& ctx, ak::models::DekrConfig cfg, bool recom
   const auto s = ctx.to_device(s_host);
   ak::DekrLoss<P, ak::Cuda> loss(ctx);
   RecomputeRun r;
+  for (int i = 1; i < steps; ++i) {
+    const auto o = m.forward(ctx, x.cview(), /*training=*/true);
+    auto dh = ctx.template tensor<T>(o.heatmaps.shape);
+    auto dd = ctx.template tensor<T>(o.displacements.shape);
+    const ak::DekrLossInputs<T> in{o.heatmaps, o.displacements, gt_hm.cview(), hm_w.cview(),
+                                   mask.cview(), gt_d.cview(),  d_w.cview()};
+    loss.forward(ctx, in);
+    loss.backward(ctx, in, dh.view(), dd.view(), 1.f, s.cview());
+    m.backward(ctx, dh.cview(), dd.cview());
+  }
   m.store().zero_grad(ctx);
   const auto out = m.forward(ctx, x.cview(), /*training=*/true);
   r.forward.push_back(named(ctx, "heatmaps", out.heatmaps));
@@ -607,7 +618,7 @@ RecomputeRun dekr_one_step(ak::Cuda& ctx, ak::models::DekrConfig cfg, bool recom
 /// random gradients on its four outputs.
 template <class P>
 RecomputeRun hrnet_one_step(ak::Cuda& ctx, const ak::models::HRNetConfig& cfg, bool recompute,
-                            bool recompute_bn = true) {
+                            bool recompute_bn = true, int steps = 1) {
   using T = ak::storage_t<P>;
   constexpr int B = 2, S = 128;
   ak::nn::ParameterStore<P, ak::Cuda> st;
@@ -617,6 +628,13 @@ RecomputeRun hrnet_one_step(ak::Cuda& ctx, const ak::models::HRNetConfig& cfg, b
   st.set_recompute_bn_outputs(recompute_bn);
   const auto x = ctx.to_device(ak::testing::random_tensor<T>({B, S, S, 3}, 511, -2.f, 2.f));
   RecomputeRun r;
+  for (int i = 1; i < steps; ++i) {  // earlier steps on the same input, reported: none
+    const auto ys = net.forward(ctx, x.cview(), /*training=*/true);
+    std::vector<ak::cuda::DeviceTensor<T>> dys;
+    for (std::size_t k = 0; k < ys.size(); ++k)
+      dys.push_back(ctx.to_device(ak::testing::random_tensor<T>(ys[k].shape, 520 + k, -1.f / 1024, 1.f / 1024)));
+    net.backward(ctx, std::move(dys));
+  }
   st.zero_grad(ctx);
   const auto ys = net.forward(ctx, x.cview(), /*training=*/true);
   std::vector<ak::cuda::DeviceTensor<T>> dys;
@@ -857,4 +875,60 @@ TEST_CASE_TEMPLATE("HRNet tiny (no deformable conv): recompute_bn_outputs is bit
         [conv](ak::Cuda& ctx, bool bn) { return hrnet_one_step<P>(ctx, ak::models::HRNetConfig::tiny(), conv, bn); },
         /*deterministic=*/true);
   }
+}
+
+// ---- branch streams on CUDA: on vs off, the second step, per tensor --------------------------------
+// ak::Cuda::fork_branches / nn::BranchScope: from a module's second call on, HRNet's parallel
+// branches, its fuse outputs and the DEKR head's two branches run on side streams (allocations
+// still on the compute stream, frees held until the join). Claim: the step is unchanged bit for
+// bit, since each branch runs the same ops on its own tensors in the same order; only the overlap
+// changes. A race (a branch reading what another writes, a block reused while a side stream still
+// uses it) shows as differing tensors. Runs: two steps of a fresh model each (the first runs in
+// order by design), the second reported; off, off again, on, on again. The runs with streams must
+// fork (counted), the ones without must not.
+namespace {
+
+template <class P, class StepFn>
+void check_branch_streams_cuda(const std::string& label, StepFn&& two_steps, bool deterministic) {
+  check_switch_keeps_step_cuda<P>(
+      label, "branch streams",
+      [&](ak::Cuda& ctx, bool on) {
+        ctx.set_branch_streams(on);
+        const std::int64_t before = ctx.branch_forks();
+        RecomputeRun r = two_steps(ctx);
+        const std::int64_t forks = ctx.branch_forks() - before;
+        std::printf("%s: branch streams %s, %lld forks\n", label.c_str(), on ? "on" : "off",
+                    static_cast<long long>(forks));
+        if (on)
+          CHECK(forks > 0);
+        else
+          CHECK(forks == 0);
+        ctx.set_branch_streams(true);
+        return r;
+      },
+      deterministic);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("HRNet tiny and W32 (no deformable conv): branch streams are bit-identical on CUDA", P, ak::Fp32,
+                   ak::AmpFp16) {
+  check_branch_streams_cuda<P>(
+      "HRNet tiny",
+      [](ak::Cuda& ctx) { return hrnet_one_step<P>(ctx, ak::models::HRNetConfig::tiny(), false, true, 2); },
+      /*deterministic=*/true);
+  check_branch_streams_cuda<P>(
+      "HRNet-W32 128x128",
+      [](ak::Cuda& ctx) { return hrnet_one_step<P>(ctx, ak::models::HRNetConfig::w32(), false, true, 2); },
+      /*deterministic=*/true);
+  check_branch_streams_cuda<P>(
+      "HRNet tiny +recompute_conv",
+      [](ak::Cuda& ctx) { return hrnet_one_step<P>(ctx, ak::models::HRNetConfig::tiny(), true, true, 2); },
+      /*deterministic=*/true);
+}
+
+TEST_CASE_TEMPLATE("DEKR tiny, W32 head widths: branch streams on vs off on CUDA", P, ak::Fp32, ak::AmpFp16) {
+  check_branch_streams_cuda<P>(
+      "DEKR tiny/W32-head", [](ak::Cuda& ctx) { return dekr_one_step<P>(ctx, tiny_w32_head(), false, 2); },
+      /*deterministic=*/false);
 }

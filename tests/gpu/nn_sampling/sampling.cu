@@ -297,13 +297,26 @@ TEST_CASE_TEMPLATE("deform_conv2d: CUDA matches host (im2col, fused, tensor core
   }
 }
 
-TEST_CASE("deform_conv2d: kAuto picks fused for DEKR; kFused / kMma on an unsupported shape is a clear error") {
+TEST_CASE("deform_conv2d: kAuto picks tensor cores (fp16/bf16) or fused (fp32) for DEKR; kFused / kMma on an unsupported shape is a clear error") {
   DeformConv2dParams dekr;
   dekr.groups = dekr.offset_groups = 17;
-  CHECK(cuda::sampling::deform_fused_supported({32, 128, 128, 255}, 255, dekr));
-  CHECK(cuda::sampling::deform_mma_supported({32, 128, 128, 255}, 255, dekr));
+  const Shape head{32, 128, 128, 255};
+  CHECK(cuda::sampling::deform_fused_supported(head, 255, dekr));
+  CHECK(cuda::sampling::deform_mma_supported(head, 255, dekr));
   auto& algo = cuda::sampling::deform_conv_algo();
   const DeformConvAlgo saved = algo;
+  algo = DeformConvAlgo::kAuto;
+  const bool tc = gpu().device().cc_major >= 8;  // mma.sync m16n8k16
+  CHECK(cuda::sampling::use_mma<ampkit::half>(gpu(), head, 255, dekr) == tc);
+  CHECK(cuda::sampling::use_mma<ampkit::bfloat16>(gpu(), head, 255, dekr) == tc);
+  CHECK_FALSE(cuda::sampling::use_mma<float>(gpu(), head, 255, dekr));
+  CHECK(cuda::sampling::use_fused(head, 255, dekr));  // what fp32 (and fp16 below 8.0) runs
+  // 32 channels per group: too wide for one m16n8k16 K-step, so kAuto falls back to fused.
+  DeformConv2dParams g8;
+  g8.groups = g8.offset_groups = 8;
+  CHECK_FALSE(cuda::sampling::use_mma<ampkit::half>(gpu(), {2, 8, 8, 256}, 256, g8));
+  CHECK(cuda::sampling::use_fused({2, 8, 8, 256}, 256, g8));
+  algo = saved;
   // The message of an fp16 forward of `groups` groups, c input channels and k filters under `a`
   // ("" when it does not throw).
   auto message = [&](DeformConvAlgo a, int groups, int c, int k) {

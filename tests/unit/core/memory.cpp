@@ -292,6 +292,38 @@ TEST_CASE("a raw allocation refused during a pool capture says why the cache cou
   a.deallocate(e);
 }
 
+TEST_CASE("blocks returned in a deferred-free region reach the cache only at its end, in order") {
+  CachingAllocator<FakeRaw> a;
+  a.begin_deferred_frees();
+  void* p = a.allocate(3000, 1);
+  void* w = a.allocate(3000, 1);
+  a.deallocate(p);  // a branch's temporary, returned while another branch may still run
+  CHECK(a.deferred_blocks() == 1);
+  CHECK(a.stats().allocated == 2 * 3072);  // still counted: its last kernels may not have run
+  void* q = a.allocate(3000, 1);  // the next branch's request must not take p
+  CHECK(q != p);
+  CHECK(q != w);
+  a.begin_deferred_frees();  // nested: only the outermost end releases
+  a.deallocate(q);
+  a.end_deferred_frees();
+  CHECK(a.deferred_blocks() == 2);
+  a.end_deferred_frees();
+  CHECK(a.deferred_blocks() == 0);
+  CHECK(a.stats().allocated == 3072);
+  CHECK(a.stats().n_raw_allocs == 3);
+  // After the region both blocks are cached on their stream and reused without a raw allocation.
+  void* r1 = a.allocate(3000, 1);
+  void* r2 = a.allocate(3000, 1);
+  CHECK(((r1 == p && r2 == q) || (r1 == q && r2 == p)));
+  CHECK(a.stats().n_raw_allocs == 3);
+  a.end_deferred_frees();  // unmatched: no effect
+  a.deallocate(r1);
+  CHECK(a.deferred_blocks() == 0);
+  a.deallocate(r2);
+  a.deallocate(w);
+  CHECK(a.stats().allocated == 0);
+}
+
 TEST_CASE("device checks say what to use instead") {
   DeviceInfo turing{0, "Tesla T4", 7, 5, 16u << 30, 40, 13000, 13000};
   DeviceInfo pascal{1, "GeForce GTX 1080", 6, 1, 8u << 30, 20, 13000, 13000};

@@ -137,15 +137,42 @@ class UploadStaging {
 
 }  // namespace cuda
 
+namespace cuda {
+/// Whether contexts run independent branches concurrently (Cuda::fork_branches): the environment
+/// variable AMPKIT_BRANCH_STREAMS=1 | 0 (read once; default 1), for every new context.
+inline bool branch_streams_env() {
+  static const bool on = env_choice<bool>("AMPKIT_BRANCH_STREAMS", {{"1", true}, {"0", false}}, true, "1");
+  return on;
+}
+}  // namespace cuda
+
 /// Backend tag and context for the CUDA backend. Ops are free functions overloaded on it,
 /// with the same signatures as on ampkit::Host. Not copyable (it owns handles and a stream).
+///
+/// Branch streams. A model whose layers fall into independent branches (HRNet's parallel
+/// resolutions) may run them concurrently: fork_branches(n) makes n side streams wait for the
+/// compute stream, enter_branch(b) sends the ops that follow to side stream b (the library
+/// handles are rebound to it), join_branches() makes the compute stream wait for every side
+/// stream and sends ops to it again. Small-batch steps need this: at DEKR-W32 batch 2 each kernel
+/// fills a fraction of an H200, one after another (bench/NOTES.md). Inside a fork every
+/// allocation is still made on the compute stream, and returned blocks are held back until the
+/// join (CachingAllocator::begin_deferred_frees): a block one branch frees could otherwise go to
+/// another branch that runs at the same time as the freeing branch's last kernels. A CUDA graph
+/// captures the fork and join as edges, so a replayed step runs the branches concurrently too.
+/// Forking is refused (fork_branches returns false, everything stays on the compute stream)
+/// when set_branch_streams(false) / AMPKIT_BRANCH_STREAMS=0, when a SyncBatchNorm exchange is
+/// installed (its collectives must run in one order on every rank) and inside another fork.
 class Cuda {
  public:
+  /// Side streams one fork may use (HRNet has at most four branches).
+  static constexpr int kMaxBranches = 4;
+
   /// Bind to `device`, create a non-blocking stream and the library handles on it.
   explicit Cuda(int device = 0) : info_(cuda::query_device(device)) {
     AMPKIT_CUDA_CHECK(cudaSetDevice(device));
     // Non-blocking: the legacy default stream would serialise against every other stream.
-    AMPKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    AMPKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&main_stream_, cudaStreamNonBlocking));
+    stream_ = main_stream_;
     AMPKIT_CUDNN_CHECK(cudnnCreate(&cudnn_));
     AMPKIT_CUDNN_CHECK(cudnnSetStream(cudnn_, stream_));
     AMPKIT_CUBLAS_CHECK(cublasCreate(&cublas_));
@@ -153,20 +180,82 @@ class Cuda {
     AMPKIT_CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
     alloc_ = std::make_shared<cuda::DeviceAllocator>();
     cudnn_options_ = cuda::with_cudnn_env(cudnn_options_);
+    branch_streams_ = cuda::branch_streams_env();
   }
   Cuda(const Cuda&) = delete;
   Cuda& operator=(const Cuda&) = delete;
   ~Cuda() {
-    if (stream_) (void)cudaStreamSynchronize(stream_);
+    if (forked_) join_branches();
+    if (main_stream_) (void)cudaStreamSynchronize(main_stream_);
     if (cublaslt_) (void)cublasLtDestroy(cublaslt_);
     if (cublas_) (void)cublasDestroy(cublas_);
     if (cudnn_) (void)cudnnDestroy(cudnn_);
-    if (stream_) (void)cudaStreamDestroy(stream_);
+    for (auto& b : side_) {
+      if (b.stream) (void)cudaStreamDestroy(b.stream);
+      if (b.done) (void)cudaEventDestroy(b.done);
+    }
+    if (fork_event_) (void)cudaEventDestroy(fork_event_);
+    if (main_stream_) (void)cudaStreamDestroy(main_stream_);
   }
 
   static constexpr const char* name() { return "cuda"; }
   const DeviceInfo& device() const { return info_; }
+  /// The stream ops launch on: the compute stream, or inside a fork the current branch's stream.
   cudaStream_t stream() const { return stream_; }
+  /// The compute stream (the stream of every allocation; the one a fork starts from and joins).
+  cudaStream_t compute_stream() const { return main_stream_; }
+
+  // ---- branch streams (see the class comment) ----------------------------------------------------
+  /// Allow or refuse forks from now on (default: AMPKIT_BRANCH_STREAMS, else on).
+  void set_branch_streams(bool on) { branch_streams_ = on; }
+  bool branch_streams() const { return branch_streams_; }
+  /// Fork `n` (2..kMaxBranches) branches off the compute stream; false (nothing happens) when
+  /// forking is refused (class comment) or n < 2. Ops stay on the compute stream until
+  /// enter_branch.
+  bool fork_branches(int n) {
+    if (n < 2 || forked_ || !branch_streams_ || bn_sync_) return false;
+    AMPKIT_CHECK(n <= kMaxBranches, "Cuda::fork_branches: ", n, " branches, at most ", kMaxBranches);
+    if (!fork_event_) {
+      // Created on first use, before any capture needs them (the first fork of a model happens
+      // in an eager iteration; creating streams and events is allowed during a capture anyway).
+      AMPKIT_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
+      for (auto& b : side_) {
+        AMPKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&b.stream, cudaStreamNonBlocking));
+        AMPKIT_CUDA_CHECK(cudaEventCreateWithFlags(&b.done, cudaEventDisableTiming));
+      }
+    }
+    AMPKIT_CUDA_CHECK(cudaEventRecord(fork_event_, main_stream_));
+    for (int b = 0; b < n; ++b) AMPKIT_CUDA_CHECK(cudaStreamWaitEvent(side_[b].stream, fork_event_, 0));
+    alloc_->begin_deferred_frees();
+    forked_ = n;
+    ++n_forks_;
+    return true;
+  }
+  /// Inside a fork: the ops that follow run on branch b's stream (0 <= b < n).
+  void enter_branch(int b) {
+    AMPKIT_CHECK(forked_ > 0 && b >= 0 && b < forked_, "Cuda::enter_branch(", b, ") outside a fork of ",
+                 forked_, " branches");
+    bind_stream(side_[b].stream);
+  }
+  /// End the fork: the compute stream waits for every branch, ops run on it again, blocks freed
+  /// inside the fork return to the cache. Never throws (called from destructors on unwinding);
+  /// a failing CUDA call here is reported by the next checked one.
+  void join_branches() noexcept {
+    if (!forked_) return;
+    for (int b = 0; b < forked_; ++b) {
+      (void)cudaEventRecord(side_[b].done, side_[b].stream);
+      (void)cudaStreamWaitEvent(main_stream_, side_[b].done, 0);
+    }
+    forked_ = 0;
+    stream_ = main_stream_;
+    (void)cudnnSetStream(cudnn_, stream_);
+    (void)cublasSetStream(cublas_, stream_);
+    alloc_->end_deferred_frees();
+  }
+  /// Branches of the current fork (0 outside one).
+  int forked_branches() const { return forked_; }
+  /// Forks made on this context so far (tests check that a path forked, or did not).
+  std::int64_t branch_forks() const { return n_forks_; }
   cudnnHandle_t cudnn() const { return cudnn_; }
   cublasHandle_t cublas() const { return cublas_; }
   cublasLtHandle_t cublaslt() const { return cublaslt_; }
@@ -185,7 +274,7 @@ class Cuda {
 
   template <class T>
   cuda::DeviceBuffer<T> alloc(std::size_t n) const {
-    return cuda::DeviceBuffer<T>(alloc_, n, stream_);
+    return cuda::DeviceBuffer<T>(alloc_, n, main_stream_);  // inside a fork too (class comment)
   }
   template <class T>
   cuda::DeviceTensor<T> tensor(Shape s) const {
@@ -238,8 +327,25 @@ class Cuda {
   void synchronize() const { AMPKIT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
  private:
+  void bind_stream(cudaStream_t s) {
+    stream_ = s;
+    AMPKIT_CUDNN_CHECK(cudnnSetStream(cudnn_, s));
+    AMPKIT_CUBLAS_CHECK(cublasSetStream(cublas_, s));
+  }
+
+  struct SideStream {
+    cudaStream_t stream = nullptr;
+    cudaEvent_t done = nullptr;  ///< recorded at the join
+  };
+
   DeviceInfo info_;
-  cudaStream_t stream_ = nullptr;
+  cudaStream_t main_stream_ = nullptr;  ///< the compute stream
+  cudaStream_t stream_ = nullptr;       ///< where ops launch now (main_stream_ outside a fork)
+  std::array<SideStream, kMaxBranches> side_{};
+  cudaEvent_t fork_event_ = nullptr;
+  int forked_ = 0;
+  std::int64_t n_forks_ = 0;
+  bool branch_streams_ = true;
   cudnnHandle_t cudnn_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   cublasLtHandle_t cublaslt_ = nullptr;

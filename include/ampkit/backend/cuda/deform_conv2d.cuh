@@ -44,8 +44,9 @@
 /// Samples are never rounded to T in the fused path (the product is in fp32 FMAs).
 ///
 /// Tensor-core path (DeformConvAlgo::kMma, fp16/bf16, at most 16 channels and filters per group,
-/// compute capability 8.0+; opt-in: its first H200 run had a faster forward and a slower
-/// backward than kFused, bench/results/gpu_h200_20261201_0241.md): the same two kernels with the
+/// compute capability 8.0+; what kAuto runs there since its backward was reworked: fp16 batch 32
+/// at the DEKR-W32 head shape, forward 7.42 -> 6.52 ms and forward+backward 27.4 -> 22.6 ms
+/// against kFused, bench/results/gpu_h200_20261201_0543.md): the same two kernels with the
 /// per-group products as mma.sync m16n8k16 on 16-pixel tiles (forward: the samples of a tile and
 /// tap are one A fragment built in registers; backward: dcol = dL_dy·W_t staged in shared memory,
 /// sampling, scatter and offset gradients in kFused's layout, dW_t += dL_dyᵀ·col with the
@@ -256,7 +257,8 @@ inline std::int64_t images_per_chunk(std::int64_t n_images, std::size_t bytes_pe
 
 /// Which implementation the CUDA deform_conv2d runs.
 enum class DeformConvAlgo {
-  kAuto,    ///< kFused when deform_fused_supported(), otherwise kIm2col
+  kAuto,    ///< fp16/bf16 on compute capability 8.0+: kMma where deform_mma_supported(); then
+            ///< kFused where deform_fused_supported(); otherwise kIm2col
   kFused,   ///< fused sampling + per-group product (no column matrix); an unsupported shape is an error
   kIm2col,  ///< column matrix + cuBLAS batched GEMM; any configuration
   kMma,     ///< fp16/bf16: the fused kernels with the per-group products on tensor cores (mma.sync,
@@ -265,8 +267,8 @@ enum class DeformConvAlgo {
 };
 
 /// The algorithm every deform_conv2d call uses (process-wide switch). Starts from the environment
-/// variable AMPKIT_DEFORM_CONV_ALGO (auto | fused | im2col; unset = auto), so the fused path can be
-/// switched off without rebuilding; tests and the benchmark set it directly.
+/// variable AMPKIT_DEFORM_CONV_ALGO (auto | fused | im2col | mma; unset = auto), so a path can be
+/// chosen without rebuilding; tests and the benchmark set it directly.
 inline DeformConvAlgo& deform_conv_algo() {
   static DeformConvAlgo algo = env_choice(
       "AMPKIT_DEFORM_CONV_ALGO",
@@ -340,11 +342,15 @@ inline bool deform_mma_supported(Shape x, std::int64_t k_out, const DeformConv2d
   return cg >= 1 && kg >= 1 && cg <= 16 && kg <= 16 && mma_forward_smem(p.taps()) <= kFusedMaxSmem;
 }
 
-/// Whether this call runs the tensor-core kernels: DeformConvAlgo::kMma with fp16/bf16 storage.
-/// An unsupported shape or a device below compute capability 8.0 is an error saying what to use.
+/// Whether this call runs the tensor-core kernels: fp16/bf16 storage under DeformConvAlgo::kMma,
+/// or under kAuto where the shape and the device allow. Under kMma an unsupported shape or a
+/// device below compute capability 8.0 is an error saying what to use.
 template <class T>
 bool use_mma(const Cuda& ctx, Shape x, std::int64_t k_out, const DeformConv2dParams& p) {
-  if (deform_conv_algo() != DeformConvAlgo::kMma || std::is_same_v<T, float>) return false;
+  if constexpr (std::is_same_v<T, float>) return false;
+  const DeformConvAlgo a = deform_conv_algo();
+  if (a == DeformConvAlgo::kAuto) return ctx.device().cc_major >= 8 && deform_mma_supported(x, k_out, p);
+  if (a != DeformConvAlgo::kMma) return false;
   AMPKIT_CHECK(deform_mma_supported(x, k_out, p), "deform_conv2d: DeformConvAlgo::kMma needs groups == "
                "offset_groups and at most 16 channels and 16 filters per group; given input ", x, ", ", k_out,
                " filters, groups ", p.groups, ", offset_groups ", p.offset_groups, ", kernel ", p.kernel_h, "x",

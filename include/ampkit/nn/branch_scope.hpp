@@ -1,0 +1,73 @@
+/// @brief nn::BranchScope: run a model's independent branches concurrently where the backend can.
+///
+/// On ampkit::Cuda a scope forks the compute stream into one stream per branch
+/// (Cuda::fork_branches), enter(b) sends the ops that follow to branch b's stream, and join() (or
+/// the destructor, when unwinding) makes the compute stream wait for all of them. On a backend
+/// without streams (Host, the memory plan's Meta) every call is a no-op and the branches run one
+/// after another, as written. The results are the same either way: each branch's ops run in the
+/// same order on their own tensors; only their overlap in time changes.
+///
+/// A branch must touch only its own tensors and the read-only inputs shared by all branches
+/// (no branch may read what another writes inside the same scope). Gradient-ready notifications
+/// made inside the scope are held and delivered at the join, on the compute stream
+/// (ParameterStore::hold_grads_ready), so data-parallel reducers never see a gradient that a side
+/// stream is still writing.
+#pragma once
+
+#include <concepts>
+
+namespace ampkit::nn {
+
+template <class Backend, class Store>
+class BranchScope {
+  static constexpr bool kStreams = requires(Backend& c) {
+    { c.fork_branches(2) } -> std::same_as<bool>;
+    c.enter_branch(0);
+    c.join_branches();
+  };
+
+ public:
+  /// Fork `n` branches when `allow` (callers pass false on a module's first call, so that the
+  /// algorithm timings of benchmark mode run without other branches on the device).
+  BranchScope(Backend& ctx, const Store& store, int n, bool allow = true) : ctx_(ctx), store_(store) {
+    if constexpr (kStreams) {
+      if (allow && ctx_.fork_branches(n)) {
+        forked_ = true;
+        store_.hold_grads_ready();
+      }
+    }
+  }
+  BranchScope(const BranchScope&) = delete;
+  BranchScope& operator=(const BranchScope&) = delete;
+  ~BranchScope() {
+    if constexpr (kStreams) {
+      if (forked_) {
+        ctx_.join_branches();
+        store_.drop_held_grads_ready();
+      }
+    }
+  }
+
+  bool forked() const { return forked_; }
+  /// The ops that follow belong to branch b (0 <= b < n).
+  void enter(int b) {
+    if constexpr (kStreams)
+      if (forked_) ctx_.enter_branch(b);
+  }
+  /// Back to the compute stream once every branch is done; held notifications are delivered.
+  void join() {
+    if constexpr (kStreams) {
+      if (!forked_) return;
+      forked_ = false;
+      ctx_.join_branches();
+      store_.release_grads_ready();
+    }
+  }
+
+ private:
+  Backend& ctx_;
+  const Store& store_;
+  bool forked_ = false;
+};
+
+}  // namespace ampkit::nn
