@@ -176,7 +176,7 @@ class DekrHead {
   /// x (N,H,W,C_in) -> heatmaps (N,H,W,K+1), displacements (N,H,W,2K). The two branches run
   /// concurrently where the backend has streams (nn::BranchScope; in order on the first call).
   std::pair<TensorView<const T>, TensorView<const T>> forward(Backend& ctx, TensorView<const T> x, bool training) {
-    nn::BranchScope<Backend, Store> scope(ctx, *store_, 2, forward_calls_++ > 0);
+    nn::BranchScope<Backend, Store> scope(ctx, *store_, 2, forward_calls_++ > 0, nn::kBranchHeadForward);
     scope.enter(0);
     auto hm = heat0_.forward(ctx, x, training);
     hm = heat1_->forward(ctx, hm, training);
@@ -202,7 +202,7 @@ class DekrHead {
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dheatmaps, TensorView<const T> dL_ddisplacements) {
     Tensor<T> dL_dx, g_heat;
     {
-      nn::BranchScope<Backend, Store> scope(ctx, *store_, 2, backward_calls_++ > 0);
+      nn::BranchScope<Backend, Store> scope(ctx, *store_, 2, backward_calls_++ > 0, nn::kBranchHeadBackward);
       scope.enter(0);
       auto g = disp3_.backward(ctx, dL_ddisplacements);
       g = disp2_->backward(ctx, g.cview());

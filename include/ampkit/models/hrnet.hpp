@@ -146,7 +146,7 @@ class HRModule {
     const bool concurrent = forward_calls_++ > 0;
     std::vector<TensorView<const T>> bo(xs);
     {
-      Branches scope(ctx, *store_, n_branches_, concurrent);
+      Branches scope(ctx, *store_, n_branches_, concurrent, nn::kBranchModuleForward);
       for (int b = 0; b < n_branches_; ++b) {
         scope.enter(b);
         for (auto& blk : branches_[b]) bo[b] = blk.forward(ctx, bo[b], training);
@@ -156,7 +156,7 @@ class HRModule {
     if (n_branches_ == 1) return bo;
     y_.resize(static_cast<std::size_t>(n_out_));
     std::vector<TensorView<const T>> out;
-    Branches fuse(ctx, *store_, n_out_, concurrent);
+    Branches fuse(ctx, *store_, n_out_, concurrent, nn::kBranchFuseForward);
     for (int i = 0; i < n_out_; ++i) {
       fuse.enter(i);
       std::vector<Tensor<T>> temps;  // upsampled terms; freed after the sum
@@ -232,7 +232,7 @@ class HRModule {
       AMPKIT_CHECK(!nn::is_empty(dbo[b]), "HRModule::backward: branch ", b, " received no gradient");
     // The branches' backward concurrently, as in forward. (The fuse layers' backward above stays
     // in order: every output's gradient is added into several branches' dbo.)
-    Branches scope(ctx, *store_, n_branches_, backward_calls_++ > 0);
+    Branches scope(ctx, *store_, n_branches_, backward_calls_++ > 0, nn::kBranchModuleBackward);
     for (int b = 0; b < n_branches_; ++b) {
       scope.enter(b);
       for (int k = static_cast<int>(branches_[b].size()) - 1; k >= 0; --k)

@@ -15,8 +15,28 @@
 #pragma once
 
 #include <concepts>
+#include <cstdlib>
 
 namespace ampkit::nn {
+
+/// Where a model forks (a bit each), for BranchScope's `site` and branch_sites().
+enum BranchSite : unsigned {
+  kBranchModuleForward = 1u,   ///< HRModule: the branches' blocks, forward
+  kBranchFuseForward = 2u,     ///< HRModule: the fuse layers' outputs, forward
+  kBranchModuleBackward = 4u,  ///< HRModule: the branches' blocks, backward
+  kBranchHeadForward = 8u,     ///< DekrHead: heatmap and displacement branches, forward
+  kBranchHeadBackward = 16u,   ///< DekrHead: the same, backward
+};
+
+/// The sites allowed to fork (process-wide): AMPKIT_BRANCH_SITES, a decimal mask of BranchSite
+/// bits (read once; default all). For bisecting a fault to one kind of fork.
+inline unsigned& branch_sites() {
+  static unsigned mask = [] {
+    const char* v = std::getenv("AMPKIT_BRANCH_SITES");
+    return v && *v ? static_cast<unsigned>(std::strtoul(v, nullptr, 10)) : ~0u;
+  }();
+  return mask;
+}
 
 template <class Backend, class Store>
 class BranchScope {
@@ -29,9 +49,9 @@ class BranchScope {
  public:
   /// Fork `n` branches when `allow` (callers pass false on a module's first call, so that the
   /// algorithm timings of benchmark mode run without other branches on the device).
-  BranchScope(Backend& ctx, const Store& store, int n, bool allow = true) : ctx_(ctx), store_(store) {
+  BranchScope(Backend& ctx, const Store& store, int n, bool allow, BranchSite site) : ctx_(ctx), store_(store) {
     if constexpr (kStreams) {
-      if (allow && ctx_.fork_branches(n)) {
+      if (allow && (branch_sites() & site) && ctx_.fork_branches(n)) {
         forked_ = true;
         store_.hold_grads_ready();
       }

@@ -138,11 +138,17 @@ class UploadStaging {
 }  // namespace cuda
 
 namespace cuda {
-/// Whether contexts run independent branches concurrently (Cuda::fork_branches): the environment
-/// variable AMPKIT_BRANCH_STREAMS=1 | 0 (read once; default 1), for every new context.
-inline bool branch_streams_env() {
-  static const bool on = env_choice<bool>("AMPKIT_BRANCH_STREAMS", {{"1", true}, {"0", false}}, true, "1");
-  return on;
+/// How contexts run independent branches (Cuda::fork_branches), from the environment variable
+/// AMPKIT_BRANCH_STREAMS (read once) for every new context: 1 (default) on side streams, 0 in
+/// order on the compute stream, `serial`: everything a fork does (events, held frees, held
+/// notifications) with the ops still on the compute stream, which separates a fault of the
+/// bookkeeping from one of the overlap.
+enum class BranchMode { kOff, kOn, kSerial };
+inline BranchMode branch_streams_env() {
+  static const BranchMode m = env_choice<BranchMode>(
+      "AMPKIT_BRANCH_STREAMS", {{"1", BranchMode::kOn}, {"0", BranchMode::kOff}, {"serial", BranchMode::kSerial}},
+      BranchMode::kOn, "1");
+  return m;
 }
 }  // namespace cuda
 
@@ -180,7 +186,7 @@ class Cuda {
     AMPKIT_CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
     alloc_ = std::make_shared<cuda::DeviceAllocator>();
     cudnn_options_ = cuda::with_cudnn_env(cudnn_options_);
-    branch_streams_ = cuda::branch_streams_env();
+    branch_mode_ = cuda::branch_streams_env();
   }
   Cuda(const Cuda&) = delete;
   Cuda& operator=(const Cuda&) = delete;
@@ -207,13 +213,14 @@ class Cuda {
 
   // ---- branch streams (see the class comment) ----------------------------------------------------
   /// Allow or refuse forks from now on (default: AMPKIT_BRANCH_STREAMS, else on).
-  void set_branch_streams(bool on) { branch_streams_ = on; }
-  bool branch_streams() const { return branch_streams_; }
+  void set_branch_streams(bool on) { branch_mode_ = on ? cuda::BranchMode::kOn : cuda::BranchMode::kOff; }
+  void set_branch_mode(cuda::BranchMode m) { branch_mode_ = m; }
+  bool branch_streams() const { return branch_mode_ != cuda::BranchMode::kOff; }
   /// Fork `n` (2..kMaxBranches) branches off the compute stream; false (nothing happens) when
   /// forking is refused (class comment) or n < 2. Ops stay on the compute stream until
   /// enter_branch.
   bool fork_branches(int n) {
-    if (n < 2 || forked_ || !branch_streams_ || bn_sync_) return false;
+    if (n < 2 || forked_ || branch_mode_ == cuda::BranchMode::kOff || bn_sync_) return false;
     AMPKIT_CHECK(n <= kMaxBranches, "Cuda::fork_branches: ", n, " branches, at most ", kMaxBranches);
     if (!fork_event_) {
       // Created on first use, before any capture needs them (the first fork of a model happens
@@ -235,7 +242,7 @@ class Cuda {
   void enter_branch(int b) {
     AMPKIT_CHECK(forked_ > 0 && b >= 0 && b < forked_, "Cuda::enter_branch(", b, ") outside a fork of ",
                  forked_, " branches");
-    bind_stream(side_[b].stream);
+    if (branch_mode_ == cuda::BranchMode::kOn) bind_stream(side_[b].stream);
   }
   /// End the fork: the compute stream waits for every branch, ops run on it again, blocks freed
   /// inside the fork return to the cache. Never throws (called from destructors on unwinding);
@@ -345,7 +352,7 @@ class Cuda {
   cudaEvent_t fork_event_ = nullptr;
   int forked_ = 0;
   std::int64_t n_forks_ = 0;
-  bool branch_streams_ = true;
+  cuda::BranchMode branch_mode_ = cuda::BranchMode::kOn;
   cudnnHandle_t cudnn_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   cublasLtHandle_t cublaslt_ = nullptr;
