@@ -137,9 +137,10 @@ class HRModule {
   std::int64_t out_channels(int i) const { return channels_[static_cast<std::size_t>(i)]; }
 
   /// Branch inputs in, fused outputs out (views of tensors this module keeps).
-  /// The branches run concurrently where the backend has streams (nn::BranchScope), and so do the
-  /// fuse layers' outputs (each reads every branch output and writes only its own sum); the first
-  /// call runs them in order, so that benchmark mode times its algorithms on a quiet device.
+  /// The branches run concurrently where the backend has streams (nn::BranchScope), and so may
+  /// the fuse layers' outputs (each reads every branch output and writes only its own sum; off by
+  /// default, nn::kDefaultBranchSites says why); the first call runs them in order, so that
+  /// benchmark mode times its algorithms on a quiet device.
   std::vector<TensorView<const T>> forward(Backend& ctx, const std::vector<TensorView<const T>>& xs, bool training) {
     AMPKIT_CHECK(static_cast<int>(xs.size()) == n_branches_, "HRModule: ", xs.size(), " inputs, ", n_branches_,
                  " branches");
@@ -230,8 +231,9 @@ class HRModule {
     }
     for (int b = 0; b < n_branches_; ++b)
       AMPKIT_CHECK(!nn::is_empty(dbo[b]), "HRModule::backward: branch ", b, " received no gradient");
-    // The branches' backward concurrently, as in forward. (The fuse layers' backward above stays
-    // in order: every output's gradient is added into several branches' dbo.)
+    // The branches' backward may run concurrently too (site kBranchModuleBackward, off by
+    // default: nn::kDefaultBranchSites). The fuse layers' backward above stays in order: every
+    // output's gradient is added into several branches' dbo.
     Branches scope(ctx, *store_, n_branches_, backward_calls_++ > 0, nn::kBranchModuleBackward);
     for (int b = 0; b < n_branches_; ++b) {
       scope.enter(b);

@@ -28,12 +28,19 @@ enum BranchSite : unsigned {
   kBranchHeadBackward = 16u,   ///< DekrHead: the same, backward
 };
 
+/// The sites that fork by default: the two forward sites whose graph replays matched eager runs
+/// bit for bit on the H200 (tests/gpu/train graph_step.cu, 2026-12-01). The fuse forward and both
+/// backward sites also pass the eager bit-identity tests (tests/gpu/models), but with them a
+/// replayed CUDA graph drifted from the eager step and skipped steps for overflow
+/// (bench/results/gpu_h200_20261201_0543.md); the cause is not found yet, so they stay off.
+inline constexpr unsigned kDefaultBranchSites = kBranchModuleForward | kBranchHeadForward;
+
 /// The sites allowed to fork (process-wide): AMPKIT_BRANCH_SITES, a decimal mask of BranchSite
-/// bits (read once; default all). For bisecting a fault to one kind of fork.
+/// bits (read once; default kDefaultBranchSites; 31 = every site). For measuring and bisecting.
 inline unsigned& branch_sites() {
   static unsigned mask = [] {
     const char* v = std::getenv("AMPKIT_BRANCH_SITES");
-    return v && *v ? static_cast<unsigned>(std::strtoul(v, nullptr, 10)) : ~0u;
+    return v && *v ? static_cast<unsigned>(std::strtoul(v, nullptr, 10)) : kDefaultBranchSites;
   }();
   return mask;
 }
