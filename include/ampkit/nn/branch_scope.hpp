@@ -28,11 +28,12 @@ enum BranchSite : unsigned {
   kBranchHeadBackward = 16u,   ///< DekrHead: the same, backward
 };
 
-/// The sites that fork by default: the two forward sites whose graph replays matched eager runs
-/// bit for bit on the H200 (tests/gpu/train graph_step.cu, 2026-12-01). The fuse forward and both
-/// backward sites also pass the eager bit-identity tests (tests/gpu/models), but with them a
-/// replayed CUDA graph drifted from the eager step and skipped steps for overflow
-/// (bench/results/gpu_h200_20261201_0543.md); the cause is not found yet, so they stay off.
+/// The sites that fork when branch streams are on (Cuda::set_branch_streams, AMPKIT_BRANCH_STREAMS;
+/// off by default): the two forward sites, which each alone matched eager runs under CUDA graph
+/// replay on the H200 (tests/gpu/train graph_step.cu, 2026-12-01; together they drifted past the
+/// test's noise-based tolerance once). The fuse forward and both backward sites pass the eager
+/// bit-identity tests (tests/gpu/models) too, but with them a replayed graph skipped steps for
+/// overflow that eager runs did not (bench/results/gpu_h200_20261201_0543.md). Cause not found.
 inline constexpr unsigned kDefaultBranchSites = kBranchModuleForward | kBranchHeadForward;
 
 /// The sites allowed to fork (process-wide): AMPKIT_BRANCH_SITES, a decimal mask of BranchSite

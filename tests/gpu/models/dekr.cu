@@ -912,7 +912,7 @@ void check_branch_streams_cuda(const std::string& label, StepFn&& two_steps, boo
           CHECK(forks > 0);
         else
           CHECK(forks == 0);
-        ctx.set_branch_streams(true);
+        ctx.set_branch_streams(false);  // the default
         return r;
       },
       deterministic);
