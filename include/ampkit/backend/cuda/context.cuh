@@ -263,6 +263,22 @@ class Cuda {
     (void)cublasSetStream(cublas_, stream_);
     alloc_->end_deferred_frees();
   }
+  /// Fresh side streams and events for the next fork (none open). For after a failed CUDA graph
+  /// capture (GraphStep::capture): side streams joined to the abandoned capture sequence could not
+  /// be joined back, and what state CUDA leaves them in is not specified; on the H200 a retried
+  /// (relaxed-mode) capture that forked again came out with fewer nodes than the same step
+  /// captured cleanly, and its replays went wrong (bench/results/gpu_h200_20261201_0543.md).
+  void reset_branch_streams() noexcept {
+    if (forked_) join_branches();
+    for (auto& b : side_) {
+      if (b.stream) (void)cudaStreamDestroy(b.stream);
+      if (b.done) (void)cudaEventDestroy(b.done);
+      b = {};
+    }
+    if (fork_event_) (void)cudaEventDestroy(fork_event_);
+    fork_event_ = nullptr;  // fork_branches creates them again
+    (void)cudaGetLastError();
+  }
   /// Branches of the current fork (0 outside one).
   int forked_branches() const { return forked_; }
   /// Forks made on this context so far (tests check that a path forked, or did not).

@@ -152,6 +152,7 @@ class GraphStep {
       }
       if (graph) (void)cudaGraphDestroy(graph);
       report_.error += (report_.error.empty() ? "" : "; ") + report_.mode + " mode: " + error;
+      ctx_->reset_branch_streams();  // streams the abandoned capture joined: not reused
       ctx_->synchronize();
     }
     report_.raw_allocs = ctx_->memory_stats().n_raw_allocs - raw_before;
