@@ -225,6 +225,7 @@ class Cuda {
   /// enter_branch.
   bool fork_branches(int n) {
     if (n < 2 || forked_ || branch_mode_ == cuda::BranchMode::kOff || bn_sync_) return false;
+    if (rebind_pending_) reset_branch_streams();  // a failed join left the handles elsewhere
     AMPKIT_CHECK(n <= kMaxBranches, "Cuda::fork_branches: ", n, " branches, at most ", kMaxBranches);
     if (!fork_event_) {
       // Created on first use, before any capture needs them (the first fork of a model happens
@@ -259,17 +260,27 @@ class Cuda {
     }
     forked_ = 0;
     stream_ = main_stream_;
-    (void)cudnnSetStream(cudnn_, stream_);
-    (void)cublasSetStream(cublas_, stream_);
+    // Inside an invalidated capture (an exception unwinding a fork) these can fail and leave the
+    // handles on the side stream: cuDNN then launched the next step's convs on a stream outside
+    // the retried capture (H200, 2026-12-01: the relaxed-mode graph had fewer nodes and replayed
+    // stale conv outputs). reset_branch_streams() rebinds them, checked, after the capture ends.
+    rebind_pending_ = cudnnSetStream(cudnn_, stream_) != CUDNN_STATUS_SUCCESS;
+    rebind_pending_ = cublasSetStream(cublas_, stream_) != CUBLAS_STATUS_SUCCESS || rebind_pending_;
     alloc_->end_deferred_frees();
   }
-  /// Fresh side streams and events for the next fork (none open). For after a failed CUDA graph
-  /// capture (GraphStep::capture): side streams joined to the abandoned capture sequence could not
-  /// be joined back, and what state CUDA leaves them in is not specified; on the H200 a retried
-  /// (relaxed-mode) capture that forked again came out with fewer nodes than the same step
-  /// captured cleanly, and its replays went wrong (bench/results/gpu_h200_20261201_0543.md).
-  void reset_branch_streams() noexcept {
+  /// The library handles back on the compute stream and fresh side streams and events for the
+  /// next fork (none open). For after a failed CUDA graph capture (GraphStep::capture): the join
+  /// that unwound the abandoned capture may have failed to rebind the handles (join_branches), and
+  /// side streams joined to that capture sequence could not be joined back (what state CUDA leaves
+  /// them in is not specified). On the H200 a retried capture without this came out with fewer
+  /// nodes than the same step captured cleanly and its replays went wrong; with the side streams
+  /// replaced but the handles not rebound, cuDNN reported the destroyed stream
+  /// (bench/results/gpu_h200_20261201_0543.md).
+  void reset_branch_streams() {
     if (forked_) join_branches();
+    AMPKIT_CUDNN_CHECK(cudnnSetStream(cudnn_, main_stream_));
+    AMPKIT_CUBLAS_CHECK(cublasSetStream(cublas_, main_stream_));
+    rebind_pending_ = false;
     for (auto& b : side_) {
       if (b.stream) (void)cudaStreamDestroy(b.stream);
       if (b.done) (void)cudaEventDestroy(b.done);
@@ -371,6 +382,7 @@ class Cuda {
   std::array<SideStream, kMaxBranches> side_{};
   cudaEvent_t fork_event_ = nullptr;
   int forked_ = 0;
+  bool rebind_pending_ = false;  ///< join_branches could not rebind the handles (see there)
   std::int64_t n_forks_ = 0;
   cuda::BranchMode branch_mode_ = cuda::BranchMode::kOff;
   cudnnHandle_t cudnn_ = nullptr;
