@@ -17,6 +17,8 @@
 #include <concepts>
 #include <cstdlib>
 
+#include "ampkit/core/error.hpp"
+
 namespace ampkit::nn {
 
 /// Where a model forks (a bit each), for BranchScope's `site` and branch_sites().
@@ -36,12 +38,21 @@ enum BranchSite : unsigned {
 /// overflow that eager runs did not (bench/results/gpu_h200_20261201_0543.md). Cause not found.
 inline constexpr unsigned kDefaultBranchSites = kBranchModuleForward | kBranchHeadForward;
 
+inline constexpr unsigned kAllBranchSites = 31u;
+
 /// The sites allowed to fork (process-wide): AMPKIT_BRANCH_SITES, a decimal mask of BranchSite
-/// bits (read once; default kDefaultBranchSites; 31 = every site). For measuring and bisecting.
+/// bits, 0-31 (read once; default kDefaultBranchSites; 31 = every site). For measuring and
+/// bisecting. Anything else stops the run with a message naming the variable.
 inline unsigned& branch_sites() {
   static unsigned mask = [] {
     const char* v = std::getenv("AMPKIT_BRANCH_SITES");
-    return v && *v ? static_cast<unsigned>(std::strtoul(v, nullptr, 10)) : kDefaultBranchSites;
+    if (!v || !*v) return kDefaultBranchSites;
+    char* end = nullptr;
+    const unsigned long m = std::strtoul(v, &end, 10);
+    AMPKIT_CHECK(*end == '\0' && v[0] != '-' && m <= kAllBranchSites, "AMPKIT_BRANCH_SITES='", v,
+                 "': expected a decimal mask 0-31 (1 HRNet branches forward, 2 fuse forward, 4 HRNet branches "
+                 "backward, 8 DEKR head forward, 16 DEKR head backward; unset = ", kDefaultBranchSites, ")");
+    return static_cast<unsigned>(m);
   }();
   return mask;
 }

@@ -894,7 +894,7 @@ namespace {
 template <class P, class StepFn>
 void check_branch_streams_cuda(const std::string& label, StepFn&& two_steps, bool deterministic) {
   const unsigned saved_sites = ak::nn::branch_sites();
-  ak::nn::branch_sites() = ~0u;
+  ak::nn::branch_sites() = ak::nn::kAllBranchSites;
   struct Restore {
     unsigned v;
     ~Restore() { ak::nn::branch_sites() = v; }

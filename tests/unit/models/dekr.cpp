@@ -526,3 +526,51 @@ TEST_CASE_TEMPLATE("DEKR backward reports every parameter once, after its gradie
     CHECK(s.params()[order.back()].name == "backbone.conv1.weight");
   }
 }
+
+// nn::BranchScope holds a fork's gradient-ready notifications and delivers them at the join, on
+// the compute stream (ParameterStore::hold_grads_ready). The store's side of that contract,
+// without a GPU: held notifications arrive at the outermost release, in the order they were
+// made; a dropped hold (a backward abandoned by an exception) delivers nothing; no observer, no
+// effect. On the host backend BranchScope itself forks nothing (the branches run in order).
+TEST_CASE("parameter store: gradient-ready notifications held across a fork arrive at the join, in order") {
+  Host ctx;
+  nn::ParameterStore<Fp32, Host> s;
+  std::vector<nn::ParamId> ids;
+  for (int i = 0; i < 5; ++i)
+    ids.push_back(s.add("p" + std::to_string(i), {4}, {1, 1, 1, 4}, nn::ParamKind::kCompute,
+                        nn::ParamInit::constant(0.5f)));
+  s.allocate(ctx, 1);
+  std::vector<std::pair<int, int>> got;
+  s.set_grad_ready_observer([&](nn::ParamId first, int count) { got.emplace_back(first.index, count); });
+  s.notify_grads_ready(ids[4]);
+  CHECK(got == std::vector<std::pair<int, int>>{{4, 1}});  // not held: at once
+  got.clear();
+  s.hold_grads_ready();
+  s.notify_grads_ready(ids[3]);
+  s.hold_grads_ready();  // nested
+  s.notify_grads_ready(ids[0], 2);
+  s.release_grads_ready();
+  CHECK(got.empty());  // only the outermost release delivers
+  s.notify_grads_ready(ids[2]);
+  s.release_grads_ready();
+  CHECK(got == std::vector<std::pair<int, int>>{{3, 1}, {0, 2}, {2, 1}});
+  got.clear();
+  s.hold_grads_ready();
+  s.notify_grads_ready(ids[1]);
+  s.drop_held_grads_ready();
+  s.notify_grads_ready(ids[4]);
+  CHECK(got == std::vector<std::pair<int, int>>{{4, 1}});  // the dropped one never arrives
+  s.release_grads_ready();  // unmatched: no effect
+  CHECK(got.size() == 1);
+  // The host backend has no streams: a scope forks nothing and the hold is never taken.
+  got.clear();
+  {
+    nn::BranchScope<Host, nn::ParameterStore<Fp32, Host>> scope(ctx, s, 2, true, nn::kBranchModuleBackward);
+    CHECK_FALSE(scope.forked());
+    scope.enter(1);
+    s.notify_grads_ready(ids[0]);
+    CHECK(got.size() == 1);
+    scope.join();
+  }
+  CHECK(got == std::vector<std::pair<int, int>>{{0, 1}});
+}
