@@ -437,3 +437,79 @@ TEST_CASE("run_training with runtime.cuda_graph = true trains as eagerly (sample
               tol, static_cast<long long>(eager.result.skipped_steps));
   CHECK(diff <= tol);
 }
+
+// ---- branch streams and a capture that fails inside a fork -----------------------------------
+// A capture that fails inside a fork (here: a raw cudaMalloc, refused in global mode, made by a
+// branch whose ops run on a side stream) unwinds through nn::BranchScope's join while the capture
+// is invalidated, and that join cannot be relied on to rebind cuDNN to the compute stream. On the
+// H200 (2026-12-01, bench/results/gpu_h200_20261201_0543.md) the retried relaxed-mode capture then
+// lacked the convs cuDNN launched on the side stream outside it, and replays used stale outputs.
+// GraphStep::capture now rebinds the handles and replaces the side streams after a failed attempt
+// (Cuda::reset_branch_streams). Checked here: the retry succeeds in relaxed mode, cuDNN is on the
+// compute stream afterwards, the retried graph has as many nodes as a clean capture of the same
+// step, and its replay writes what the eager step writes, bit for bit.
+TEST_CASE("branch streams: a capture that fails inside a fork is retried with cuDNN on the compute stream") {
+  using T = ak::half;
+  ak::Cuda ctx;
+  ctx.set_branch_streams(true);
+  ctx.set_cudnn_options({.benchmark = false, .deterministic = true});  // one plan, no timing
+  ak::nn::ParameterStore<ak::AmpFp16, ak::Cuda> store;  // BranchScope holds its notifications
+  (void)store.add("w", {4}, {1, 1, 1, 4}, ak::nn::ParamKind::kCompute, ak::nn::ParamInit::constant(0.5f));
+  store.allocate(ctx, 1);
+  const ak::Shape xs{2, 16, 16, 8};
+  const auto p = ak::Conv2dParams::square(1, 1);
+  const auto x = ctx.to_device(ak::testing::random_tensor<T>(xs, 31));
+  const auto w = ctx.to_device(ak::testing::random_tensor<T>({8, 3, 3, 8}, 32));
+  const auto ym = ctx.tensor<T>(xs), y0 = ctx.tensor<T>(xs), y1 = ctx.tensor<T>(xs);
+  const auto outputs = [&] {
+    std::vector<ak::HostTensor<T>> h;
+    for (const auto* y : {&ym, &y0, &y1}) h.push_back(ctx.to_host(y->cview()));
+    return h;
+  };
+  std::size_t fresh = 0;  // > 0: branch 1 asks for a block size no cache holds
+  const auto step = [&] {
+    // A conv on the compute stream first: with cuDNN left on a side stream it would run outside
+    // the capture, and the graph would miss it.
+    ak::conv2d_forward<T>(ctx, x.cview(), w.cview(), {}, ym.view(), p);
+    ak::nn::BranchScope<ak::Cuda, decltype(store)> scope(ctx, store, 2, true, ak::nn::kBranchModuleForward);
+    REQUIRE(scope.forked());
+    scope.enter(0);
+    ak::conv2d_forward<T>(ctx, ym.cview(), w.cview(), {}, y0.view(), p);
+    scope.enter(1);
+    ak::conv2d_forward<T>(ctx, ym.cview(), w.cview(), {}, y1.view(), p);
+    if (fresh) (void)ctx.alloc<std::byte>(fresh);  // a raw allocation while capturing
+    scope.join();
+  };
+  step();
+  step();  // warm: plans made, workspaces cached
+  const auto want = outputs();
+
+  ak::cuda::GraphStep clean(ctx);
+  const auto rc = clean.capture(step);
+  REQUIRE_MESSAGE(rc.ok, rc.error);
+  CHECK(rc.mode == "global");
+
+  fresh = (std::size_t{301} << 20) + 4096;  // 301 MiB and a bit: nothing cached fits
+  ak::cuda::GraphStep retried(ctx);
+  const auto rr = retried.capture(step);
+  INFO("first attempt: ", rr.error);
+  REQUIRE(rr.ok);
+  CHECK(rr.mode == "relaxed");
+  CHECK(rr.error.find("global mode") != std::string::npos);
+  CHECK(rr.n_nodes == rc.n_nodes);  // nothing ran outside the retried capture
+  cudaStream_t bound = nullptr;
+  AMPKIT_CUDNN_CHECK(cudnnGetStream(ctx.cudnn(), &bound));
+  CHECK(bound == ctx.compute_stream());
+  CHECK(ctx.forked_branches() == 0);
+
+  for (auto* g : {&clean, &retried}) {
+    for (const auto* y : {&ym, &y0, &y1})
+      AMPKIT_CUDA_CHECK(cudaMemsetAsync(y->data(), 0, static_cast<std::size_t>(y->numel()) * sizeof(T), ctx.stream()));
+    g->replay();
+    const auto got = outputs();
+    for (std::size_t k = 0; k < got.size(); ++k) {
+      CAPTURE(k);
+      CHECK(std::memcmp(got[k].data(), want[k].data(), static_cast<std::size_t>(want[k].numel()) * sizeof(T)) == 0);
+    }
+  }
+}
