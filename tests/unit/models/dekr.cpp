@@ -574,3 +574,102 @@ TEST_CASE("parameter store: gradient-ready notifications held across a fork arri
   }
   CHECK(got == std::vector<std::pair<int, int>>{{0, 1}});
 }
+
+// The models' side of branch streams, without a GPU: the host backend with ampkit::Cuda's fork
+// interface, recording what the model asks for (and running every branch in order, as the host
+// does). Checked with every fork site on: forks are never nested, branches are entered only inside
+// a fork, every fork is joined; nothing forks on a module's first call; gradient-ready
+// notifications never arrive inside a fork (they are held to the join); and the step is the
+// plain host step, bit for bit.
+namespace {
+
+struct ForkRecordingHost : Host {
+  int open = 0, forks = 0, enters = 0, widest = 0;
+  std::vector<std::string> faults;
+  bool fork_branches(int n) {
+    if (open) faults.push_back("fork inside a fork");
+    if (n < 2) faults.push_back("fork of " + std::to_string(n) + " branches");
+    open = n;
+    ++forks;
+    widest = std::max(widest, n);
+    return true;
+  }
+  void enter_branch(int b) {
+    if (!open || b < 0 || b >= open) faults.push_back("enter_branch(" + std::to_string(b) + ") outside a fork");
+    ++enters;
+  }
+  void join_branches() {
+    if (!open) faults.push_back("join without a fork");
+    open = 0;
+  }
+};
+
+template <class B>
+std::vector<float> dekr_two_steps(B& ctx, std::vector<int>* report_order = nullptr, int* inside = nullptr) {
+  using T = storage_t<AmpFp16>;
+  models::Dekr<AmpFp16, B> m(ctx, models::DekrConfig::tiny(), 21);
+  auto& s = m.store();
+  const auto x = testing::random_tensor<T>({2, 64, 64, 3}, 22);
+  std::vector<float> out;
+  for (int step = 0; step < 2; ++step) {
+    if (report_order && step == 1)
+      s.set_grad_ready_observer([&](nn::ParamId first, int count) {
+        if constexpr (std::is_same_v<B, ForkRecordingHost>)
+          if (ctx.open) ++*inside;
+        for (int k = 0; k < count; ++k) report_order->push_back(first.index + k);
+      });
+    s.zero_grad(ctx);
+    const auto o = m.forward(ctx, x.cview(), true);
+    const auto dh = testing::random_tensor<T>(o.heatmaps.shape, 23, -0.5f, 0.5f);
+    const auto dd = testing::random_tensor<T>(o.displacements.shape, 24, -0.5f, 0.5f);
+    m.backward(ctx, dh.cview(), dd.cview());
+    if (step == 1) {
+      for (auto v : std::span<const T>(o.heatmaps.data, static_cast<std::size_t>(o.heatmaps.numel())))
+        out.push_back(static_cast<float>(v));
+      for (std::size_t i = 0; i < s.params().size(); ++i) {
+        const nn::ParamId id{static_cast<int>(i)};
+        if (s.params()[i].kind == nn::ParamKind::kCompute) {
+          const auto g = s.weight_grad(id);
+          for (std::int64_t k = 0; k < g.numel(); ++k) out.push_back(static_cast<float>(g.data[k]));
+        } else {
+          const auto g = s.fp32_grad(id);
+          out.insert(out.end(), g.data, g.data + g.numel());
+        }
+      }
+    }
+  }
+  s.set_grad_ready_observer({});
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("branch streams, host side: DEKR forks well-formed, notifications held to the joins, the step unchanged") {
+  const unsigned saved = nn::branch_sites();
+  nn::branch_sites() = nn::kAllBranchSites;
+  Host plain;
+  ForkRecordingHost rec;
+  const auto want = dekr_two_steps(plain);
+  std::vector<int> order;
+  int inside = 0;
+  const auto got = dekr_two_steps(rec, &order, &inside);
+  nn::branch_sites() = saved;
+  const std::string first_fault = rec.faults.empty() ? std::string() : rec.faults.front();
+  INFO(first_fault);
+  CHECK(rec.faults.empty());
+  CHECK(rec.open == 0);
+  // Step 1 runs every module in order; step 2 forks three times in each of the tiny HRNet's four
+  // multi-branch modules (branches forward, fuse outputs forward, branches backward) and twice in
+  // the head: 14.
+  std::printf("branch streams, host side: %d forks, %d enters, %zu notifications\n", rec.forks, rec.enters, order.size());
+  CHECK(rec.forks == 14);
+  CHECK(rec.widest == 4);
+  CHECK(rec.enters >= 2 * rec.forks);
+  CHECK(inside == 0);
+  std::vector<int> sorted = order;
+  std::sort(sorted.begin(), sorted.end());
+  CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end());  // each reported once
+  CHECK(order.size() == sorted.size());
+  REQUIRE(got.size() == want.size());
+  CHECK(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+}
