@@ -66,6 +66,13 @@
 #             and the whole step (ampkit_dekr_step fp16 b32 and b2, graph) with
 #             AMPKIT_DEFORM_CONV_ALGO=fused vs mma in the same call (issue 10). Build with
 #             BUILD_TARGETS='test_gpu_nn_sampling|sampling_bench|ampkit_dekr_step'
+#   branch    branch streams (AMPKIT_BRANCH_STREAMS=1, every site: AMPKIT_BRANCH_SITES=31 unless
+#             BRANCH_SITES says): test_gpu_train (graph vs eager, the failed-capture retry case),
+#             test_gpu_models' branch-stream cases, then ampkit_dekr_step fp16 2, 2x4, 32 in graph
+#             mode with branch streams off and on (img/s, skipped steps, graph_nodes, capture mode,
+#             peak), and test_gpu_train once more with heuristic deterministic cuDNN
+#             (AMPKIT_CUDNN_BENCHMARK=0 and the test's own options) to tell the atomics' reordering
+#             from a race. Build with BUILD_TARGETS='test_gpu_(train|models)|ampkit_dekr_step'
 #   ops       bench/ampkit_ops_bench and bench/torch_ops_bench.py side by side (fp16, batch 32,
 #             DEKR-W32 shapes; OPS_ONLY narrows both to rows containing a substring): issue 3
 # "all" is the first six (about 8 minutes); name the others. Every part needs `build` first, in
@@ -354,6 +361,28 @@ PY
   done
   log "tensor-core deformable conv: in $((SECONDS - t0)) s"
 fi
+if want branch; then
+  t0=$SECONDS
+  sites=${BRANCH_SITES:-31}
+  AMPKIT_BRANCH_STREAMS=1 AMPKIT_BRANCH_SITES=$sites timeout 90 "$B/tests/gpu/train/test_gpu_train" > "$OUT/branch_train.log" 2>&1
+  log "test_gpu_train, branch streams on (sites $sites): rc=$? $(grep -E 'test cases:' "$OUT/branch_train.log")"
+  grep -E "ERROR|^losses:|e2e losses|^masters|captured the" "$OUT/branch_train.log" | cut -c1-160 | head -16 | tee -a "$S"
+  AMPKIT_BRANCH_SITES=$sites timeout 120 "$B/tests/gpu/models/test_gpu_models" '-tc=*branch streams*' > "$OUT/branch_models.log" 2>&1
+  log "test_gpu_models branch-stream cases: rc=$? $(grep -E 'test cases:' "$OUT/branch_models.log")"
+  for bs in 0 1; do
+    AMPKIT_BRANCH_STREAMS=$bs AMPKIT_BRANCH_SITES=$sites timeout 150 "$B/bench/ampkit_dekr_step" \
+      --variants fp16:2,fp16:2x4,fp16:32 --graph --steps 20 > "$OUT/branch_step_$bs.json" 2> "$OUT/branch_step_$bs.log"
+    log "ampkit_dekr_step, AMPKIT_BRANCH_STREAMS=$bs: rc=$?"
+    grep -E "^# +fp16_graph|graph: " "$OUT/branch_step_$bs.log" | cut -c1-220 | tee -a "$S"
+    grep -oE '"graph_nodes":[0-9]+,"capture_mode":"[a-z]+"' "$OUT/branch_step_$bs.json" | tee -a "$S"
+  done
+  AMPKIT_CUDNN_BENCHMARK=0 AMPKIT_BRANCH_STREAMS=1 AMPKIT_BRANCH_SITES=$sites timeout 90 \
+    "$B/tests/gpu/train/test_gpu_train" > "$OUT/branch_train_heuristic.log" 2>&1
+  log "test_gpu_train, branch streams on, heuristic cuDNN: rc=$? $(grep -E 'test cases:' "$OUT/branch_train_heuristic.log")"
+  grep -E "^losses:|e2e losses|^masters" "$OUT/branch_train_heuristic.log" | cut -c1-160 | tee -a "$S"
+  log "branch streams: in $((SECONDS - t0)) s"
+fi
+
 if want ops; then
   t0=$SECONDS
   only=()
