@@ -227,15 +227,9 @@ class Cuda {
     if (n < 2 || forked_ || branch_mode_ == cuda::BranchMode::kOff || bn_sync_) return false;
     if (rebind_pending_) reset_branch_streams();  // a failed join left the handles elsewhere
     AMPKIT_CHECK(n <= kMaxBranches, "Cuda::fork_branches: ", n, " branches, at most ", kMaxBranches);
-    if (!fork_event_) {
-      // Created on first use, before any capture needs them (the first fork of a model happens
-      // in an eager iteration; creating streams and events is allowed during a capture anyway).
-      AMPKIT_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
-      for (auto& b : side_) {
-        AMPKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&b.stream, cudaStreamNonBlocking));
-        AMPKIT_CUDA_CHECK(cudaEventCreateWithFlags(&b.done, cudaEventDisableTiming));
-      }
-    }
+    // Created on first use, normally in an eager iteration before any capture (a model's modules
+    // fork from their second call on); reset_branch_streams recreates them outside a capture.
+    if (!fork_event_) create_side_streams();
     AMPKIT_CUDA_CHECK(cudaEventRecord(fork_event_, main_stream_));
     for (int b = 0; b < n; ++b) AMPKIT_CUDA_CHECK(cudaStreamWaitEvent(side_[b].stream, fork_event_, 0));
     alloc_->begin_deferred_frees();
@@ -281,14 +275,16 @@ class Cuda {
     AMPKIT_CUDNN_CHECK(cudnnSetStream(cudnn_, main_stream_));
     AMPKIT_CUBLAS_CHECK(cublasSetStream(cublas_, main_stream_));
     rebind_pending_ = false;
+    const bool had = fork_event_ != nullptr;
     for (auto& b : side_) {
       if (b.stream) (void)cudaStreamDestroy(b.stream);
       if (b.done) (void)cudaEventDestroy(b.done);
       b = {};
     }
     if (fork_event_) (void)cudaEventDestroy(fork_event_);
-    fork_event_ = nullptr;  // fork_branches creates them again
+    fork_event_ = nullptr;
     (void)cudaGetLastError();
+    if (had) create_side_streams();  // here, outside any capture, rather than in the next fork
   }
   /// Branches of the current fork (0 outside one).
   int forked_branches() const { return forked_; }
@@ -365,6 +361,13 @@ class Cuda {
   void synchronize() const { AMPKIT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
  private:
+  void create_side_streams() {
+    AMPKIT_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
+    for (auto& b : side_) {
+      AMPKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&b.stream, cudaStreamNonBlocking));
+      AMPKIT_CUDA_CHECK(cudaEventCreateWithFlags(&b.done, cudaEventDisableTiming));
+    }
+  }
   void bind_stream(cudaStream_t s) {
     stream_ = s;
     AMPKIT_CUDNN_CHECK(cudnnSetStream(cudnn_, s));
