@@ -27,6 +27,7 @@
 ///   std::size_t free_bytes(); std::size_t total_bytes();
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -99,6 +100,7 @@ class CachingAllocator {
   void* allocate(std::size_t bytes, Stream stream) {
     std::lock_guard lock(mu_);
     const std::size_t size = round_size(bytes, large_granularity_);
+    if (void* p = take_lane_local(size)) return p;
     const PoolId pool = capturing_pool(stream);
     if (pool) {
       if (void* p = take_cached(pools_.at(pool).free, size, stream, /*other_streams=*/false)) {
@@ -138,7 +140,7 @@ class CachingAllocator {
     ++stats_.n_raw_allocs;
     stats_.reserved += size;
     stats_.peak_reserved = std::max(stats_.peak_reserved, stats_.reserved);
-    Block& blk = live_.emplace(p, Block{size, stream, {}, 0}).first->second;
+    Block& blk = live_.emplace(p, Block{size, stream, {}, 0, lane_, region_}).first->second;
     if (pool) adopt(blk, pool);
     note_alloc(size);
     return p;
@@ -160,9 +162,19 @@ class CachingAllocator {
     auto it = live_.find(p);
     if (it == live_.end()) return;
     if (defer_depth_ > 0) {
-      // vector growth may throw; the block then stays live until the allocator dies (a leak of
-      // one block beats handing it to a second owner while a side stream still uses it)
+      // vector/map growth may throw; the block then stays live until the allocator dies (a leak
+      // of one block beats handing it to a second owner while a side stream still uses it)
       try {
+        Block& b = it->second;
+        if (lane_ >= 0 && b.lane == lane_ && b.region == region_ && b.other_streams.empty()) {
+          // Allocated in this region by the lane now running and freed by it: its users so far
+          // are that lane's stream (a fork's branches share nothing), so the lane may take it
+          // again at once, in its stream order. Other lanes and the compute stream may not.
+          stats_.allocated -= b.size;
+          lane_free_[static_cast<std::size_t>(lane_)].emplace(b.size, LaneCached{p, std::move(b)});
+          live_.erase(it);
+          return;
+        }
         deferred_.push_back(p);
       } catch (...) {
       }
@@ -188,21 +200,59 @@ class CachingAllocator {
   /// side stream) the held blocks are returned as usual, in the order they were freed. Nests.
   void begin_deferred_frees() {
     std::lock_guard lock(mu_);
-    ++defer_depth_;
+    if (defer_depth_++ == 0) ++region_;
   }
   void end_deferred_frees() noexcept {
     std::vector<void*> held;
     {
       std::lock_guard lock(mu_);
       if (defer_depth_ == 0 || --defer_depth_ > 0) return;
-      held.swap(deferred_);
+      lane_ = -1;
+      // The lanes' cached blocks become ordinary live blocks again, returned below with the rest.
+      for (auto& lane : lane_free_) {
+        for (auto& [size, c] : lane) {
+          try {
+            held.push_back(c.ptr);
+            live_.emplace(c.ptr, std::move(c.block));
+            note_alloc(size);
+          } catch (...) {
+          }
+        }
+        lane.clear();
+      }
+      try {
+        held.insert(held.end(), deferred_.begin(), deferred_.end());
+      } catch (...) {
+      }
+      deferred_.clear();
     }
     for (void* p : held) deallocate(p);
   }
-  /// Blocks returned during the current deferred-free region, held until its end.
+  /// Inside a deferred-free region: the branch (lane, 0..kMaxLanes-1) whose ops are issued from
+  /// now on; -1: none (the forking stream). A block allocated by a lane and freed while that lane
+  /// is current is reused by the same lane's later requests within the region (its stream orders
+  /// the reuse) instead of being held to the end: a branch's temporaries (its gradients in a
+  /// backward, its workspaces) then cost the branch's working set, not their sum. The blocks of
+  /// one lane are never given to another lane or to the forking stream before the region ends.
+  void set_lane(int lane) {
+    std::lock_guard lock(mu_);
+    AMPKIT_CHECK(lane >= -1 && lane < kMaxLanes, "CachingAllocator::set_lane: lane ", lane, " outside [-1, ",
+                 kMaxLanes, ")");
+    lane_ = defer_depth_ > 0 ? lane : -1;
+  }
+  static constexpr int kMaxLanes = 8;
+  /// Blocks returned during the current deferred-free region, held until its end (not counting
+  /// those a lane keeps for its own reuse).
   std::size_t deferred_blocks() const {
     std::lock_guard lock(mu_);
     return deferred_.size();
+  }
+  /// Blocks the lanes of the current region keep for their own reuse.
+  std::size_t lane_cached_blocks() const {
+    std::lock_guard lock(mu_);
+    std::size_t n = 0;
+    for (const auto& l : lane_free_) n += l.size();
+    return n;
   }
 
   // ---- private pools (see the file comment) ------------------------------------------------------
@@ -279,6 +329,12 @@ class CachingAllocator {
     Stream stream;
     std::vector<Stream> other_streams;
     std::uint64_t pool = 0;  ///< PoolId; 0: the shared cache
+    int lane = -1;           ///< set_lane's lane when allocated (-1: none)
+    std::uint64_t region = 0;  ///< the deferred-free region it was allocated in (0: none)
+  };
+  struct LaneCached {
+    void* ptr;
+    Block block;
   };
   struct Cached {
     void* ptr;
@@ -331,6 +387,20 @@ class CachingAllocator {
                           " waiting on another stream's use; the capture may take neither without an event query");
   }
 
+  /// Best fit in [size, 2*size] among the blocks the current lane freed in this region.
+  void* take_lane_local(std::size_t size) {
+    if (defer_depth_ == 0 || lane_ < 0) return nullptr;
+    auto& list = lane_free_[static_cast<std::size_t>(lane_)];
+    const auto it = list.lower_bound(size);
+    if (it == list.end() || it->first > 2 * size) return nullptr;
+    void* p = it->second.ptr;
+    live_.emplace(p, std::move(it->second.block));
+    list.erase(it);
+    note_alloc(live_.at(p).size);
+    ++stats_.n_cache_hits;
+    return p;
+  }
+
   void* take_cached(std::multimap<std::size_t, Cached>& list, std::size_t size, Stream stream, bool other_streams) {
     // Best fit among blocks in [size, 2*size]: first the requesting stream's (ordered by the
     // stream itself), then any stream's whose pending uses and own stream work have completed.
@@ -350,7 +420,7 @@ class CachingAllocator {
         }
         if (!ready(c)) continue;
         void* p = c.ptr;
-        live_.emplace(p, Block{c.size, stream, {}, 0});
+        live_.emplace(p, Block{c.size, stream, {}, 0, lane_, region_});
         note_alloc(c.size);
         ++stats_.n_cache_hits;
         list.erase(it);
@@ -382,6 +452,9 @@ class CachingAllocator {
   mutable std::mutex mu_;
   int defer_depth_ = 0;
   std::vector<void*> deferred_;  ///< blocks returned while defer_depth_ > 0, in order
+  int lane_ = -1;                ///< set_lane (only inside a region)
+  std::uint64_t region_ = 0;     ///< counts regions; a block's `region` names the one it was made in
+  std::array<std::multimap<std::size_t, LaneCached>, kMaxLanes> lane_free_;  ///< per lane, by size
   std::multimap<std::size_t, Cached> free_;
   std::unordered_map<void*, Block> live_;
   std::map<std::uint64_t, Pool> pools_;

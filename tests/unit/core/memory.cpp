@@ -324,6 +324,60 @@ TEST_CASE("blocks returned in a deferred-free region reach the cache only at its
   CHECK(a.stats().allocated == 0);
 }
 
+TEST_CASE("in a deferred-free region a lane reuses what it freed itself, and nothing else") {
+  CachingAllocator<FakeRaw> a;
+  a.set_lane(0);  // outside a region: no effect
+  void* before = a.allocate(3000, 1);
+  a.begin_deferred_frees();
+  a.set_lane(0);
+  void* x = a.allocate(3000, 1);  // lane 0's
+  a.deallocate(before);           // allocated before the fork: held to the end
+  CHECK(a.deferred_blocks() == 1);
+  a.deallocate(x);                // lane 0's own: kept for lane 0
+  CHECK(a.lane_cached_blocks() == 1);
+  CHECK(a.deferred_blocks() == 1);
+  CHECK(a.stats().allocated == 3072);  // `before` still counts; x is free again
+  a.set_lane(1);
+  void* y = a.allocate(3000, 1);  // lane 1 must not take lane 0's block (it may still be in use)
+  CHECK(y != x);
+  CHECK(y != before);
+  a.set_lane(0);
+  void* x2 = a.allocate(2900, 1);  // lane 0 again: its own block, no raw allocation
+  CHECK(x2 == x);
+  CHECK(a.stats().n_raw_allocs == 3);
+  a.deallocate(y);  // lane 1's block freed while lane 0 runs: held
+  CHECK(a.deferred_blocks() == 2);
+  a.deallocate(x2);
+  a.set_lane(-1);
+  void* m = a.allocate(3000, 1);  // the forking stream inside the region: neither lane's block
+  CHECK(m != x);
+  CHECK(m != y);
+  a.deallocate(m);  // held
+  a.end_deferred_frees();
+  CHECK(a.deferred_blocks() == 0);
+  CHECK(a.lane_cached_blocks() == 0);
+  CHECK(a.stats().allocated == 0);
+  // After the join every block is an ordinary cached block of its stream: four reuses, no raw.
+  std::set<void*> seen;
+  for (int i = 0; i < 4; ++i) seen.insert(a.allocate(3000, 1));
+  CHECK(seen == std::set<void*>{before, x, y, m});
+  CHECK(a.stats().n_raw_allocs == 4);
+  for (void* p : seen) a.deallocate(p);
+  // A block from an earlier region is not the lane's in a later one.
+  a.begin_deferred_frees();
+  a.set_lane(0);
+  void* r1 = a.allocate(3000, 1);
+  a.end_deferred_frees();
+  a.begin_deferred_frees();
+  a.set_lane(0);
+  a.deallocate(r1);
+  CHECK(a.lane_cached_blocks() == 0);
+  CHECK(a.deferred_blocks() == 1);
+  a.end_deferred_frees();
+  CHECK_THROWS_AS(a.set_lane(8), Error);
+  CHECK(a.stats().allocated == 0);
+}
+
 TEST_CASE("device checks say what to use instead") {
   DeviceInfo turing{0, "Tesla T4", 7, 5, 16u << 30, 40, 13000, 13000};
   DeviceInfo pascal{1, "GeForce GTX 1080", 6, 1, 8u << 30, 20, 13000, 13000};

@@ -166,7 +166,10 @@ inline BranchMode branch_streams_env() {
 /// fills a fraction of an H200, one after another (bench/NOTES.md). Inside a fork every
 /// allocation is still made on the compute stream, and returned blocks are held back until the
 /// join (CachingAllocator::begin_deferred_frees): a block one branch frees could otherwise go to
-/// another branch that runs at the same time as the freeing branch's last kernels. A CUDA graph
+/// another branch that runs at the same time as the freeing branch's last kernels. Only the
+/// branch that allocated and freed a block may take it again before the join (set_lane): its own
+/// stream orders that reuse. This assumes the forking thread is the only one allocating from the
+/// context while a fork is open, which holds for ampkit's trainer. A CUDA graph
 /// captures the fork and join as edges, so a replayed step runs the branches concurrently too.
 /// Forking is refused (fork_branches returns false, everything stays on the compute stream)
 /// unless set_branch_streams(true) / AMPKIT_BRANCH_STREAMS=1 (off by default: see
@@ -242,6 +245,7 @@ class Cuda {
     AMPKIT_CHECK(forked_ > 0 && b >= 0 && b < forked_, "Cuda::enter_branch(", b, ") outside a fork of ",
                  forked_, " branches");
     if (branch_mode_ == cuda::BranchMode::kOn) bind_stream(side_[b].stream);
+    alloc_->set_lane(b);  // the branch reuses what it frees itself (CachingAllocator::set_lane)
   }
   /// End the fork: the compute stream waits for every branch, ops run on it again, blocks freed
   /// inside the fork return to the cache. Never throws (called from destructors on unwinding);
