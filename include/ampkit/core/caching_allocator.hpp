@@ -183,12 +183,7 @@ class CachingAllocator {
     Block b = std::move(it->second);
     live_.erase(it);
     stats_.allocated -= b.size;
-    Cached c{p, b.size, b.stream, {}};
-    for (Stream s : b.other_streams) c.pending.push_back(raw_.record(s));
-    // A shared block freed on a capturing stream: a captured kernel may use it at every replay.
-    if (!b.pool)
-      if (const PoolId pool = capturing_pool(b.stream)) adopt(b, pool);
-    (b.pool ? pools_.at(b.pool).free : free_).emplace(b.size, std::move(c));
+    cache_block(p, std::move(b));
   }
 
   // ---- deferred frees (fork-join regions) ---------------------------------------------------------
@@ -208,13 +203,11 @@ class CachingAllocator {
       std::lock_guard lock(mu_);
       if (defer_depth_ == 0 || --defer_depth_ > 0) return;
       lane_ = -1;
-      // The lanes' cached blocks become ordinary live blocks again, returned below with the rest.
+      // The lanes' blocks (already free in the stats) go to the ordinary cache of their stream.
       for (auto& lane : lane_free_) {
         for (auto& [size, c] : lane) {
           try {
-            held.push_back(c.ptr);
-            live_.emplace(c.ptr, std::move(c.block));
-            note_alloc(size);
+            cache_block(c.ptr, std::move(c.block));
           } catch (...) {
           }
         }
@@ -385,6 +378,17 @@ class CachingAllocator {
                           " blocks (", mib(cached), " MiB), ", fits, " of them in [", size, ", ", 2 * size,
                           "] B: ", other, " last used on another stream, ", pending,
                           " waiting on another stream's use; the capture may take neither without an event query");
+  }
+
+  /// A free block (no longer in live_, not counted in `allocated`) into the cache of its stream,
+  /// or of its pool.
+  void cache_block(void* p, Block b) {
+    Cached c{p, b.size, b.stream, {}};
+    for (Stream s : b.other_streams) c.pending.push_back(raw_.record(s));
+    // A shared block freed on a capturing stream: a captured kernel may use it at every replay.
+    if (!b.pool)
+      if (const PoolId pool = capturing_pool(b.stream)) adopt(b, pool);
+    (b.pool ? pools_.at(b.pool).free : free_).emplace(b.size, std::move(c));
   }
 
   /// Best fit in [size, 2*size] among the blocks the current lane freed in this region.
