@@ -213,11 +213,7 @@ class CachingAllocator {
         }
         lane.clear();
       }
-      try {
-        held.insert(held.end(), deferred_.begin(), deferred_.end());
-      } catch (...) {
-      }
-      deferred_.clear();
+      held.swap(deferred_);
     }
     for (void* p : held) deallocate(p);
   }

@@ -197,8 +197,8 @@ class DekrHead {
   /// In order, the displacement branch first: its backward (two deformable blocks) is the step's
   /// peak, and run first it does not have the heatmap branch's input gradient (the 480-channel
   /// neck size) held across it. Run concurrently (site kBranchHeadBackward, off by default:
-  /// nn::kDefaultBranchSites) that gradient is held across part of it: the price of the overlap. The sum at the end is the same either
-  /// way (a + b == b + a in IEEE).
+  /// nn::kDefaultBranchSites) that gradient is held across part of it: the price of the overlap.
+  /// The sum at the end is the same either way (a + b == b + a in IEEE).
   Tensor<T> backward(Backend& ctx, TensorView<const T> dL_dheatmaps, TensorView<const T> dL_ddisplacements) {
     Tensor<T> dL_dx, g_heat;
     {

@@ -144,8 +144,9 @@ namespace cuda {
 /// notifications) with the ops still on the compute stream, which separates a fault of the
 /// bookkeeping from one of the overlap. Off by default: eager steps with branch streams are
 /// bit-identical to the default (tests/gpu/models), but replayed as CUDA graphs they drifted from
-/// eager runs on the H200 beyond the run-to-run noise (2026-12-01, tests/gpu/train graph_step.cu;
-/// bench/results/gpu_h200_20261201_0543.md), and the cause is not found yet.
+/// eager runs on the H200 (2026-12-01, tests/gpu/train graph_step.cu;
+/// bench/results/gpu_h200_20261201_0543.md). The cause found, cuDNN left on a side stream after a
+/// failed capture, is fixed (reset_branch_streams) but the fix has not run on a GPU yet.
 enum class BranchMode { kOff, kOn, kSerial };
 inline BranchMode branch_streams_env() {
   static const BranchMode m = env_choice<BranchMode>(
@@ -203,11 +204,7 @@ class Cuda {
     if (cublaslt_) (void)cublasLtDestroy(cublaslt_);
     if (cublas_) (void)cublasDestroy(cublas_);
     if (cudnn_) (void)cudnnDestroy(cudnn_);
-    for (auto& b : side_) {
-      if (b.stream) (void)cudaStreamDestroy(b.stream);
-      if (b.done) (void)cudaEventDestroy(b.done);
-    }
-    if (fork_event_) (void)cudaEventDestroy(fork_event_);
+    destroy_side_streams();
     if (main_stream_) (void)cudaStreamDestroy(main_stream_);
   }
 
@@ -280,13 +277,7 @@ class Cuda {
     AMPKIT_CUBLAS_CHECK(cublasSetStream(cublas_, main_stream_));
     rebind_pending_ = false;
     const bool had = fork_event_ != nullptr;
-    for (auto& b : side_) {
-      if (b.stream) (void)cudaStreamDestroy(b.stream);
-      if (b.done) (void)cudaEventDestroy(b.done);
-      b = {};
-    }
-    if (fork_event_) (void)cudaEventDestroy(fork_event_);
-    fork_event_ = nullptr;
+    destroy_side_streams();
     (void)cudaGetLastError();
     if (had) create_side_streams();  // here, outside any capture, rather than in the next fork
   }
@@ -371,6 +362,15 @@ class Cuda {
       AMPKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&b.stream, cudaStreamNonBlocking));
       AMPKIT_CUDA_CHECK(cudaEventCreateWithFlags(&b.done, cudaEventDisableTiming));
     }
+  }
+  void destroy_side_streams() noexcept {
+    for (auto& b : side_) {
+      if (b.stream) (void)cudaStreamDestroy(b.stream);
+      if (b.done) (void)cudaEventDestroy(b.done);
+      b = {};
+    }
+    if (fork_event_) (void)cudaEventDestroy(fork_event_);
+    fork_event_ = nullptr;
   }
   void bind_stream(cudaStream_t s) {
     stream_ = s;
