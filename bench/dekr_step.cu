@@ -64,6 +64,7 @@
 #include "ampkit/backend/cuda/amp_step.cuh"
 #include "ampkit/backend/cuda/dekr.cuh"
 #include "ampkit/backend/cuda/graph_step.cuh"
+#include "ampkit/nn/branch_scope.hpp"
 #include "ampkit/optim/adam.hpp"
 #include "ampkit/train/memory_plan.hpp"
 
@@ -613,9 +614,12 @@ void run_config(const Options& o, const Options::Variant& v) {
 
   // ---- report ----
   for (Row& r : rows) {
-    char buf[160];
-    std::snprintf(buf, sizeof buf, ",\"plan_peak_allocated_bytes\":%zu,\"plan_total_bytes\":%zu,\"recompute\":%s",
-                  plan.peak_allocated, plan.total(), o.recompute ? "true" : "false");
+    char buf[224];
+    // branch_sites: the fork sites' mask (nn::BranchSite) when branch streams are on, else 0.
+    std::snprintf(buf, sizeof buf,
+                  ",\"plan_peak_allocated_bytes\":%zu,\"plan_total_bytes\":%zu,\"recompute\":%s,\"branch_sites\":%u",
+                  plan.peak_allocated, plan.total(), o.recompute ? "true" : "false",
+                  ctx.branch_streams() ? ak::nn::branch_sites() : 0u);
     r.extra += buf;
   }
   std::fprintf(stderr, "# memory plan vs measured (%s batch %d x %d): dry-run peak %zu B, measured peak_allocated %zu B "

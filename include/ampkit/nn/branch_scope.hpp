@@ -30,17 +30,15 @@ enum BranchSite : unsigned {
   kBranchHeadBackward = 16u,   ///< DekrHead: the same, backward
 };
 
-/// The sites that fork when branch streams are on (Cuda::set_branch_streams, AMPKIT_BRANCH_STREAMS;
-/// off by default): the two forward sites, which each alone matched eager runs under CUDA graph
-/// replay on the H200 (tests/gpu/train graph_step.cu, 2026-12-01; together they drifted past the
-/// test's noise-based tolerance once). The fuse forward and both backward sites pass the eager
-/// bit-identity tests (tests/gpu/models) too, but with them a replayed graph skipped steps for
-/// overflow that eager runs did not (bench/results/gpu_h200_20261201_0543.md): after a failed
-/// capture cuDNN stayed on a side stream, fixed in Cuda::reset_branch_streams, not yet re-run.
-inline constexpr unsigned kDefaultBranchSites = kBranchModuleForward | kBranchHeadForward;
-
+/// Every fork site; the default of branch_sites().
 inline constexpr unsigned kAllBranchSites =
     kBranchModuleForward | kBranchFuseForward | kBranchModuleBackward | kBranchHeadForward | kBranchHeadBackward;
+
+/// The sites that fork when branch streams are on (Cuda::set_branch_streams, AMPKIT_BRANCH_STREAMS;
+/// on by default): all of them. With every site on, the H200 gave eager steps bit-identical to
+/// in-order ones and CUDA graph replays equal to eager runs (2026-12-01,
+/// bench/results/gpu_h200_20261201_1059.md), and the fastest step (bench/NOTES.md).
+inline constexpr unsigned kDefaultBranchSites = kAllBranchSites;
 
 /// The sites allowed to fork (process-wide): AMPKIT_BRANCH_SITES, a decimal mask of BranchSite
 /// bits, 0-31 (read once; default kDefaultBranchSites; 31 = every site). For measuring and

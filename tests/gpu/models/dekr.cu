@@ -885,10 +885,9 @@ TEST_CASE_TEMPLATE("HRNet tiny (no deformable conv): recompute_bn_outputs is bit
 // changes. A race (a branch reading what another writes, a block reused while a side stream still
 // uses it) shows as differing tensors. Runs: two steps of a fresh model each (the first runs in
 // order by design), the second reported; off, off again, on, on again. The runs with streams must
-// fork (counted), the ones without must not. Every fork site is on here, also the ones off by
-// default (nn::kDefaultBranchSites: eager they pass this test; replayed as a CUDA graph they did
-// not match eager runs on the H200, 2026-12-01); the default sites under graph replay are checked
-// by test_gpu_train's graph-vs-eager cases.
+// fork (counted), the ones without must not. Every fork site is on here (the default,
+// nn::kDefaultBranchSites, whatever AMPKIT_BRANCH_SITES says); the same sites under graph replay
+// are checked by test_gpu_train's graph-vs-eager cases.
 namespace {
 
 template <class P, class StepFn>
@@ -902,6 +901,7 @@ void check_branch_streams_cuda(const std::string& label, StepFn&& two_steps, boo
   check_switch_keeps_step_cuda<P>(
       label, "branch streams",
       [&](ak::Cuda& ctx, bool on) {
+        const bool saved = ctx.branch_streams();
         ctx.set_branch_streams(on);
         const std::int64_t before = ctx.branch_forks();
         RecomputeRun r = two_steps(ctx);
@@ -912,7 +912,7 @@ void check_branch_streams_cuda(const std::string& label, StepFn&& two_steps, boo
           CHECK(forks > 0);
         else
           CHECK(forks == 0);
-        ctx.set_branch_streams(false);  // the default
+        ctx.set_branch_streams(saved);
         return r;
       },
       deterministic);

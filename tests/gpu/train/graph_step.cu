@@ -214,6 +214,11 @@ void trainer_step_graph_vs_eager() {
   std::printf("trainer graph mode: %d iterations, %lld replays, %lld eager; scratch blocks checked %d, corrupted %d\n",
               kIters, static_cast<long long>(cg.replays), static_cast<long long>(cg.eager), cg.scratch_checked,
               cg.scratch_bad);
+  // Branch streams are on by default (AMPKIT_BRANCH_STREAMS=0 turns them off): this comparison
+  // then covers the forked step, which must really have forked.
+  std::printf("branch streams %s, %lld forks\n", ctx.branch_streams() ? "on" : "off",
+              static_cast<long long>(ctx.branch_forks()));
+  if (ctx.branch_streams()) CHECK(ctx.branch_forks() > 0);
   CHECK(ce.replays == 0);
   CHECK(cg.eager == capture_iter);             // the warm-up
   CHECK(cg.replays == kIters - capture_iter);  // every later iteration (2 graphs)

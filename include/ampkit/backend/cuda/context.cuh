@@ -139,20 +139,26 @@ class UploadStaging {
 
 namespace cuda {
 /// How contexts run independent branches (Cuda::fork_branches), from the environment variable
-/// AMPKIT_BRANCH_STREAMS (read once) for every new context: 0 (default) in order on the compute
-/// stream, 1 on side streams, `serial`: everything a fork does (events, held frees, held
+/// AMPKIT_BRANCH_STREAMS (read once) for every new context: 1 (default) on side streams, 0 in
+/// order on the compute stream, `serial`: everything a fork does (events, held frees, held
 /// notifications) with the ops still on the compute stream, which separates a fault of the
-/// bookkeeping from one of the overlap. Off by default: eager steps with branch streams are
-/// bit-identical to the default (tests/gpu/models), but replayed as CUDA graphs they drifted from
-/// eager runs on the H200 (2026-12-01, tests/gpu/train graph_step.cu;
-/// bench/results/gpu_h200_20261201_0543.md). The cause found, cuDNN left on a side stream after a
-/// failed capture, is fixed (reset_branch_streams) but the fix has not run on a GPU yet.
+/// bookkeeping from one of the overlap. On by default since the H200 showed, with every fork
+/// site on, eager steps bit-identical to the in-order ones (tests/gpu/models) and CUDA graph
+/// replays equal to eager runs (tests/gpu/train, bench/results/gpu_h200_20261201_1059.md); the
+/// earlier graph drift was cuDNN left bound to a side stream after a failed capture, which
+/// reset_branch_streams now rebinds. NCCL data parallelism turns them off unless the variable is
+/// set (NcclDataParallel's constructor): that pairing has not run on two GPUs yet.
 enum class BranchMode { kOff, kOn, kSerial };
 inline BranchMode branch_streams_env() {
   static const BranchMode m = env_choice<BranchMode>(
       "AMPKIT_BRANCH_STREAMS", {{"1", BranchMode::kOn}, {"0", BranchMode::kOff}, {"serial", BranchMode::kSerial}},
-      BranchMode::kOff, "0");
+      BranchMode::kOn, "1");
   return m;
+}
+/// Whether AMPKIT_BRANCH_STREAMS is set at all (an explicit choice that defaults must not override).
+inline bool branch_streams_env_set() {
+  const char* v = std::getenv("AMPKIT_BRANCH_STREAMS");
+  return v && *v;
 }
 }  // namespace cuda
 
@@ -173,7 +179,7 @@ inline BranchMode branch_streams_env() {
 /// context while a fork is open, which holds for ampkit's trainer. A CUDA graph
 /// captures the fork and join as edges, so a replayed step runs the branches concurrently too.
 /// Forking is refused (fork_branches returns false, everything stays on the compute stream)
-/// unless set_branch_streams(true) / AMPKIT_BRANCH_STREAMS=1 (off by default: see
+/// when set_branch_streams(false) / AMPKIT_BRANCH_STREAMS=0 say so (on by default: see
 /// branch_streams_env), when a SyncBatchNorm exchange is installed (its collectives must run in
 /// one order on every rank) and inside another fork.
 class Cuda {
@@ -216,7 +222,7 @@ class Cuda {
   cudaStream_t compute_stream() const { return main_stream_; }
 
   // ---- branch streams (see the class comment) ----------------------------------------------------
-  /// Allow or refuse forks from now on (default: AMPKIT_BRANCH_STREAMS, else off).
+  /// Allow or refuse forks from now on (default: AMPKIT_BRANCH_STREAMS, else on).
   void set_branch_streams(bool on) { branch_mode_ = on ? cuda::BranchMode::kOn : cuda::BranchMode::kOff; }
   void set_branch_mode(cuda::BranchMode m) { branch_mode_ = m; }
   bool branch_streams() const { return branch_mode_ != cuda::BranchMode::kOff; }

@@ -113,6 +113,9 @@ class NcclDataParallel final : public train::DataParallel {
     AMPKIT_CHECK(ctx.device().index == env.local_rank, "NcclDataParallel: the CUDA context is on GPU ",
                  ctx.device().index, " but local rank ", env.local_rank, " must use GPU ", env.local_rank);
     if (!on_abort) on_abort = default_on_abort;
+    // Branch streams hold gradient-ready notifications until their join (ParameterStore::hold):
+    // host-tested, but never run with NCCL on two GPUs. Off here unless the user chose them.
+    if (env.world_size > 1 && !cuda::branch_streams_env_set()) ctx.set_branch_streams(false);
     ProcessGroupOptions opts;
     opts.on_abort = on_abort;
     pg_ = ProcessGroup::create(env, opts);
